@@ -1,0 +1,128 @@
+"""The density-model protocol every egmm likelihood component speaks.
+
+A :class:`DensityModel` is a normalised density p(x|θ) over an :class:`ObservableSpace` with
+named parameters θ. The likelihood layer needs three things from it: a differentiable torch
+log density (for gradients with respect to θ), a way to precompute everything that does not
+depend on θ once per dataset, and a sampler (for toys). GMMDensity, FlowDensity and
+analytic/background pdfs all implement it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from egmm.errors import ParameterError
+from egmm.observables import ObservableSpace
+
+__all__ = ["DensityModel"]
+
+
+class DensityModel(ABC):
+    """Abstract normalised density p(x|θ) on ``space`` with parameters ``parameters``.
+
+    Subclasses set ``space``, ``parameters`` (tuple of names, possibly empty) and
+    ``parameter_bounds`` (name -> (lo, hi), the range the model is valid/trained in) and
+    implement :meth:`log_prob_tensor` and :meth:`sample`. :meth:`prepare` /
+    :meth:`log_prob_prepared` may be overridden to cache θ-independent work per dataset.
+
+    Conventions: numpy at the public boundary (:meth:`log_prob`, :meth:`sample`), torch inside;
+    arrays are ``(N, D)`` in the space's order; θ is ``(P,)`` (one point for all events) or
+    ``(N, P)`` (one per event) in the order of ``parameters``.
+    """
+
+    space: ObservableSpace
+    parameters: tuple[str, ...] = ()
+    parameter_bounds: dict[str, tuple[float, float]]
+
+    # -- to implement -------------------------------------------------------------------------
+    @abstractmethod
+    def log_prob_tensor(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """log p(x|θ) for validated events ``x`` (N, D); differentiable in ``theta``.
+
+        ``theta`` is (P,) or (N, P); the result is (N,) in the dtype of ``x``.
+        """
+
+    @abstractmethod
+    def sample(self, n: int, theta: Any = None, seed: Any = None) -> np.ndarray:
+        """Draw ``n`` events at θ; returns (n, D) float64 numpy in data space."""
+
+    # -- provided -----------------------------------------------------------------------------
+    def prepare(self, x: np.ndarray, dtype: torch.dtype = torch.float64) -> Any:
+        """Everything about validated events ``x`` that does not depend on θ (opaque)."""
+        return torch.as_tensor(x, dtype=dtype)
+
+    def log_prob_prepared(self, prepared: Any, theta: torch.Tensor) -> torch.Tensor:
+        """log p(x|θ) from the output of :meth:`prepare`; differentiable in ``theta``."""
+        return self.log_prob_tensor(prepared, theta)
+
+    def log_prob(self, x: Any, theta: Any = None) -> np.ndarray:
+        """Data-space log density, float64 numpy (N,), after validating ``x`` and θ."""
+        xv = self.space.validate(x)
+        th = self.theta_tensor(theta, n_events=len(xv))
+        with torch.no_grad():
+            return self.log_prob_tensor(torch.as_tensor(xv), th).cpu().numpy()
+
+    def theta_tensor(
+        self, theta: Any, n_events: int | None = None, *, allow_outside: bool = False
+    ) -> torch.Tensor:
+        """θ as a float64 tensor (P,) or (N, P), validated against names and bounds.
+
+        ``theta`` may be a mapping name -> value (scalars or per-event arrays), a sequence in
+        the order of ``parameters``, an array (P,) or (N, P), or ``None`` when the model has
+        no parameters.
+        """
+        names = self.parameters
+        if theta is None:
+            if names:
+                raise ParameterError(f"parameters {list(names)} must be given")
+            return torch.zeros(0, dtype=torch.float64)
+        if isinstance(theta, Mapping):
+            missing = [n for n in names if n not in theta]
+            extra = [k for k in theta if k not in names]
+            if missing or extra:
+                raise ParameterError(
+                    f"parameters: expected {list(names)}, missing {missing}, unknown {extra}"
+                )
+            cols = [np.asarray(theta[n], dtype=np.float64) for n in names]
+            if all(c.ndim == 0 for c in cols):
+                arr = np.array([float(c) for c in cols])
+            else:
+                length = n_events if n_events is not None else max(c.size for c in cols)
+                arr = np.stack([np.broadcast_to(c, (length,)) for c in cols], axis=1)
+        else:
+            if isinstance(theta, torch.Tensor):
+                theta = theta.detach().cpu().numpy()
+            arr = np.asarray(theta if not isinstance(theta, Sequence) else list(theta),
+                             dtype=np.float64)
+            if arr.ndim == 0:
+                arr = arr[None]
+        if arr.shape[-1] != len(names) or arr.ndim > 2:
+            raise ParameterError(
+                f"θ must have {len(names)} values {list(names)} per point, got shape {arr.shape}"
+            )
+        if arr.ndim == 2 and n_events is not None and arr.shape[0] != n_events:
+            raise ParameterError(f"θ has {arr.shape[0]} rows for {n_events} events")
+        self.check_theta(arr, allow_outside=allow_outside)
+        return torch.as_tensor(arr, dtype=torch.float64)
+
+    def check_theta(self, arr: np.ndarray, *, allow_outside: bool = False) -> None:
+        """Raise :class:`ParameterError` for non-finite θ or θ outside ``parameter_bounds``."""
+        arr = np.atleast_2d(arr)
+        for j, name in enumerate(self.parameters):
+            col = arr[:, j]
+            if not np.all(np.isfinite(col)):
+                raise ParameterError(f"parameter {name!r} is not finite: {col[~np.isfinite(col)][0]}")
+            if allow_outside:
+                continue
+            lo, hi = self.parameter_bounds.get(name, (-np.inf, np.inf))
+            bad = (col < lo) | (col > hi)
+            if bad.any():
+                raise ParameterError(
+                    f"parameter {name!r} = {col[bad][0]} lies outside the model's range "
+                    f"[{lo}, {hi}] (pass allow_outside=True to extrapolate deliberately)"
+                )
