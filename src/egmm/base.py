@@ -116,7 +116,8 @@ class DensityModel(ABC):
         for j, name in enumerate(self.parameters):
             col = arr[:, j]
             if not np.all(np.isfinite(col)):
-                raise ParameterError(f"parameter {name!r} is not finite: {col[~np.isfinite(col)][0]}")
+                bad = col[~np.isfinite(col)][0]
+                raise ParameterError(f"parameter {name!r} is not finite: {bad}")
             if allow_outside:
                 continue
             lo, hi = self.parameter_bounds.get(name, (-np.inf, np.inf))

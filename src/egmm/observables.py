@@ -212,16 +212,16 @@ class ObservableSpace(Sequence[Observable]):
             if bad.any():
                 r = int(np.argmax(bad))
                 raise InputError(
-                    f"{what}: observable {o.name!r} = {col[r]!r} in row {r} lies outside its "
-                    f"bounds [{o.lo}, {o.hi}]"
+                    f"{what}: observable {o.name!r} = {float(col[r])!r} in row {r} lies "
+                    f"outside its bounds [{o.lo}, {o.hi}]"
                 )
             if o.discrete:
                 bad = col != np.round(col)
                 if bad.any():
                     r = int(np.argmax(bad))
                     raise InputError(
-                        f"{what}: discrete observable {o.name!r} = {col[r]!r} in row {r} is not "
-                        "an integer"
+                        f"{what}: discrete observable {o.name!r} = {float(col[r])!r} in row "
+                        f"{r} is not an integer"
                     )
         return arr
 

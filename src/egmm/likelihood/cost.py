@@ -1,0 +1,614 @@
+"""Unbinned likelihoods of densities and components as iminuit cost functions.
+
+:class:`UnbinnedNLL` and :class:`ExtendedUnbinnedNLL` are :class:`iminuit.cost.Cost`
+subclasses: they return −2 ln L (errordef 1, ``Cost.errordef`` = CHISQUARE), name their
+parameters, carry the parameter limits, and add with ``+`` to iminuit's own costs
+(``NormalConstraint``, ``LeastSquares``, …), to each other and to :class:`egmm.PyhfCost`;
+parameters with the same name are shared. Values and gradients are computed with torch in
+float64; the gradient comes from autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from iminuit.cost import Cost
+
+from egmm.base import DensityModel
+from egmm.errors import EgmmError, InputError, ParameterError
+from egmm.likelihood.components import Component, Yield, _Combination, _ParameterYield
+
+__all__ = ["ExtendedUnbinnedNLL", "UnbinnedNLL"]
+
+#: Events per evaluation chunk: bounds the memory of one forward/backward pass.
+DEFAULT_CHUNK_SIZE = 262_144
+
+# Minuit's transformation of bounded parameters can land an ulp or so outside the limits;
+# values within this relative tolerance are put back on the limit, larger excursions raise.
+_LIMIT_TOLERANCE = 1e-12
+
+
+class _Term:
+    """One density (with its yield in a mixture) and its per-chunk cached work."""
+
+    def __init__(self, name: str, density: DensityModel, yield_: Yield | None) -> None:
+        self.name = name
+        self.density = density
+        self.yield_ = yield_
+        self.differentiable = bool(getattr(density, "differentiable", True)) and (
+            yield_ is None or yield_.differentiable
+        )
+        self.columns: np.ndarray | None = None  # permutation of the cost's data columns
+        self.theta_index = torch.zeros(0, dtype=torch.long)
+        self.yield_index: dict[str, int] = {}
+        self.prepared: list[Any] = []
+        self.cached: list[torch.Tensor] | None = None  # log p per chunk when θ-independent
+
+
+def _free_yield_names(y: Yield) -> set[str]:
+    if isinstance(y, _ParameterYield):
+        return set(y.parameters)
+    if isinstance(y, _Combination):
+        return set().union(*(_free_yield_names(t) for t in y.terms))
+    return set()
+
+
+def _density_name(density: DensityModel) -> str:
+    name = getattr(density, "name", None)
+    return name if isinstance(name, str) and name else type(density).__name__
+
+
+class _UnbinnedCost(Cost):
+    """Shared machinery: validation, parameters, chunked torch evaluation, caching."""
+
+    _extended = False
+
+    def __init__(
+        self,
+        data: Any,
+        terms: list[_Term],
+        weights: Any,
+        *,
+        mixture: bool,
+        allow_outside: bool,
+        dtype: torch.dtype,
+        chunk_size: int,
+        verbose: int,
+    ) -> None:
+        names = [t.name for t in terms]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"component names must be unique, repeated: {dupes}")
+        if int(chunk_size) < 1:
+            raise InputError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        self._terms = terms
+        self._mixture = mixture
+        self._allow_outside = bool(allow_outside)
+        self._dtype = dtype
+        self._chunk_size = int(chunk_size)
+
+        what = "data" if len(terms) == 1 else f"data (component {terms[0].name!r})"
+        space = terms[0].density.space
+        x = space.validate(data, what=what)
+        for t in terms:
+            other = t.density.space
+            if set(other.names) != set(space.names) or len(other.names) != len(space.names):
+                raise InputError(
+                    f"component {t.name!r} has observables {list(other.names)}, but component "
+                    f"{terms[0].name!r} has {list(space.names)}"
+                )
+            t.columns = np.array([space.index(n) for n in other.names])
+            other.validate(x[:, t.columns], what=f"data (component {t.name!r})")
+        self._x = x
+        self._observables = space.names
+        self._w = self._validate_weights(weights, len(x))
+
+        limits = self._collect_parameters(terms)
+        self._names = tuple(limits)
+        self._lo = np.array([lo for lo, _ in limits.values()], dtype=np.float64)
+        self._hi = np.array([hi for _, hi in limits.values()], dtype=np.float64)
+        self._starts = list(range(0, len(x), self._chunk_size))
+        self._prepare()
+        self._has_grad_flag = all(t.differentiable for t in terms)
+        self._cache_key: tuple[float, ...] | None = None
+        self._cache_value = math.nan
+        self._cache_grad: np.ndarray | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        super().__init__(
+            {n: None if not (np.isfinite(lo) or np.isfinite(hi)) else (lo, hi)
+             for n, (lo, hi) in limits.items()},
+            verbose,
+        )
+
+    # -- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _validate_weights(weights: Any, n: int) -> torch.Tensor | None:
+        if weights is None:
+            return None
+        try:
+            w = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"weights cannot be read as numbers ({exc})") from None
+        if w.shape != (n,):
+            raise InputError(f"weights must have shape ({n},) like the data, got {w.shape}")
+        bad = ~np.isfinite(w)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"weights: event {i} has weight {w[i]}")
+        return torch.as_tensor(w)
+
+    def _collect_parameters(self, terms: list[_Term]) -> dict[str, tuple[float, float]]:
+        limits: dict[str, tuple[float, float]] = {}
+        origin: dict[str, list[str]] = {}
+
+        def add(name: str, lo: float, hi: float, source: str) -> None:
+            olo, ohi = limits.get(name, (-math.inf, math.inf))
+            limits[name] = (max(lo, olo), min(hi, ohi))
+            origin.setdefault(name, []).append(source)
+
+        for t in terms:
+            for p in t.density.parameters:
+                lo, hi = t.density.parameter_bounds.get(p, (-math.inf, math.inf))
+                if self._allow_outside:
+                    lo, hi = -math.inf, math.inf
+                add(p, float(lo), float(hi), f"density of {t.name!r}")
+            if t.yield_ is not None:
+                free = _free_yield_names(t.yield_)
+                for p in t.yield_.parameters:
+                    lo, hi = t.yield_.parameter_bounds.get(p, (-math.inf, math.inf))
+                    if self._allow_outside:
+                        lo, hi = (0.0, math.inf) if p in free else (-math.inf, math.inf)
+                    add(p, float(lo), float(hi), f"yield of {t.name!r}")
+        for name, (lo, hi) in limits.items():
+            if not lo <= hi:
+                raise InputError(
+                    f"parameter {name!r}: the ranges of {origin[name]} do not overlap"
+                )
+        index = {n: i for i, n in enumerate(limits)}
+        for t in terms:
+            t.theta_index = torch.tensor([index[p] for p in t.density.parameters],
+                                         dtype=torch.long)
+            if t.yield_ is not None:
+                t.yield_index = {p: index[p] for p in t.yield_.parameters}
+        return limits
+
+    def _prepare(self) -> None:
+        """Per-chunk θ-independent work; θ-independent densities are evaluated once here."""
+        for t in self._terms:
+            xc = self._x[:, t.columns]
+            empty = torch.zeros(0, dtype=self._dtype)
+            t.prepared, cached = [], []
+            for start in self._starts:
+                stop = min(start + self._chunk_size, len(xc))
+                try:
+                    prep = t.density.prepare(xc[start:stop], dtype=self._dtype)
+                except InputError as exc:
+                    raise type(exc)(
+                        f"component {t.name!r} (events {start}–{stop - 1}): {exc}"
+                    ) from None
+                if t.density.parameters:
+                    t.prepared.append(prep)
+                else:
+                    with torch.no_grad():
+                        lp = t.density.log_prob_prepared(prep, empty).to(torch.float64)
+                    self._check_log_prob(t, lp, start, None)
+                    cached.append(lp)
+            t.cached = None if t.density.parameters else cached
+
+    # -- Cost protocol -------------------------------------------------------------------------
+    def _ndata(self) -> float:
+        # unbinned likelihoods have infinitely many degrees of freedom (iminuit's convention)
+        return np.inf
+
+    def _has_grad(self) -> bool:
+        return self._has_grad_flag
+
+    def _value(self, args: Sequence[float]) -> float:
+        theta = self._check_args(args)
+        key = tuple(theta.tolist())
+        if key == self._cache_key:
+            return self._cache_value
+        if self._has_grad_flag and len(self._starts) == 1:
+            # keep the graph so that a gradient request at this point costs only a backward pass
+            value, total, leaf = self._forward(theta, mode="graph")
+            self._pending = (total, leaf)
+        else:
+            value, _, _ = self._forward(theta, mode="value")
+            self._pending = None
+        self._cache_key, self._cache_value, self._cache_grad = key, value, None
+        return value
+
+    def _grad(self, args: Sequence[float]) -> np.ndarray:
+        if not self._has_grad_flag:
+            bad = [t.name for t in self._terms if not t.differentiable]
+            raise EgmmError(
+                f"{type(self).__name__}: no θ gradient, components {bad} are not "
+                "differentiable (numpy densities); Minuit uses numerical derivatives"
+            )
+        theta = self._check_args(args)
+        key = tuple(theta.tolist())
+        if key == self._cache_key and self._cache_grad is not None:
+            return self._cache_grad.copy()
+        if key == self._cache_key and self._pending is not None:
+            total, leaf = self._pending
+            self._pending = None
+            total.backward()
+            grad = self._leaf_grad(leaf)
+        else:
+            value, grad, _ = self._forward(theta, mode="grad")
+            self._cache_key, self._cache_value = key, value
+        self._cache_grad = grad
+        return grad.copy()
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _check_args(self, args: Sequence[float]) -> np.ndarray:
+        theta = np.asarray(args, dtype=np.float64).reshape(-1)
+        if theta.shape != (len(self._names),):
+            raise ParameterError(
+                f"{type(self).__name__}: expected {len(self._names)} parameters "
+                f"{list(self._names)}, got {theta.shape[0]}"
+            )
+        bad = ~np.isfinite(theta)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ParameterError(f"parameter {self._names[i]!r} is {theta[i]}")
+        tol = _LIMIT_TOLERANCE * np.maximum(1.0, np.maximum(np.abs(np.where(
+            np.isfinite(self._lo), self._lo, 0)), np.abs(np.where(np.isfinite(self._hi),
+                                                                   self._hi, 0))))
+        bad = (theta < self._lo - tol) | (theta > self._hi + tol)
+        if bad.any():
+            i = int(np.argmax(bad))
+            hint = "" if self._allow_outside else " (allow_outside=True extrapolates densities)"
+            raise ParameterError(
+                f"parameter {self._names[i]!r} = {float(theta[i])!r} lies outside its range "
+                f"[{self._lo[i]}, {self._hi[i]}]{hint}"
+            )
+        return np.clip(theta, self._lo, self._hi)
+
+    def _theta_text(self, theta: torch.Tensor) -> str:
+        vals = theta.detach().tolist()
+        return "{" + ", ".join(f"{n}={v:.6g}" for n, v in zip(self._names, vals)) + "}"
+
+    def _check_log_prob(self, t: _Term, lp: torch.Tensor, start: int,
+                        theta: torch.Tensor | None) -> None:
+        bad = ~torch.isfinite(lp)
+        if not bool(bad.any()):
+            return
+        i = int(torch.nonzero(bad)[0, 0])
+        event = start + i
+        value = float(lp[i].detach())
+        row = self._x[event]
+        coords = ", ".join(f"{n}={v:.6g}" for n, v in zip(self._observables, row))
+        where = ""
+        if hasattr(t.density, "describe_event"):
+            where = f" in {t.density.describe_event(row[t.columns])}"
+        at = "" if theta is None else f" at θ = {self._theta_text(theta)}"
+        if value == -math.inf:
+            raise InputError(
+                f"component {t.name!r}: event {event} ({coords}){where} has zero probability "
+                f"(log p = -inf){at}; every event needs p > 0 under every component (fill or "
+                "smooth empty template bins, or restrict the data to the support)"
+            )
+        raise InputError(
+            f"component {t.name!r}: log p = {value} for event {event} ({coords}){where}{at}"
+        )
+
+    def _yields(self, theta: torch.Tensor) -> torch.Tensor | None:
+        if not self._mixture:
+            return None
+        values = []
+        for t in self._terms:
+            assert t.yield_ is not None
+            nu = t.yield_._evaluate({p: theta[i] for p, i in t.yield_index.items()})
+            nu = torch.as_tensor(nu, dtype=torch.float64).reshape(())
+            v = float(nu.detach())
+            if not (math.isfinite(v) and v >= 0):
+                raise ParameterError(
+                    f"component {t.name!r}: yield {t.yield_!r} = {v} at θ = "
+                    f"{self._theta_text(theta)}; yields must be finite and ≥ 0"
+                )
+            values.append(nu)
+        return torch.stack(values)
+
+    def _log_density(self, k: int, theta: torch.Tensor, nu: torch.Tensor | None
+                     ) -> torch.Tensor:
+        """Per-event log λ_i (float64) of chunk ``k``: log p (single) or log Σ_c ν_c p_c."""
+        start = self._starts[k]
+        logs = []
+        for t in self._terms:
+            if t.cached is not None:
+                lp = t.cached[k]
+            else:
+                th = theta[t.theta_index].to(self._dtype)
+                lp = t.density.log_prob_prepared(t.prepared[k], th).to(torch.float64)
+                self._check_log_prob(t, lp, start, theta)
+            logs.append(lp)
+        if nu is None:
+            return logs[0]
+        lp = torch.stack(logs)
+        # log Σ ν_c p_c = m + log Σ ν_c exp(log p_c − m) with m = max_c log p_c: the
+        # logsumexp of log ν_c + log p_c, written so that a yield at its limit ν = 0 keeps a
+        # finite gradient (d/dν of log ν would be infinite there).
+        m = lp.detach().max(dim=0).values
+        lam = (nu[:, None] * torch.exp(lp - m)).sum(dim=0)
+        if not bool(torch.all(lam > 0)):
+            i = int(torch.nonzero(~(lam > 0))[0, 0])
+            raise ParameterError(
+                f"event {start + i}: the expected density Σ ν_c p_c is zero at θ = "
+                f"{self._theta_text(theta)} (all yields are zero)"
+            )
+        return m + torch.log(lam)
+
+    def _chunk_sum(self, k: int, theta: torch.Tensor, nu: torch.Tensor | None) -> torch.Tensor:
+        ll = self._log_density(k, theta, nu)
+        if self._w is None:
+            return ll.sum()
+        start = self._starts[k]
+        return (self._w[start:start + len(ll)] * ll).sum()
+
+    def _outer(self, nu: torch.Tensor | None) -> torch.Tensor:
+        """The θ-dependent terms outside the event sum."""
+        if nu is None:
+            return torch.zeros((), dtype=torch.float64)
+        if self._extended:
+            return -nu.sum()
+        total = nu.sum()
+        if not float(total.detach()) > 0:
+            raise ParameterError("all component yields are zero: the mixture is undefined")
+        return -self.sum_weights * torch.log(total)
+
+    def _forward(self, theta_np: np.ndarray, mode: str
+                 ) -> tuple[float, Any, Any]:
+        """−2 ln L at θ. ``mode``: "value" (no graph), "graph" (keep it), "grad" (chunked).
+
+        Returns (value, gradient or graph total, leaf).
+        """
+        need_graph = mode != "value"
+        theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=need_graph)
+        with torch.set_grad_enabled(need_graph):
+            nu = self._yields(theta)
+            if mode == "grad":
+                # chunks are backpropagated one by one (bounded memory); their dependence on
+                # the yields is collected on a detached copy and chained through ν(θ) below
+                nu_leaf = None if nu is None else nu.detach().requires_grad_(True)
+                data = 0.0
+                for k in range(len(self._starts)):
+                    s = -2.0 * self._chunk_sum(k, theta, nu_leaf)
+                    if s.requires_grad:
+                        s.backward()
+                    data += float(s.detach())
+                outer = -2.0 * self._outer(nu)
+                if nu is not None and nu.requires_grad:
+                    up = nu_leaf.grad if nu_leaf.grad is not None else torch.zeros_like(nu)
+                    torch.autograd.backward([outer, nu], [torch.ones_like(outer), up])
+                value = data + float(outer.detach())
+                return value, self._leaf_grad(theta), theta
+            total: Any = self._outer(nu)
+            for k in range(len(self._starts)):
+                total = total + self._chunk_sum(k, theta, nu)
+            total = -2.0 * total
+            return float(total.detach()), total, theta
+
+    @staticmethod
+    def _leaf_grad(leaf: torch.Tensor) -> np.ndarray:
+        if leaf.grad is None:
+            return np.zeros(leaf.shape[0])
+        return leaf.grad.detach().numpy().astype(np.float64)
+
+    # -- conveniences --------------------------------------------------------------------------
+    @property
+    def data(self) -> np.ndarray:
+        """The validated events (N, D), columns in :attr:`observables` order (a copy)."""
+        return self._x.copy()
+
+    @property
+    def observables(self) -> tuple[str, ...]:
+        return self._observables
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        return None if self._w is None else self._w.numpy().copy()
+
+    @property
+    def n_events(self) -> int:
+        return len(self._x)
+
+    @property
+    def sum_weights(self) -> float:
+        """Σ w_i (the number of events when unweighted)."""
+        return float(len(self._x)) if self._w is None else float(self._w.sum())
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self._terms)
+
+    def init_values(self) -> dict[str, float]:
+        """Suggested starting values, used by :func:`egmm.infer.fit`.
+
+        Density parameters: the middle of finite bounds (lo + 1 / hi − 1 when one-sided, 0
+        when unbounded). A free yield parameter that is a component's whole yield: Σw / C
+        (the events shared equally among the C components). Other yield parameters: the
+        middle of finite limits, lo + 1 when bounded below only, else 0.
+        """
+        out: dict[str, float] = {}
+        if self._mixture:
+            share = self.sum_weights / len(self._terms)
+            for t in self._terms:
+                if isinstance(t.yield_, _ParameterYield):
+                    out.setdefault(t.yield_.parameters[0], max(share, 1.0))
+        for t in self._terms:
+            for p in t.density.parameters:
+                lo, hi = t.density.parameter_bounds.get(p, (-math.inf, math.inf))
+                out.setdefault(p, _middle(lo, hi))
+        for i, p in enumerate(self._names):
+            out.setdefault(p, _middle(self._lo[i], self._hi[i]))
+        return {p: float(np.clip(out[p], self._lo[i], self._hi[i]))
+                for i, p in enumerate(self._names)}
+
+    def __repr__(self) -> str:
+        parts = []
+        for t in self._terms:
+            y = "" if not self._mixture else f" × {t.yield_!r}"
+            parts.append(f"{t.name}: {t.density!r}{y}")
+        w = "" if self._w is None else f", sum of weights {self.sum_weights:.6g}"
+        return (
+            f"{type(self).__name__}({self.n_events} events{w}, observables="
+            f"{list(self._observables)}, components=[{'; '.join(parts)}], "
+            f"parameters={list(self._names)})"
+        )
+
+
+def _middle(lo: float, hi: float) -> float:
+    if math.isfinite(lo) and math.isfinite(hi):
+        return 0.5 * (lo + hi)
+    if math.isfinite(lo):
+        return lo + 1.0
+    if math.isfinite(hi):
+        return hi - 1.0
+    return 0.0
+
+
+def _components(components: Any, owner: str) -> list[Component]:
+    if isinstance(components, Component):
+        components = [components]
+    try:
+        comps = list(components)
+    except TypeError:
+        raise InputError(f"{owner}: expected a list of Component, got "
+                         f"{type(components).__name__}") from None
+    if not comps:
+        raise InputError(f"{owner}: needs at least one component")
+    for c in comps:
+        if not isinstance(c, Component):
+            raise InputError(f"{owner}: expected Component objects, got {type(c).__name__}")
+    return comps
+
+
+class UnbinnedNLL(_UnbinnedCost):
+    r"""Unbinned negative log-likelihood of a normalised density, as −2 ln L.
+
+    .. math:: -2 \ln L(θ) = -2 \sum_i w_i \ln p(x_i | θ)
+
+    With a list of :class:`Component` instead of one density, p is the yield-weighted mixture
+    of paper Eq. 15 (shapes only, no Poisson term):
+
+    .. math:: p(x|θ) = \frac{\sum_c ν_c(θ)\, p_c(x|θ)}{\sum_c ν_c(θ)}
+
+    Only yield *ratios* enter, so fix one yield (or use cross sections σ_c(θ) as the yields,
+    as in Eq. 15); with every yield free the overall scale is undetermined.
+
+    Arguments:
+        data: events (N, D) or anything ``density.space.validate`` accepts (dict of columns,
+            data frame, structured array). Validated once here: NaN/inf, out-of-bounds values
+            and wrong columns raise :class:`~egmm.InputError` naming observable and row.
+        density: a :class:`~egmm.base.DensityModel`, or a list of :class:`Component`.
+        weights: optional per-event weights (N,); the convention is Σ w_i ln p (as iminuit's
+            weighted costs), so integer weights equal repeated events.
+        allow_outside: allow θ outside the densities' trained ranges (no θ limits are then
+            given to Minuit); by default the limits are the ``parameter_bounds``.
+        dtype: torch dtype of the events handed to the densities (sums are always float64).
+        chunk_size: events per evaluation chunk (memory bound).
+        verbose: iminuit verbosity (1 prints every call).
+
+    Errordef is 1 (``Cost.errordef``). The parameters are the density's, by name; the gradient
+    comes from torch autograd (``has_grad`` is False when a density has no θ gradient, e.g.
+    :meth:`TorchDensity.from_numpy`). A value and a gradient at the same θ share one forward
+    pass.
+
+    Example:
+        >>> from iminuit import Minuit
+        >>> from egmm.likelihood import TorchDensity
+        >>> from egmm.observables import Observable, ObservableSpace
+        >>> space = ObservableSpace([Observable("x", 0.0, math.inf)])
+        >>> expo = TorchDensity(space, lambda x, lam: torch.log(lam) - lam * x[:, 0],
+        ...                     parameters=("lam",), parameter_bounds={"lam": (0.1, 10.0)})
+        >>> nll = UnbinnedNLL(np.random.default_rng(1).exponential(0.5, 1000), expo)
+        >>> m = Minuit(nll, lam=1.0).migrad()
+        >>> round(m.values["lam"], 1)
+        2.0
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        density: DensityModel | Sequence[Component],
+        weights: Any = None,
+        *,
+        allow_outside: bool = False,
+        dtype: torch.dtype = torch.float64,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        verbose: int = 0,
+    ) -> None:
+        if isinstance(density, DensityModel):
+            terms = [_Term(_density_name(density), density, None)]
+            mixture = False
+        elif isinstance(density, Component):
+            raise InputError(
+                "UnbinnedNLL: pass the component's density, or a list of components for a "
+                "mixture (ExtendedUnbinnedNLL fits yields)"
+            )
+        else:
+            comps = _components(density, "UnbinnedNLL")
+            terms = [_Term(c.name, c.density, c.yield_) for c in comps]
+            mixture = True
+        super().__init__(data, terms, weights, mixture=mixture, allow_outside=allow_outside,
+                         dtype=dtype, chunk_size=chunk_size, verbose=verbose)
+
+
+class ExtendedUnbinnedNLL(_UnbinnedCost):
+    r"""Extended unbinned negative log-likelihood of components with yields, as −2 ln L.
+
+    .. math:: -2 \ln L(θ) = -2 \Big[ -\sum_c ν_c(θ)
+              + \sum_i w_i \ln \sum_c ν_c(θ)\, p_c(x_i|θ) \Big]
+
+    This is iminuit's ``ExtendedUnbinnedNLL`` convention: the θ-independent ln n! of the
+    Poisson term is dropped, so values agree with iminuit's cost for the same model. The sum
+    over components is a logsumexp of ln ν_c + ln p_c.
+
+    Arguments:
+        data: events, validated once (see :class:`UnbinnedNLL`); every component must have
+            the same observables (any order) and contain every event in its bounds.
+        components: a list of :class:`Component` (or one).
+        weights: optional per-event weights (N,), Σ w_i ln λ_i convention.
+        allow_outside, dtype, chunk_size, verbose: as for :class:`UnbinnedNLL`.
+
+    Parameters are the union of the components' density and yield parameters, by name, in
+    order of first appearance (per component: density parameters, then yield parameters).
+    Limits: the densities' trained ranges (dropped with ``allow_outside=True``), [0, ∞) for
+    free yields, the range of interpolated / regressed cross sections. Every event must have
+    p_c > 0 under every component: a zero (e.g. an empty template bin) or NaN raises
+    :class:`~egmm.InputError` naming the component and the event, at construction for
+    θ-independent components, else at the first evaluation that meets it.
+
+    Example:
+        >>> from iminuit import Minuit
+        >>> from egmm.likelihood import TorchDensity
+        >>> from egmm.observables import Observable, ObservableSpace
+        >>> space = ObservableSpace([Observable("x", 0.0, 1.0)])
+        >>> flat = TorchDensity(space, lambda x: torch.zeros(len(x), dtype=x.dtype))
+        >>> nll = ExtendedUnbinnedNLL(np.linspace(0.1, 0.9, 50), [Component("b", flat, "n")])
+        >>> round(Minuit(nll, n=10.0).migrad().values["n"])
+        50
+    """
+
+    _extended = True
+
+    def __init__(
+        self,
+        data: Any,
+        components: Sequence[Component] | Component,
+        weights: Any = None,
+        *,
+        allow_outside: bool = False,
+        dtype: torch.dtype = torch.float64,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        verbose: int = 0,
+    ) -> None:
+        comps = _components(components, "ExtendedUnbinnedNLL")
+        terms = [_Term(c.name, c.density, c.yield_) for c in comps]
+        super().__init__(data, terms, weights, mixture=True, allow_outside=allow_outside,
+                         dtype=dtype, chunk_size=chunk_size, verbose=verbose)

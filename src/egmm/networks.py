@@ -1,0 +1,198 @@
+"""Per-observable conditional networks of the expressive Gaussian mixture (paper Fig. 4).
+
+Each observable u_i of the autoregressive chain p(u|θ) = Π_i p_i(u_i | u_<i, θ) gets one
+network. It has two input branches,
+
+    θ branch:   θ' ∈ [−2, 2]^Nθ     → Dense(N1 = A1 + A2·Nθ) + LeakyReLU(0.2)
+    u branch:   u'_<i ∈ [−2, 2]^i   → Dense(N2 = B1 + B2·i) + LeakyReLU(0.2)      (i > 0)
+
+whose outputs are concatenated and passed through C × [Dense(N1 + N2) + LeakyReLU], then
+through three heads, each Dense(D·N_G) + LeakyReLU → Dense(N_G), giving the mixture
+
+    f   = softmax(s_f · z_f)                                           (amplitudes)
+    μ_g = s_μ · z_μ,g + u_lo + (u_hi − u_lo)·g/(N_G − 1)       (means, evenly spaced at init)
+    σ_g = softplus(s_σ · z_σ,g + softplus⁻¹(w0)) + ε,  w0 = f_σ·(u_hi − u_lo)/N_G   (widths)
+
+A discrete observable gets the same branches followed by hidden layers and a softmax over its
+values (:class:`CategoricalNet`).
+
+The first layer after the concatenation is linear in the two branch outputs, so its
+pre-activation splits into a θ part and an input part: ``theta_part(θ') + input_part(u')``.
+The input part does not depend on θ and is what a likelihood fit caches per dataset; the θ part
+is computed once per parameter point, not once per event.
+
+References:
+    Menary & Price, "Learning to discover: expressive Gaussian mixture models for
+    multi-dimensional simulation and parameter inference in the physical sciences",
+    Section 4 and Fig. 4.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CategoricalNet", "ConditionalGMMNet", "init_linear"]
+
+NEGATIVE_SLOPE = 0.2
+
+
+def init_linear(layer: nn.Linear, first: bool) -> None:
+    """Paper initialisation: zero biases, uniform weights ±10/(3√N_in) on the first layer of a
+    branch and ±2.5/√N_in elsewhere (the released code's choice; the paper quotes 10/(3√N_in))."""
+    n_in = layer.in_features
+    with torch.no_grad():
+        layer.bias.zero_()
+        if n_in == 0:
+            return
+        bound = (10.0 / 3.0 if first else 2.5) / math.sqrt(n_in)
+        layer.weight.uniform_(-bound, bound)
+
+
+def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+    # Weights live in float32 for training; likelihood evaluation may run in float64. Casting
+    # the (small) weights per call keeps one set of parameters and stays inside autograd.
+    return F.linear(h, layer.weight.to(h.dtype), layer.bias.to(h.dtype))
+
+
+def _linear_no_bias(layer: nn.Linear, h: torch.Tensor, columns: slice) -> torch.Tensor:
+    return F.linear(h, layer.weight[:, columns].to(h.dtype))
+
+
+def _act(h: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(h, NEGATIVE_SLOPE)
+
+
+class _BranchedNet(nn.Module):
+    """θ branch + input branch + the first linear layer after their concatenation."""
+
+    def __init__(self, n_theta: int, n_inputs: int, width_theta: int, width_inputs: int,
+                 first_out: int) -> None:
+        super().__init__()
+        self.n_theta = n_theta
+        self.n_inputs = n_inputs
+        self.theta_branch = nn.Linear(n_theta, width_theta) if n_theta > 0 else None
+        self.input_branch = nn.Linear(n_inputs, width_inputs) if n_inputs > 0 else None
+        self.width_theta = width_theta if n_theta > 0 else 0
+        self.width_inputs = width_inputs if n_inputs > 0 else 0
+        with warnings.catch_warnings():  # torch warns that a 0-input layer's init is a no-op
+            warnings.simplefilter("ignore", UserWarning)
+            self.joint = nn.Linear(self.width_theta + self.width_inputs, first_out)
+        if self.joint.in_features == 0:
+            with torch.no_grad():  # a constant input for the trunk (zero would stay dead)
+                self.joint.bias.uniform_(-1.0, 1.0)
+        for layer in (self.theta_branch, self.input_branch):
+            if layer is not None:
+                init_linear(layer, first=True)
+        init_linear(self.joint, first=False)
+
+    def theta_part(self, theta_scaled: torch.Tensor) -> torch.Tensor:
+        """θ contribution to the first joint pre-activation: (M, P) → (M, first_out)."""
+        if self.theta_branch is None:
+            return theta_scaled.new_zeros((*theta_scaled.shape[:-1], self.joint.out_features))
+        h = _act(_linear(self.theta_branch, theta_scaled))
+        return _linear_no_bias(self.joint, h, slice(0, self.width_theta))
+
+    def input_part(self, inputs_scaled: torch.Tensor) -> torch.Tensor:
+        """Input (u_<i) contribution plus bias: (N, i) → (N, first_out); θ-independent."""
+        n = inputs_scaled.shape[0]
+        bias = self.joint.bias.to(inputs_scaled.dtype)
+        if self.input_branch is None:
+            return bias.expand(n, -1)
+        h = _act(_linear(self.input_branch, inputs_scaled))
+        return _linear_no_bias(self.joint, h, slice(self.width_theta, None)) + bias
+
+
+class ConditionalGMMNet(_BranchedNet):
+    """Network i of the chain: (θ', u'_<i) → mixture of N_G Gaussians for u_i.
+
+    Arguments:
+        n_theta: number of parameters Nθ; n_inputs: number of earlier observables i.
+        n_gauss, A1, A2, B1, B2, C, D, s_f, s_mu, s_sigma, f_sigma, eps: paper Table 6 knobs.
+        u_lo, u_hi: the latent box of this observable.
+
+    Example:
+        >>> net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0)
+        >>> log_f, mu, sigma = net.mixture(net.theta_part(torch.zeros(1, 2))
+        ...                                + net.input_part(torch.zeros(3, 1)))
+        >>> tuple(mu.shape)
+        (3, 20)
+    """
+
+    def __init__(self, n_theta: int, n_inputs: int, *, u_lo: float, u_hi: float,
+                 n_gauss: int = 20, A1: int = 50, A2: int = 0, B1: int = 50, B2: int = 20,
+                 C: int = 2, D: int = 3, s_f: float = 0.01, s_mu: float = 0.01,
+                 s_sigma: float = 0.01, f_sigma: float = 0.25, eps: float = 1e-4) -> None:
+        width_theta = A1 + A2 * n_theta
+        width_inputs = B1 + B2 * n_inputs
+        width = (width_theta if n_theta > 0 else 0) + (width_inputs if n_inputs > 0 else 0)
+        if width == 0:
+            # unconditional first observable: the joint layer has no inputs, its bias (a
+            # learned constant of width A1) feeds the trunk
+            width = A1
+        head_width = D * n_gauss
+        first_out = width if C > 0 else 3 * head_width
+        super().__init__(n_theta, n_inputs, width_theta, width_inputs, first_out)
+        self.trunk = nn.ModuleList(nn.Linear(width, width) for _ in range(max(C - 1, 0)))
+        self.head_hidden = nn.Linear(width, 3 * head_width) if C > 0 else None
+        self.heads = nn.ModuleList(nn.Linear(head_width, n_gauss) for _ in range(3))
+        for layer in [*self.trunk, *self.heads]:
+            init_linear(layer, first=False)
+        if self.head_hidden is not None:
+            init_linear(self.head_hidden, first=False)
+        self.n_gauss = n_gauss
+        self.head_width = head_width
+        self.s_f, self.s_mu, self.s_sigma, self.eps = s_f, s_mu, s_sigma, eps
+        w0 = f_sigma * (u_hi - u_lo) / n_gauss
+        self.sigma_offset = w0 + math.log(-math.expm1(-w0))  # softplus⁻¹(w0), stable
+        self.register_buffer(
+            "centers", torch.linspace(u_lo, u_hi, n_gauss, dtype=torch.float64), persistent=False
+        )
+
+    def mixture(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First joint pre-activation (..., first_out) → (log amplitudes, means, widths)."""
+        h = _act(pre)
+        for layer in self.trunk:
+            h = _act(_linear(layer, h))
+        if self.head_hidden is not None:
+            h = _act(_linear(self.head_hidden, h))
+        zs = h.split(self.head_width, dim=-1)
+        z_f, z_mu, z_sigma = (_linear(head, z) for head, z in zip(self.heads, zs))
+        log_f = torch.log_softmax(self.s_f * z_f, dim=-1)
+        mu = self.s_mu * z_mu + self.centers.to(h.dtype)
+        sigma = F.softplus(self.s_sigma * z_sigma + self.sigma_offset) + self.eps
+        return log_f, mu, sigma
+
+
+class CategoricalNet(_BranchedNet):
+    """Network for a discrete observable with ``n_classes`` values: softmax over the values.
+
+    Same θ and input branches as :class:`ConditionalGMMNet`, then hidden layers (paper
+    Section 4 uses e.g. 300 and 200 units) with LeakyReLU and a linear layer to the logits.
+    """
+
+    def __init__(self, n_theta: int, n_inputs: int, n_classes: int, *, A1: int = 50,
+                 A2: int = 0, B1: int = 50, B2: int = 20,
+                 hidden: tuple[int, ...] = (300, 200)) -> None:
+        if not hidden:
+            raise ValueError("a categorical network needs at least one hidden layer")
+        width_theta = A1 + A2 * n_theta
+        width_inputs = B1 + B2 * n_inputs
+        super().__init__(n_theta, n_inputs, width_theta, width_inputs, hidden[0])
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(hidden))
+        self.out = nn.Linear(hidden[-1], n_classes)
+        for layer in [*self.hidden, self.out]:
+            init_linear(layer, first=False)
+        self.n_classes = n_classes
+
+    def log_probs(self, pre: torch.Tensor) -> torch.Tensor:
+        """First joint pre-activation (..., hidden[0]) → log class probabilities (..., K)."""
+        h = _act(pre)
+        for layer in self.hidden:
+            h = _act(_linear(layer, h))
+        return torch.log_softmax(_linear(self.out, h), dim=-1)

@@ -1,0 +1,45 @@
+"""Shared test fixtures (importable as ``helpers``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: a GMMDensity small enough to train in about a second
+SMALL = {"n_gauss": 6, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2}
+
+
+def toy_2d(n_per_point: int = 600, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Two observables on [0, 1]² at c ∈ {−1, 0, 1}: a ~ truncated exponential with slope c,
+    b | a ~ N(a, 0.2) clipped to [0, 1]. Returns (x (N, 2), θ (N, 1))."""
+    rng = np.random.default_rng(seed)
+    cs = np.repeat([-1.0, 0.0, 1.0], n_per_point)
+    u = rng.uniform(size=len(cs))
+    k = np.where(cs == 0, 1e-9, cs)
+    x0 = -np.log1p(-u * (1 - np.exp(-k))) / k
+    x1 = np.clip(x0 + 0.2 * rng.standard_normal(len(cs)), 0.0, 1.0)
+    return np.stack([x0, x1], 1), cs[:, None]
+
+
+def quadrature_nodes(lo: float, hi: float, knots: np.ndarray, order: int = 8,
+                     edge_levels: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights integrating a data-space density of egmm on [lo, hi].
+
+    The density is smooth between the projection's knots (Q_x is linear there) but can peak
+    sharply at the bounds, where the latent density q_u of the box edge is tiny and |dh/dx|
+    large; so: Gauss-Legendre of ``order`` on every knot interval, and the two outer intervals
+    split geometrically (halving ``edge_levels`` times) towards the bound.
+    """
+    gl_x, gl_w = np.polynomial.legendre.leggauss(order)
+    edges = [float(v) for v in knots if lo < v < hi]
+    pieces = [(a, b) for a, b in zip([lo, *edges], [*edges, hi])]
+    (a0, b0), (a1, b1) = pieces[0], pieces[-1]
+    cuts = 0.5 ** np.arange(edge_levels)
+    first = [(a0 + (b0 - a0) * c / 2, a0 + (b0 - a0) * c) for c in cuts] + [(a0, a0 + (b0 - a0)
+                                                                            * cuts[-1] / 2)]
+    last = [(b1 - (b1 - a1) * c, b1 - (b1 - a1) * c / 2) for c in cuts] + [(b1 - (b1 - a1)
+                                                                           * cuts[-1] / 2, b1)]
+    nodes, weights = [], []
+    for a, b in [*first, *pieces[1:-1], *last]:
+        nodes.append(0.5 * (a + b) + 0.5 * (b - a) * gl_x)
+        weights.append(0.5 * (b - a) * gl_w)
+    return np.concatenate(nodes), np.concatenate(weights)

@@ -1,0 +1,247 @@
+"""GMMDensity: normalisation, sampling vs log_prob, gradients, caching, files, bad input."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from egmm import (
+    GMMDensity,
+    InputError,
+    LatentProjection,
+    ModelFileError,
+    Observable,
+    ObservableSpace,
+    ParameterError,
+    train,
+)
+from egmm.density import truncated_normal_log_mass
+from egmm.groundtruth import PaperToy
+from helpers import SMALL, quadrature_nodes, toy_2d
+
+
+@pytest.fixture(scope="module")
+def trained_2d():
+    x, th = toy_2d()
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x[th[:, 0] == 0])
+    torch.manual_seed(0)
+    model = GMMDensity(space, ["c"], proj, **SMALL)
+    train(model, x, th, max_epochs=3, batch_size=200, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_1d():
+    x, th = toy_2d()
+    space = ObservableSpace([Observable("a", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x[:, :1])
+    torch.manual_seed(0)
+    model = GMMDensity(space, ["c"], proj, **SMALL)
+    train(model, x[:, :1], th, max_epochs=3, batch_size=200, progress=False)
+    return model
+
+
+def test_paper_table6_weight_counts():
+    toy = PaperToy()
+    x = toy.sample(2000, 0.0, 0.0, seed=0)
+    proj = LatentProjection.fit(toy.space, x)
+    model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds={"cx": (-1.5, 1.5),
+                                                                         "cy": (-1.5, 1.5)})
+    assert model.n_weights() == [18090, 54770, 68940, 84750]  # paper-toy.md, Table 6
+
+
+def test_truncated_normal_log_mass_accurate_in_tails():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    a = [-1.0, 5.0, -40.0, 8.0, -3.0, 2.0]
+    b = [1.0, 6.0, -39.0, 30.0, 9.0, 2.0 + 1e-6]
+    expected = [float(mpmath.log(mpmath.ncdf(hi) - mpmath.ncdf(lo))) for lo, hi in zip(a, b)]
+    got = truncated_normal_log_mass(torch.tensor(a, dtype=torch.float64),
+                                    torch.tensor(b, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_1d_density_integrates_to_one(trained_1d):
+    nodes, weights = quadrature_nodes(0.0, 1.0, trained_1d.projection.knots("a"))
+    for c in (-1.0, 0.3, 1.0):
+        total = np.exp(trained_1d.log_prob(nodes[:, None], {"c": c})) @ weights
+        assert abs(total - 1.0) < 1e-3
+
+
+def test_2d_density_integrates_to_one(trained_2d):
+    na, wa = quadrature_nodes(0.0, 1.0, trained_2d.projection.knots("a"), order=4,
+                              edge_levels=30)
+    nb, wb = quadrature_nodes(0.0, 1.0, trained_2d.projection.knots("b"), order=4,
+                              edge_levels=30)
+    pts = np.stack(np.meshgrid(na, nb, indexing="ij"), -1).reshape(-1, 2)
+    for c in (-0.5, 1.0):
+        p = np.exp(trained_2d.log_prob(pts, {"c": c})).reshape(len(na), len(nb))
+        assert abs(wa @ p @ wb - 1.0) < 1e-3
+
+
+def test_unbounded_observable_integrates_to_one():
+    rng = np.random.default_rng(3)
+    space = ObservableSpace([Observable("y", -np.inf, np.inf)])
+    x = rng.standard_normal((2000, 1))
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(1)
+    model = GMMDensity(space, (), proj, **SMALL)
+    train(model, x, np.zeros((2000, 0)), max_epochs=2, progress=False)
+    knots = proj.knots("y")
+    core_nodes, core_w = quadrature_nodes(knots[0], knots[-1], knots)
+    # beyond the core the map is an exponential tail: substitute t = exp(-|x - edge|)
+    t, tw = np.polynomial.legendre.leggauss(200)
+    t, tw = 0.5 * (t + 1), 0.5 * tw
+    dist = -np.log(t)
+    lo_x, hi_x = knots[0] - dist, knots[-1] + dist
+    total = (np.exp(model.log_prob(core_nodes[:, None])) @ core_w
+             + (np.exp(model.log_prob(lo_x[:, None])) / t) @ tw
+             + (np.exp(model.log_prob(hi_x[:, None])) / t) @ tw)
+    assert abs(total - 1.0) < 1e-3
+
+
+def test_samples_have_uniform_pit(trained_2d):
+    # For samples of the model itself the PIT of every conditional is exactly uniform: KS at
+    # a fixed seed, failing only with probability 1e-3 per column if the code is right.
+    for c in (-1.0, 0.5):
+        x = trained_2d.sample(20000, {"c": c}, seed=11)
+        assert np.all((x >= 0.0) & (x <= 1.0))
+        pit = trained_2d.pit(x, {"c": c})
+        for j in range(2):
+            assert stats.kstest(pit[:, j], "uniform").pvalue > 1e-3
+
+
+def test_sample_seeded_and_per_event_theta(trained_2d):
+    a = trained_2d.sample(100, {"c": 0.2}, seed=5)
+    b = trained_2d.sample(100, {"c": 0.2}, seed=5)
+    c = trained_2d.sample(100, {"c": 0.2}, seed=6)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    per_event = trained_2d.sample(4, {"c": np.array([-1.0, -1.0, 1.0, 1.0])}, seed=1)
+    assert per_event.shape == (4, 2)
+
+
+def test_per_event_theta_equals_shared(trained_2d):
+    x = trained_2d.sample(50, {"c": 0.0}, seed=2)
+    shared = trained_2d.log_prob(x, {"c": 0.4})
+    per = trained_2d.log_prob(x, {"c": np.full(50, 0.4)})
+    np.testing.assert_allclose(per, shared, rtol=1e-12)
+
+
+def test_chunking_float32_and_prepare_agree(trained_2d):
+    # x representable in float32, so that both precisions see the same events
+    x = trained_2d.sample(1000, {"c": 0.1}, seed=3).astype(np.float32).astype(np.float64)
+    full = trained_2d.log_prob(x, {"c": -0.3})
+    chunked = trained_2d.log_prob(x, {"c": -0.3}, chunk_size=7)
+    f32 = trained_2d.log_prob(x, {"c": -0.3}, dtype=torch.float32)
+    np.testing.assert_allclose(chunked, full, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(f32, full, atol=2e-4)
+    prep = trained_2d.prepare(trained_2d.space.validate(x))
+    th = torch.tensor([-0.3], dtype=torch.float64)
+    np.testing.assert_allclose(trained_2d.log_prob_prepared(prep, th).detach().numpy(), full,
+                               rtol=1e-12)
+
+
+def test_theta_gradient_matches_finite_differences(trained_2d):
+    x = torch.as_tensor(trained_2d.sample(200, {"c": 0.0}, seed=4))
+    prep = trained_2d.prepare(x.numpy())
+    th = torch.tensor([0.37], dtype=torch.float64, requires_grad=True)
+    total = trained_2d.log_prob_prepared(prep, th).sum()
+    (grad,) = torch.autograd.grad(total, th)
+    h = 1e-6
+    with torch.no_grad():
+        up = trained_2d.log_prob_tensor(x, th.detach() + h).sum()
+        dn = trained_2d.log_prob_tensor(x, th.detach() - h).sum()
+    assert torch.isfinite(grad).all()
+    np.testing.assert_allclose(grad.item(), ((up - dn) / (2 * h)).item(), rtol=1e-5, atol=1e-6)
+
+
+def test_importance_weights_average_to_one(trained_2d):
+    # E_{x~p(θ_ref)}[p(x|θ)/p(x|θ_ref)] = 1; the spread of the mean is std(w)/√n
+    x = trained_2d.sample(40000, {"c": 0.0}, seed=9)
+    w = trained_2d.importance_weights(x, {"c": 0.5}, {"c": 0.0})
+    assert abs(w.mean() - 1.0) < 4 * w.std() / np.sqrt(len(w))
+
+
+def test_save_load_bit_identical(trained_2d, tmp_path):
+    path = tmp_path / "model.egmm"
+    trained_2d.save(path)
+    loaded = GMMDensity.load(path)
+    x = trained_2d.sample(500, {"c": 0.5}, seed=1)
+    np.testing.assert_array_equal(loaded.log_prob(x, {"c": 0.5}),
+                                  trained_2d.log_prob(x, {"c": 0.5}))
+    np.testing.assert_array_equal(loaded.sample(50, {"c": 0.5}, seed=2),
+                                  trained_2d.sample(50, {"c": 0.5}, seed=2))
+    assert loaded.parameter_bounds == trained_2d.parameter_bounds
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_model_file_errors(trained_2d, tmp_path):
+    path = tmp_path / "model.egmm"
+    trained_2d.save(path)
+    data = path.read_bytes()
+    with pytest.raises(ModelFileError, match="no such"):
+        GMMDensity.load(tmp_path / "missing.egmm")
+    (tmp_path / "trunc.egmm").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=r"trunc\.egmm"):
+        GMMDensity.load(tmp_path / "trunc.egmm")
+    (tmp_path / "junk.egmm").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError):
+        GMMDensity.load(tmp_path / "junk.egmm")
+    # a file from a newer schema: rewrite the header's schema field
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"]["schema"] = "99"
+    new_header = json.dumps(header).encode()
+    new_header += b" " * ((8 - len(new_header) % 8) % 8)
+    (tmp_path / "newer.egmm").write_bytes(struct.pack("<Q", len(new_header)) + new_header
+                                          + data[8 + n:])
+    with pytest.raises(ModelFileError, match="schema 99"):
+        GMMDensity.load(tmp_path / "newer.egmm")
+
+
+def test_discrete_observable():
+    rng = np.random.default_rng(0)
+    n = 3000
+    c = rng.choice([0.0, 1.0], n)
+    k = rng.poisson(1.0 + 2.0 * c).clip(0, 5)
+    y = rng.uniform(size=n) * (1 + k) / 6
+    space = ObservableSpace([Observable("njet", 0, 5, discrete=True), Observable("y", 0, 1)])
+    x = np.stack([k, y], 1).astype(float)
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(0)
+    model = GMMDensity(space, ["c"], proj, categorical_hidden=(16,), **SMALL)
+    train(model, x, c[:, None], max_epochs=3, progress=False)
+    # sum over the categories of the integral over y is 1
+    nodes, weights = quadrature_nodes(0.0, 1.0, proj.knots("y"))
+    total = sum(np.exp(model.log_prob(np.stack([np.full(len(nodes), kk), nodes], 1),
+                                      {"c": 0.5})) @ weights for kk in range(6))
+    assert abs(total - 1.0) < 1e-3
+    s = model.sample(500, {"c": 1.0}, seed=0)
+    assert np.all(s[:, 0] == np.round(s[:, 0])) and s[:, 0].min() >= 0 and s[:, 0].max() <= 5
+
+
+def test_bad_input(trained_2d):
+    with pytest.raises(InputError, match="unknown option"):
+        GMMDensity(trained_2d.space, ["c"], trained_2d.projection, n_gaus=3)
+    with pytest.raises(InputError, match="projection"):
+        GMMDensity(trained_2d.space, ["c"], None)
+    with pytest.raises(ParameterError, match="outside the model's range"):
+        trained_2d.log_prob([[0.5, 0.5]], {"c": 3.0})
+    trained_2d.log_prob([[0.5, 0.5]], {"c": 3.0}, allow_outside=True)
+    with pytest.raises(ParameterError, match="not finite"):
+        trained_2d.log_prob([[0.5, 0.5]], {"c": np.nan})
+    with pytest.raises(ParameterError, match="unknown"):
+        trained_2d.log_prob([[0.5, 0.5]], {"c": 0.0, "d": 1.0})
+    with pytest.raises(InputError, match="'b'"):
+        trained_2d.log_prob([[0.5, 1.5]], {"c": 0.0})
+    with pytest.raises(InputError, match="latent box"):
+        trained_2d.log_prob_latent([[0.0, 7.0]], {"c": 0.0})
+    with pytest.raises(InputError, match="n must be"):
+        trained_2d.sample(-1, {"c": 0.0})

@@ -1,0 +1,104 @@
+"""Observable / ObservableSpace: construction and the validation gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from egmm import InputError, Observable, ObservableSpace
+
+
+@pytest.fixture
+def space():
+    return ObservableSpace([
+        Observable("m", 100.0, 800.0, unit="GeV"),
+        Observable("phi", -np.pi, np.pi),
+        Observable("njet", 0, 5, discrete=True),
+        Observable("z", -np.inf, np.inf),
+    ])
+
+
+def test_array_and_named_inputs_agree(space):
+    arr = np.array([[150.0, 0.1, 2, -3.0], [700.0, -3.0, 0, 1e6]])
+    cols = {"z": arr[:, 3], "njet": arr[:, 2], "m": arr[:, 0], "phi": arr[:, 1], "extra": [1, 2]}
+    rec = np.rec.fromarrays(arr.T, names=["m", "phi", "njet", "z"])
+    np.testing.assert_array_equal(space.validate(arr), arr)
+    np.testing.assert_array_equal(space.validate(cols), arr)
+    np.testing.assert_array_equal(space.validate(rec), arr)
+    assert space.validate(arr).dtype == np.float64
+
+
+def test_pandas_like_frame(space):
+    class Frame:  # what validate relies on: .columns and [name]
+        def __init__(self, d):
+            self.d, self.columns = d, list(d)
+
+        def __getitem__(self, k):
+            return self.d[k]
+
+    arr = np.array([[150.0, 0.1, 2, -3.0]])
+    frame = Frame({n: arr[:, i] for i, n in enumerate(space.names)})
+    np.testing.assert_array_equal(space.validate(frame), arr)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ([np.nan, 0.0, 1, 0.0], r"'m' is nan in row 1"),
+        ([150.0, np.inf, 1, 0.0], r"'phi' is inf in row 1"),
+        ([90.0, 0.0, 1, 0.0], r"'m' = 90.0 in row 1 lies outside"),
+        ([150.0, 4.0, 1, 0.0], r"'phi' = 4.0 in row 1"),
+        ([150.0, 0.0, 1.5, 0.0], r"discrete observable 'njet' = 1.5 in row 1"),
+        ([150.0, 0.0, 6, 0.0], r"'njet' = 6.0 in row 1 lies outside"),
+        ([150.0, 0.0, 1, -np.inf], r"'z' is -inf in row 1"),
+    ],
+)
+def test_bad_values_name_observable_and_row(space, row, match):
+    good = [150.0, 0.0, 1, 0.0]
+    with pytest.raises(InputError, match=match):
+        space.validate(np.array([good, row]))
+
+
+def test_bad_shapes_and_columns(space):
+    with pytest.raises(InputError, match="empty"):
+        space.validate(np.zeros((0, 4)))
+    with pytest.raises(InputError, match=r"expected shape \(N, 4\)"):
+        space.validate(np.zeros((3, 3)))
+    with pytest.raises(InputError, match=r"missing columns \['z'\]"):
+        space.validate({"m": [150.0], "phi": [0.0], "njet": [1]})
+    with pytest.raises(InputError, match="different lengths"):
+        space.validate({"m": [150.0], "phi": [0.0, 1.0], "njet": [1], "z": [0.0]})
+    with pytest.raises(InputError, match="numeric"):
+        space.validate([["a", "b", "c", "d"]])
+
+
+def test_observable_definition_errors():
+    with pytest.raises(InputError, match="lo < hi"):
+        Observable("x", 1.0, 1.0)
+    with pytest.raises(InputError, match="finite bounds"):
+        Observable("n", 0, np.inf, discrete=True)
+    with pytest.raises(InputError, match="integer bounds"):
+        Observable("n", 0, 2.5, discrete=True)
+    with pytest.raises(InputError, match="f must lie"):
+        Observable("x", 0, 1, f=1.5)
+    with pytest.raises(InputError, match="duplicate"):
+        ObservableSpace([Observable("x", 0, 1), Observable("x", 0, 2)])
+    with pytest.raises(InputError, match="at least one"):
+        ObservableSpace([])
+
+
+def test_dict_round_trip_is_json_safe(space):
+    d = json.loads(json.dumps(space.to_dict()))
+    assert ObservableSpace.from_dict(d) == space
+    assert space["m"].axis_label == "m [GeV]"
+    assert space["njet"].n_categories == 6
+    assert space.index("z") == 3
+    with pytest.raises(InputError, match="no observable named"):
+        space.index("w")
+
+
+def test_single_observable_accepts_1d():
+    sp = ObservableSpace([Observable("x", 0, 1)])
+    assert sp.validate([0.1, 0.2]).shape == (2, 1)

@@ -1,0 +1,105 @@
+"""train(): learning, early stopping, weights, resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from egmm import (
+    GMMDensity,
+    InputError,
+    LatentProjection,
+    ModelFileError,
+    Observable,
+    ObservableSpace,
+    ParameterError,
+    train,
+)
+from egmm.training import TrainingHistory
+from helpers import SMALL, toy_2d
+
+
+def _model(x, seed=0):
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(seed)
+    return GMMDensity(space, ["c"], proj, **SMALL)
+
+
+def test_training_lowers_validation_loss_and_sets_bounds():
+    x, th = toy_2d()
+    model = _model(x)
+    hist = train(model, x, th, max_epochs=4, batch_size=100, progress=False)
+    assert isinstance(hist, TrainingHistory)
+    assert model.parameter_bounds == {"c": (-1.0, 1.0)}
+    assert len(hist.epochs) == 4 and len(hist.val_loss[0]) == 2
+    first, best = np.sum(hist.val_loss[0]), hist.total_best_val_loss
+    assert best < first
+    assert hist.to_dict()["observables"] == ["a", "b"]
+
+
+def test_early_stopping_and_restore_best():
+    x, th = toy_2d(200)
+    model = _model(x)
+    # a huge learning rate makes the validation loss stall quickly
+    hist = train(model, x, th, max_epochs=60, batch_size=50, lr=0.05, patience=2,
+                 lr_patience=100, progress=False)
+    assert hist.stopped and len(hist.epochs) < 60
+    # restored weights reproduce the best validation loss
+    for i, e in enumerate(hist.best_epoch):
+        assert hist.val_loss[e][i] == pytest.approx(hist.best_val_loss[i])
+
+
+def test_negative_weights_supported_and_zero_total_rejected():
+    x, th = toy_2d(100)
+    w = np.ones(len(x))
+    w[::10] = -0.2
+    hist = train(_model(x), x, th, weights=w, max_epochs=1, progress=False)
+    assert np.isfinite(hist.val_loss[0]).all()
+    with pytest.raises(InputError, match="total weight"):
+        train(_model(x), x, th, weights=np.zeros(len(x)), progress=False)
+    with pytest.raises(InputError, match="not finite"):
+        train(_model(x), x, th, weights=np.where(np.arange(len(x)) == 3, np.nan, 1.0),
+              progress=False)
+
+
+def test_resume_gives_identical_weights(tmp_path):
+    x, th = toy_2d(200)
+    kwargs = {"max_epochs": 4, "batch_size": 64, "progress": False, "seed": 3}
+    ref = _model(x)
+    train(ref, x, th, **kwargs)
+
+    ckpt = tmp_path / "run.ckpt"
+
+    def interrupt(epoch, _history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    killed = _model(x)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, x, th, checkpoint=ckpt, callback=interrupt, **kwargs)
+    resumed = _model(x, seed=123)  # different init: everything must come from the checkpoint
+    hist = train(resumed, x, th, checkpoint=ckpt, resume=True, **kwargs)
+    assert hist.epochs == [0, 1, 2, 3]
+    for a, b in zip(ref.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.equal(a, b)
+    # a checkpoint of another training is refused
+    with pytest.raises(ModelFileError, match="different training"):
+        train(_model(x), x, th, checkpoint=ckpt, resume=True, max_epochs=4, batch_size=32,
+              progress=False)
+
+
+def test_bad_training_input():
+    x, th = toy_2d(50)
+    with pytest.raises(InputError, match="shape"):
+        train(_model(x), x, th[:-1], progress=False)
+    with pytest.raises(ParameterError, match="not finite"):
+        train(_model(x), x, np.where(np.arange(len(x))[:, None] == 2, np.inf, th),
+              progress=False)
+    with pytest.raises(InputError, match="validation"):
+        train(_model(x), x, th, validation=1.0, progress=False)
+    bad = x.copy()
+    bad[5, 1] = 2.0
+    with pytest.raises(InputError, match="'b'"):
+        train(_model(x), bad, th, progress=False)
