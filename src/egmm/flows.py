@@ -6,7 +6,8 @@ loop, same files).
 The flow models the latent values of the same :class:`egmm.LatentProjection`, moved from the
 latent box (u_lo, u_hi) onto ℝ by the fixed logit map
 
-    y = log(u − u_lo) − log(u_hi − u),   log|dy/du| = log(u_hi − u_lo) − log(u − u_lo) − log(u_hi − u),
+    y = log(u − u_lo) − log(u_hi − u),
+    log|dy/du| = log(u_hi − u_lo) − log(u − u_lo) − log(u_hi − u),
 
 so that the flow's density on ℝ^D is a normalised density on the box, and hence on the
 observables' support: no probability leaks. Discrete observables are not supported by flows.

@@ -1,0 +1,159 @@
+"""Fidelity of a GMMDensity trained on the paper's ground-truth toy, with zuko flows as peers.
+
+Trains on the 49-point grid (paper Section 6, Table 6 hyper-parameters), then reports on fresh
+events of the true pdf
+
+    KL(true ‖ model) = E_true[log p_true(x|c) − log p_model(x|c)]   (nats/event, ± its error)
+
+at every trained grid point and at off-grid points, the per-observable validation NLL in latent
+space next to the ideal floor (the true conditionals seen through the same projection), the
+number of weights and the training wall time. Zuko NSF and MAF flows with about the same number
+of weights are trained on the same data with the same trainer, batch size and epoch budget.
+
+Results go to ``benchmarks/results/fidelity_paper_toy.json`` (one section per model, written
+atomically as each finishes; an existing section is kept unless ``--redo``), and the trained
+GMM to ``benchmarks/results/paper_toy_gmm.egmm`` for the validation report.
+
+    python benchmarks/fidelity_paper_toy.py --events-per-point 20000 --models gmm,nsf,maf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from egmm import FlowDensity, GMMDensity, LatentProjection, train
+from egmm.groundtruth import PaperToy
+
+RESULTS = Path(__file__).parent / "results"
+OFF_GRID = np.array([[0.25, -0.75], [0.8, 0.8], [-0.8, 0.8], [0.8, -0.8], [-0.8, -0.8],
+                     [0.0, 0.2], [1.2, -0.3]])
+
+
+def kl_table(model, toy: PaperToy, points: np.ndarray, n: int, seed: int) -> list[dict]:
+    rows = []
+    for k, (cx, cy) in enumerate(points):
+        x = toy.sample(n, cx, cy, seed=np.random.SeedSequence([seed, k]))
+        d = toy.log_prob(x, cx, cy) - model.log_prob(x, {"cx": cx, "cy": cy})
+        rows.append({"cx": float(cx), "cy": float(cy), "kl": float(d.mean()),
+                     "error": float(d.std(ddof=1) / np.sqrt(n))})
+    return rows
+
+
+def latent_floor(toy: PaperToy, proj: LatentProjection, n: int, seed: int) -> list[float]:
+    """Per-observable NLL in latent space of the *true* conditionals over the 49-point grid:
+    −log p_u,i = −log p_x,i + log|dh_i/dx_i|, the floor any model with this projection has."""
+    x, th = toy.training_data(toy.GRID_49, n, seed=seed)
+    cond = toy.log_prob_conditionals(x, th[:, 0], th[:, 1])
+    logdet = proj.log_abs_det_jacobian(x, per_observable=True)
+    return (-(cond - logdet)).mean(0).tolist()
+
+
+def weights_of_flow(kind: str, hidden: int, transforms: int) -> int:
+    import zuko
+
+    flow = getattr(zuko.flows, kind)(4, 2, transforms=transforms, hidden_features=(hidden,) * 2)
+    return sum(p.numel() for p in flow.parameters())
+
+
+def matched_hidden(kind: str, target: int, transforms: int) -> int:
+    """Hidden width whose flow has about ``target`` weights."""
+    lo, hi = 4, 2048
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if weights_of_flow(kind, mid, transforms) <= target else (lo, mid)
+    return lo
+
+
+def write_section(path: Path, key: str, value: dict) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = value
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--events-per-point", type=int, default=20000,
+                    help="training events per grid point (paper: 50000)")
+    ap.add_argument("--eval-events", type=int, default=20000, help="true events per KL point")
+    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--models", default="gmm,nsf,maf")
+    ap.add_argument("--transforms", type=int, default=3, help="flow transforms")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "fidelity_paper_toy.json")
+    ap.add_argument("--redo", action="store_true")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = json.loads(args.out.read_text()) if args.out.exists() else {}
+
+    toy = PaperToy()
+    x, th = toy.training_data(toy.GRID_49, args.events_per_point, seed=args.seed)
+    x_ref = x[(th[:, 0] == 0) & (th[:, 1] == 0)]  # the projection uses the c = (0, 0) sample
+    proj = LatentProjection.fit(toy.space, x_ref, f=0.5)
+    floor = latent_floor(toy, proj, 5000, seed=args.seed + 1)
+    bounds = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
+    write_section(args.out, "setup", {
+        "events_per_point": args.events_per_point, "grid_points": 49,
+        "batch_size": args.batch_size, "max_epochs": args.max_epochs, "seed": args.seed,
+        "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__})
+
+    gmm_weights = None
+    for name in args.models.split(","):
+        if name in done and not args.redo:
+            print(f"{name}: kept from {args.out}")
+            continue
+        torch.manual_seed(args.seed)
+        if name == "gmm":
+            model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds=bounds)
+            n_weights = sum(model.n_weights())
+            gmm_weights = n_weights
+        else:
+            kind = name.upper()
+            target = gmm_weights or 226550  # the Table 6 model's weights
+            hidden = matched_hidden(kind, target, args.transforms)
+            model = FlowDensity(toy.space, ["cx", "cy"], proj, kind=kind,
+                                parameter_bounds=bounds, transforms=args.transforms,
+                                hidden_features=(hidden, hidden))
+            n_weights = model.n_weights()
+        print(f"{name}: {n_weights} weights, training on {len(x)} events")
+        t0 = time.perf_counter()
+        hist = train(model, x, th, batch_size=args.batch_size, max_epochs=args.max_epochs,
+                     seed=args.seed)
+        wall = time.perf_counter() - t0
+        if name == "gmm":
+            model.save(args.out.parent / "paper_toy_gmm.egmm")
+        on_grid = kl_table(model, toy, toy.GRID_49, args.eval_events, seed=100)
+        off_grid = kl_table(model, toy, OFF_GRID, args.eval_events, seed=200)
+        section = {
+            "weights": n_weights, "train_seconds": wall, "epochs": len(hist.epochs),
+            "stopped_early": hist.stopped, "best_val_nll": hist.best_val_loss,
+            "kl_on_grid_mean": float(np.mean([r["kl"] for r in on_grid])),
+            "kl_on_grid_max": float(np.max([r["kl"] for r in on_grid])),
+            "kl_off_grid_mean": float(np.mean([r["kl"] for r in off_grid])),
+            "kl_off_grid_max": float(np.max([r["kl"] for r in off_grid])),
+            "kl_on_grid": on_grid, "kl_off_grid": off_grid,
+        }
+        write_section(args.out, name, section)
+        print(f"{name}: KL on grid {section['kl_on_grid_mean']:.5f} (max "
+              f"{section['kl_on_grid_max']:.5f}), off grid {section['kl_off_grid_mean']:.5f} "
+              f"(max {section['kl_off_grid_max']:.5f}) nats/event; {wall / 60:.1f} min, "
+              f"{len(hist.epochs)} epochs; val NLL {np.round(hist.best_val_loss, 4).tolist()} "
+              f"vs floor {np.round(floor, 4).tolist()}")
+
+
+if __name__ == "__main__":
+    main()

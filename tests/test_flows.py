@@ -1,0 +1,76 @@
+"""FlowDensity: the zuko peer behind the same protocol, trainer and files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import quadrature_nodes, toy_2d
+from scipy import stats
+
+from egmm import FlowDensity, InputError, LatentProjection, Observable, ObservableSpace, train
+
+pytest.importorskip("zuko")
+
+
+@pytest.fixture(scope="module", params=["NSF", "MAF"])
+def flow(request):
+    x, th = toy_2d(400)
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(0)
+    model = FlowDensity(space, ["c"], proj, kind=request.param, transforms=2,
+                        hidden_features=(16, 16))
+    train(model, x, th, max_epochs=2, batch_size=100, progress=False)
+    return model
+
+
+def test_flow_density_normalised(flow):
+    na, wa = quadrature_nodes(0.0, 1.0, flow.projection.knots("a"), order=4, edge_levels=30)
+    nb, wb = quadrature_nodes(0.0, 1.0, flow.projection.knots("b"), order=4, edge_levels=30)
+    pts = np.stack(np.meshgrid(na, nb, indexing="ij"), -1).reshape(-1, 2)
+    p = np.exp(flow.log_prob(pts, {"c": 0.5})).reshape(len(na), len(nb))
+    assert abs(wa @ p @ wb - 1.0) < 1e-3
+
+
+def test_flow_sample_consistent_with_log_prob(flow):
+    # the marginal CDF of a from quadrature of the model density, against model samples
+    x = flow.sample(4000, {"c": 0.0}, seed=1)
+    assert np.all((x > 0.0) & (x < 1.0))
+    np.testing.assert_array_equal(x, flow.sample(4000, {"c": 0.0}, seed=1))
+    na, wa = quadrature_nodes(0.0, 1.0, flow.projection.knots("a"), order=4, edge_levels=30)
+    nb, wb = quadrature_nodes(0.0, 1.0, flow.projection.knots("b"), order=4, edge_levels=30)
+    pts = np.stack(np.meshgrid(na, nb, indexing="ij"), -1).reshape(-1, 2)
+    pa = (np.exp(flow.log_prob(pts, {"c": 0.0})).reshape(len(na), len(nb)) @ wb) * wa
+    order = np.argsort(na)
+    cdf_nodes, cdf_vals = na[order], np.cumsum(pa[order])
+
+    def cdf(v):
+        return np.interp(v, cdf_nodes, cdf_vals)
+
+    assert stats.kstest(x[:, 0], cdf).pvalue > 1e-3
+
+
+def test_flow_save_load_and_gradient(flow, tmp_path):
+    path = tmp_path / "flow.egmm"
+    flow.save(path)
+    loaded = FlowDensity.load(path)
+    x = flow.sample(100, {"c": 0.3}, seed=2)
+    np.testing.assert_array_equal(loaded.log_prob(x, {"c": 0.3}), flow.log_prob(x, {"c": 0.3}))
+    th = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    val = flow.log_prob_prepared(flow.prepare(x), th).sum()
+    (g,) = torch.autograd.grad(val, th)
+    h = 1e-6
+    fd = (flow.log_prob(x, {"c": 0.3 + h}).sum() - flow.log_prob(x, {"c": 0.3 - h}).sum()) / (2 * h)
+    assert g.item() == pytest.approx(fd, rel=1e-5, abs=1e-6)
+
+
+def test_flow_bad_input():
+    space = ObservableSpace([Observable("n", 0, 3, discrete=True), Observable("y", 0.0, 1.0)])
+    x = np.stack([np.arange(40) % 4, np.linspace(0.01, 0.99, 40)], 1)
+    proj = LatentProjection.fit(space, x)
+    with pytest.raises(InputError, match="discrete"):
+        FlowDensity(space, (), proj)
+    cont = ObservableSpace([Observable("y", 0.0, 1.0)])
+    with pytest.raises(InputError, match="kind"):
+        FlowDensity(cont, (), LatentProjection.fit(cont, x[:, 1:]), kind="RealNVP")
