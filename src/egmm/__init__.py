@@ -3,28 +3,50 @@
 The public names; see DESIGN.md for the contract.
 """
 
+from egmm import infer
 from egmm.base import DensityModel
 from egmm.density import GMMDensity
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError
 from egmm.flows import FlowDensity
 from egmm.latent import LatentProjection
+from egmm.likelihood import (
+    Component,
+    CrossSection,
+    ExtendedUnbinnedNLL,
+    HistTemplate,
+    PyhfCost,
+    QuadraticFit,
+    TorchDensity,
+    UnbinnedNLL,
+    Yield,
+)
 from egmm.observables import Observable, ObservableSpace
 from egmm.training import TrainingHistory, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Component",
+    "CrossSection",
     "DensityModel",
     "EgmmError",
+    "ExtendedUnbinnedNLL",
     "FlowDensity",
     "GMMDensity",
+    "HistTemplate",
     "InputError",
     "LatentProjection",
     "ModelFileError",
     "Observable",
     "ObservableSpace",
     "ParameterError",
+    "PyhfCost",
+    "QuadraticFit",
+    "TorchDensity",
     "TrainingHistory",
+    "UnbinnedNLL",
+    "Yield",
     "__version__",
+    "infer",
     "train",
 ]

@@ -82,14 +82,25 @@ def _items(cost: Any) -> list[Any]:
     return list(cost) if isinstance(cost, CostSum) else [cost]
 
 
+def _middle(lo: float, hi: float, fallback: float = 0.0) -> float:
+    """A point inside [lo, hi]: the middle if finite, else ``fallback`` kept ≥ 1 from the limit."""
+    if math.isfinite(lo) and math.isfinite(hi):
+        return 0.5 * (lo + hi)
+    if math.isfinite(lo):
+        return max(lo + 1.0, fallback)
+    if math.isfinite(hi):
+        return min(hi - 1.0, fallback)
+    return fallback
+
+
 def start_values(cost: Any) -> dict[str, float]:
     """Default starting values for every parameter of ``cost``.
 
     In order of precedence: the central values of ``NormalConstraint`` terms; the
     ``init_values()`` of the costs that offer them (egmm's unbinned costs: middle of a
     density parameter's range, Σw / (number of components) for free yields; PyhfCost:
-    pyhf's suggested init), first term first; then the middle of finite limits, lo + 1 / hi − 1
-    for one-sided limits, else 0.
+    pyhf's suggested init), first term first; then the middle of finite limits, for one-sided
+    limits 0 if allowed else 1 away from the limit, else 0.
     """
     names = describe(cost)
     limits = describe(cost, annotations=True)
@@ -106,14 +117,7 @@ def start_values(cost: Any) -> dict[str, float]:
     for n in names:
         if n not in out:
             lo, hi = limits[n] if limits[n] is not None else (-math.inf, math.inf)
-            if math.isfinite(lo) and math.isfinite(hi):
-                out[n] = 0.5 * (lo + hi)
-            elif math.isfinite(lo):
-                out[n] = lo + 1.0
-            elif math.isfinite(hi):
-                out[n] = hi - 1.0
-            else:
-                out[n] = 0.0
+            out[n] = _middle(lo, hi)
     return {n: out[n] for n in names}
 
 
@@ -162,13 +166,18 @@ def make_minuit(
         _check_names(limits, names, "limits")
         for n, lim in limits.items():
             m.limits[n] = lim
+    given = set(start or ()) | (set(fixed) if isinstance(fixed, Mapping) else set())
     for n in names:
         lo, hi = m.limits[n]
         v = values[n]
         if not math.isfinite(v):
             raise ParameterError(f"start value of {n!r} is {v}")
-        if not lo <= v <= hi:
+        if lo <= v <= hi:
+            continue
+        if n in given:
             raise ParameterError(f"start value {n}={v} lies outside its limits [{lo}, {hi}]")
+        # a default start outside limits the caller narrowed: take the new range's middle
+        m.values[n] = _middle(lo, hi, v)
     for n in fix_names:
         m.fixed[n] = True
     m.strategy = strategy

@@ -329,7 +329,9 @@ class _UnbinnedCost(Cost):
             logs.append(lp)
         if nu is None:
             return logs[0]
-        lp = torch.stack(logs)
+        device = logs[0].device  # a density may live on an accelerator; follow the first
+        lp = torch.stack([t.to(device) for t in logs])
+        nu = nu.to(device)
         # log Σ ν_c p_c = m + log Σ ν_c exp(log p_c − m) with m = max_c log p_c: the
         # logsumexp of log ν_c + log p_c, written so that a yield at its limit ν = 0 keeps a
         # finite gradient (d/dν of log ν would be infinite there).
@@ -346,9 +348,9 @@ class _UnbinnedCost(Cost):
     def _chunk_sum(self, k: int, theta: torch.Tensor, nu: torch.Tensor | None) -> torch.Tensor:
         ll = self._log_density(k, theta, nu)
         if self._w is None:
-            return ll.sum()
+            return ll.sum().cpu()
         start = self._starts[k]
-        return (self._w[start:start + len(ll)] * ll).sum()
+        return (self._w[start:start + len(ll)].to(ll.device) * ll).sum().cpu()
 
     def _outer(self, nu: torch.Tensor | None) -> torch.Tensor:
         """The θ-dependent terms outside the event sum."""

@@ -1,0 +1,220 @@
+"""egmm.infer: fit, profile, contour and Wilks thresholds, against exact answers and brute force."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from iminuit import Minuit
+from iminuit.cost import NormalConstraint
+from scipy import stats
+
+from egmm.errors import EgmmError, InputError, ParameterError
+from egmm.infer import contour, fit, profile, start_values, wilks_threshold
+from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity
+from egmm.observables import Observable, ObservableSpace
+
+A, B = 0.0, 10.0
+SPACE = ObservableSpace([Observable("x", A, B)])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These tensors are tiny: torch's thread pool only adds overhead, and on a busy machine
+    its threads stall each other (20x slower); restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def signal_log_prob(x, mu, sigma):
+    z = (x[:, 0] - mu) / sigma
+    norm = torch.special.ndtr((B - mu) / sigma) - torch.special.ndtr((A - mu) / sigma)
+    return -0.5 * z**2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi) - torch.log(norm)
+
+
+def background_log_prob(x, lam):
+    return torch.log(lam) - lam * x[:, 0] - torch.log1p(-torch.exp(-lam * B))
+
+
+@pytest.fixture(scope="module")
+def model_cost():
+    """Gaussian peak (μ = 5, σ = 0.5, 300 events) on an exponential (λ = 0.3, 700 events)."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([
+        stats.truncnorm.rvs(-10, 10, loc=5.0, scale=0.5, size=300, random_state=rng),
+        stats.truncexpon.rvs(b=3.0, scale=1 / 0.3, size=700, random_state=rng),
+    ])
+    sig = TorchDensity(SPACE, signal_log_prob, ("mu", "sigma"),
+                       {"mu": (2.0, 8.0), "sigma": (0.1, 3.0)})
+    bkg = TorchDensity(SPACE, background_log_prob, ("lam",), {"lam": (0.01, 2.0)})
+    return ExtendedUnbinnedNLL(x, [Component("sig", sig, "n_sig"), Component("bkg", bkg, "n_bkg")])
+
+
+@pytest.fixture(scope="module")
+def global_fit(model_cost):
+    return fit(model_cost, tol=1e-3)
+
+
+def conditional_fval(cost, best, fixed):
+    """Brute force: a fresh Minuit from the global minimum with ``fixed`` held."""
+    m = Minuit(cost, **best.values)
+    for n in best.parameters:
+        m.limits[n] = best.minuit.limits[n]
+    for n, v in fixed.items():
+        m.values[n] = v
+        m.fixed[n] = True
+    m.tol = 1e-4
+    m.migrad()
+    assert m.valid
+    return m.fval
+
+
+# -- wilks_threshold --------------------------------------------------------------------------
+def test_wilks_threshold_follows_iminuit_cl_semantics():
+    assert wilks_threshold(0.68, 2) == pytest.approx(2.27886856637673, rel=1e-12)
+    assert wilks_threshold(0.6827, 2) == pytest.approx(2.2958, abs=1e-4)
+    assert wilks_threshold(0.95, 2) == pytest.approx(5.991464547107979, rel=1e-12)
+    assert wilks_threshold(1, 1) == 1.0
+    assert wilks_threshold(3, 1) == 9.0
+    assert wilks_threshold(1, 2) == pytest.approx(2.295748928898636, rel=1e-12)
+    assert wilks_threshold(2, 2) == pytest.approx(6.180074306244168, rel=1e-12)
+    assert wilks_threshold(0.68) == pytest.approx(0.988946481478023, rel=1e-12)
+    for bad in (0.0, -1.0, math.nan, "a"):
+        with pytest.raises(InputError, match="cl"):
+            wilks_threshold(bad, 2)
+    with pytest.raises(InputError, match="ndof"):
+        wilks_threshold(0.68, 0)
+
+
+# -- fit ---------------------------------------------------------------------------------------
+def test_fit_result(model_cost, global_fit):
+    r = global_fit
+    assert r.valid and not r.retries
+    assert r.parameters == ("mu", "sigma", "n_sig", "lam", "n_bkg")
+    # the truth lies within 4 standard deviations
+    truth = {"mu": 5.0, "sigma": 0.5, "n_sig": 300.0, "lam": 0.3, "n_bkg": 700.0}
+    for n, v in truth.items():
+        assert abs(r.values[n] - v) < 4 * r.errors[n]
+    assert r.fval == pytest.approx(model_cost(*r.values.values()), rel=1e-14)
+    assert r.covariance.shape == (5, 5)
+    # Minuit propagates errors of bounded parameters through its internal transformation a
+    # little differently from the covariance matrix (≲1e-3 relative here)
+    np.testing.assert_allclose(np.sqrt(np.diag(r.covariance)), list(r.errors.values()),
+                               rtol=1e-3)
+    assert r.nfcn > 0 and r.ngrad > 0 and r.fmin["is_valid"]
+    assert r.correlation()[0, 0] == pytest.approx(1.0)
+    # the total yield is the number of events; errors √N within the extended likelihood
+    assert r.values["n_sig"] + r.values["n_bkg"] == pytest.approx(1000.0, rel=1e-4)
+    assert "valid=True" in repr(r)
+
+
+def test_start_values_and_overrides(model_cost):
+    assert start_values(model_cost) == {"mu": 5.0, "sigma": 1.55, "n_sig": 500.0,
+                                        "lam": 1.005, "n_bkg": 500.0}
+    r = fit(model_cost, start={"mu": 4.5}, fixed={"sigma": 0.5}, limits={"lam": (0.1, 1.0)})
+    assert r.valid and r.fixed == ("sigma",) and r.values["sigma"] == 0.5
+    assert r.minuit.limits["lam"] == (0.1, 1.0)
+    r = fit(model_cost, fixed=["lam"])
+    assert r.values["lam"] == 1.005 and r.errors["lam"] == 0.0
+    with pytest.raises(ParameterError, match=r"unknown parameters \['bogus'\]"):
+        fit(model_cost, start={"bogus": 1.0})
+    with pytest.raises(ParameterError, match="unknown"):
+        fit(model_cost, fixed=["nope"])
+    with pytest.raises(ParameterError, match=r"mu=9.0 lies outside"):
+        fit(model_cost, start={"mu": 9.0})
+
+
+def test_retries_are_recorded(model_cost):
+    r = fit(model_cost, ncall=8, retries=3)  # far too few calls for MIGRAD to converge
+    assert not r.valid
+    actions = [t.action for t in r.retries]
+    assert actions[0].startswith("MIGRAD again from the last point")
+    assert actions[1].startswith("SIMPLEX")
+    assert actions[2].startswith("MIGRAD (strategy 2) from the start perturbed")
+    assert all("call limit" in t.reason for t in r.retries)
+    assert "3 retries" in repr(r)
+    # no retry asked: none made
+    r = fit(model_cost, ncall=8, retries=0)
+    assert not r.valid and r.retries == []
+
+
+# -- profile -----------------------------------------------------------------------------------
+def test_profile_matches_brute_force(model_cost, global_fit):
+    best = global_fit
+    mu, err = best.values["mu"], best.errors["mu"]
+    grid = mu + err * np.array([1.5, -2.0, 0.5, -0.5, 3.0, 0.0])
+    p = profile(model_cost, "mu", grid, global_fit=best)
+    assert p.valid.all() and not p.notes
+    np.testing.assert_array_equal(p.grid, grid)
+    for i in (0, 1, 4):
+        brute = conditional_fval(model_cost, best, {"mu": grid[i]}) - best.fval
+        # both fits reach EDM < 2e-6: Δ agrees to ~1e-5 in absolute terms
+        assert p.delta[i] == pytest.approx(brute, abs=2e-4)
+    assert p.delta[5] == pytest.approx(0.0, abs=1e-4)
+    # near the minimum Δ ≈ ((μ − μ̂)/σ)² for this well-measured parameter
+    assert p.delta[2] == pytest.approx(0.25, rel=0.05)
+    assert set(p.nuisance) == {"sigma", "n_sig", "lam", "n_bkg"}
+    assert p.nuisance["n_sig"][2] + p.nuisance["n_bkg"][2] == pytest.approx(1000, rel=1e-3)
+
+
+def test_profile_interval_matches_minos(model_cost, global_fit):
+    best = global_fit
+    mu, err = best.values["mu"], best.errors["mu"]
+    p = profile(model_cost, "mu", mu + err * np.linspace(-1.5, 1.5, 31), global_fit=best)
+    lo, hi = p.interval(1.0)
+    m = best.minuit
+    m.minos("mu")
+    # linear interpolation of Δ between grid points 0.1σ apart: error ≲ 1e-3 σ
+    assert lo == pytest.approx(mu + m.merrors["mu"].lower, abs=0.01 * err)
+    assert hi == pytest.approx(mu + m.merrors["mu"].upper, abs=0.01 * err)
+    assert math.isnan(p.interval(3.0)[0])  # the scan does not reach 3σ
+
+
+def test_profile_bad_input(model_cost, global_fit):
+    with pytest.raises(ParameterError, match="unknown parameter 'tau'"):
+        profile(model_cost, "tau", [1.0], global_fit=global_fit)
+    with pytest.raises(ParameterError, match=r"mu=9.0 lies outside"):
+        profile(model_cost, "mu", [5.0, 9.0], global_fit=global_fit)
+    with pytest.raises(InputError, match="NaN"):
+        profile(model_cost, "mu", [5.0, np.nan], global_fit=global_fit)
+    with pytest.raises(InputError, match="empty"):
+        profile(model_cost, "mu", [], global_fit=global_fit)
+
+
+# -- contour -----------------------------------------------------------------------------------
+def test_contour_points_lie_on_the_wilks_level(model_cost, global_fit):
+    regions = contour(model_cost, "mu", "sigma", cl=(0.6827, 0.95), size=12,
+                      global_fit=global_fit)
+    assert list(regions) == [0.6827, 0.95]
+    for cl, poly in regions.items():
+        assert poly.shape == (13, 2)
+        np.testing.assert_array_equal(poly[0], poly[-1])
+        thr = wilks_threshold(cl, 2)
+        for x, y in poly[:-1:3]:
+            delta = conditional_fval(model_cost, global_fit, {"mu": x, "sigma": y})
+            assert delta - global_fit.fval == pytest.approx(thr, abs=1e-3)
+    # the 95 % region contains the 68.27 % one: larger extent in both directions
+    assert np.ptp(regions[0.95][:, 0]) > np.ptp(regions[0.6827][:, 0])
+
+
+def test_contour_of_a_gaussian_is_the_exact_ellipse():
+    cov = np.array([[1.0, 0.6], [0.6, 2.0]])
+    cost = NormalConstraint(["a", "b"], [1.0, -1.0], cov)
+    poly = contour(cost, "a", "b", cl=1, size=16)[1]
+    d = poly - [1.0, -1.0]
+    q = np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+    np.testing.assert_allclose(q, wilks_threshold(1, 2), atol=1e-4)
+
+
+def test_contour_bad_input(model_cost, global_fit):
+    with pytest.raises(ParameterError, match="unknown parameter 'tau'"):
+        contour(model_cost, "mu", "tau", global_fit=global_fit)
+    with pytest.raises(ParameterError, match="different"):
+        contour(model_cost, "mu", "mu", global_fit=global_fit)
+    bad = fit(model_cost, ncall=8, retries=0)
+    with pytest.raises(EgmmError, match="not valid"):
+        contour(model_cost, "mu", "sigma", global_fit=bad)
