@@ -99,11 +99,14 @@ class _BranchedNet(nn.Module):
         return _linear_no_bias(self.joint, h, slice(0, self.width_theta))
 
     def input_part(self, inputs_scaled: torch.Tensor) -> torch.Tensor:
-        """Input (u_<i) contribution plus bias: (N, i) → (N, first_out); θ-independent."""
-        n = inputs_scaled.shape[0]
+        """Input (u_<i) contribution plus bias: (N, i) → (N, first_out); θ-independent.
+
+        The first network of the chain has no inputs: its part is the bias alone, (1,
+        first_out), so that everything after it is computed once per θ, not once per event.
+        """
         bias = self.joint.bias.to(inputs_scaled.dtype)
         if self.input_branch is None:
-            return bias.expand(n, -1)
+            return bias.unsqueeze(0)
         h = _act(_linear(self.input_branch, inputs_scaled))
         return _linear_no_bias(self.joint, h, slice(self.width_theta, None)) + bias
 

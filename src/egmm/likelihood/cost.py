@@ -11,7 +11,7 @@ float64; the gradient comes from autograd.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -462,6 +462,63 @@ class _UnbinnedCost(Cost):
             f"{list(self._observables)}, components=[{'; '.join(parts)}], "
             f"parameters={list(self._names)})"
         )
+
+    # -- hooks for toys and Asimov data (used by egmm.infer.toys) ----------------------------
+    @property
+    def extended(self) -> bool:
+        """True when the cost has the Poisson term of the total yield (ExtendedUnbinnedNLL)."""
+        return self._extended
+
+    @property
+    def parts(self) -> tuple[tuple[str, DensityModel, Yield | None], ...]:
+        """(name, density, yield) of every term, in order; the yield is ``None`` for a single
+        density (``UnbinnedNLL(data, density)``)."""
+        return tuple((t.name, t.density, t.yield_ if self._mixture else None)
+                     for t in self._terms)
+
+    def expected_yields(self, values: Mapping[str, float]) -> dict[str, float] | None:
+        """Component name -> ν_c at ``values`` (name -> value, extra names ignored) for a
+        mixture of components; ``None`` for a single density."""
+        if not self._mixture:
+            return None
+        out: dict[str, float] = {}
+        for t in self._terms:
+            assert t.yield_ is not None
+            missing = [p for p in t.yield_.parameters if p not in values]
+            if missing:
+                raise ParameterError(f"component {t.name!r}: no value for yield parameters "
+                                     f"{missing}")
+            nu = t.yield_.value(**{p: float(values[p]) for p in t.yield_.parameters})
+            if not (math.isfinite(nu) and nu >= 0):
+                raise ParameterError(f"component {t.name!r}: yield {t.yield_!r} = {nu}; "
+                                     "yields must be finite and ≥ 0")
+            out[t.name] = nu
+        return out
+
+    def with_data(self, data: Any, weights: Any = None) -> _UnbinnedCost:
+        """The same cost (class, densities, yields, options) on other events.
+
+        ``data`` in this cost's observable order (or anything its space validates). An
+        extended cost accepts zero events (a Poisson fluctuation of a toy to 0): its value is
+        then 2 Σ_c ν_c.
+        """
+        new = object.__new__(type(self))
+        terms = [_Term(t.name, t.density, t.yield_) for t in self._terms]
+        options = dict(mixture=self._mixture, allow_outside=self._allow_outside,
+                       dtype=self._dtype, chunk_size=self._chunk_size, verbose=self.verbose)
+        empty = isinstance(data, np.ndarray) and data.size == 0
+        if not (empty and self._extended):
+            _UnbinnedCost.__init__(new, data, terms, weights, **options)
+            return new
+        if weights is not None and np.size(weights) != 0:
+            raise InputError("with_data: weights given for zero events")
+        # the constructor refuses empty data (bad input elsewhere): build the cost on one
+        # event known to be valid, then drop it; with no chunks only the Poisson term remains
+        _UnbinnedCost.__init__(new, self._x[:1], terms, None, **options)
+        new._x = self._x[:0].copy()
+        new._starts = []
+        new._prepare()
+        return new
 
 
 def _middle(lo: float, hi: float) -> float:

@@ -1,0 +1,295 @@
+r"""Profile-likelihood-ratio test statistics with pyhf's names and definitions.
+
+All are built from the profile likelihood ratio of Cowan et al. (2011), Eq. 7,
+
+.. math:: λ(μ) = \frac{L(μ, \hat{\hat{θ}}(μ))}{L(\hat{μ}, \hat{θ})}, \qquad
+          -2 \ln λ(μ) = \min_θ C(μ, θ) - \min_{μ, θ} C(μ, θ)
+
+where C = −2 ln L is the cost (errordef 1) and μ the parameter of interest (POI, any named
+parameter of the cost). The "tilde" variants replace λ by λ̃ (Eq. 10), whose denominator is
+fitted with μ̂ bounded to μ̂ ≥ 0 (a signal strength that cannot be negative):
+
+============  ========================  =================================================
+name          function                  definition (arXiv:1007.1727)
+============  ========================  =================================================
+``"t"``       :func:`tmu`               t_μ = −2 ln λ(μ)                        (Eq. 8)
+``"ttilde"``  :func:`tmu_tilde`         t̃_μ = −2 ln λ̃(μ)                       (Eq. 11)
+``"q0"``      :func:`q0`                q₀ = −2 ln λ(0) if μ̂ ≥ 0, else 0        (Eq. 12)
+``"q"``       :func:`qmu`               q_μ = −2 ln λ(μ) if μ̂ ≤ μ, else 0       (Eq. 14)
+``"qtilde"``  :func:`qmu_tilde`         q̃_μ = −2 ln λ̃(μ) if μ̂ ≤ μ, else 0      (Eq. 16)
+============  ========================  =================================================
+
+Values are clipped at 0 (a conditional minimum a hair below the global one is a rounding
+effect). As in pyhf, ``return_fits=True`` also returns the two fits, here as a
+:class:`TestStatFits` of :class:`~egmm.infer.FitResult` (conditional, unconditional).
+
+References:
+    G. Cowan, K. Cranmer, E. Gross, O. Vitells, "Asymptotic formulae for likelihood-based
+    tests of new physics", Eur. Phys. J. C 71 (2011) 1554, arXiv:1007.1727.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from iminuit.util import describe
+
+from egmm.errors import InputError, ParameterError
+from egmm.infer.fit import FitResult, fit, start_values
+
+__all__ = [
+    "TEST_STATISTICS",
+    "TestStatFits",
+    "q0",
+    "qmu",
+    "qmu_tilde",
+    "test_statistic",
+    "tmu",
+    "tmu_tilde",
+]
+
+Limits = Mapping[str, tuple[float | None, float | None]]
+
+
+class TestStatFits(NamedTuple):
+    """The two fits behind a test statistic (unpacks like pyhf's ``(mubhathat, muhatbhat)``).
+
+    Attributes:
+        conditional: the POI fixed at the tested value, nuisance parameters profiled:
+            (μ, θ̂̂(μ)).
+        unconditional: every parameter free, (μ̂, θ̂); for the tilde variants with μ̂ ≥ 0.
+    """
+
+    conditional: FitResult
+    unconditional: FitResult
+
+
+def _limits(cost: Any, limits: Limits | None) -> dict[str, tuple[float, float]]:
+    """The cost's parameter limits, overridden by the user's (None ends open)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, lim in describe(cost, annotations=True).items():
+        lo, hi = (-math.inf, math.inf) if lim is None else lim
+        out[name] = (float(lo), float(hi))
+    for name, (lo, hi) in (limits or {}).items():
+        if name not in out:
+            raise ParameterError(f"limits: unknown parameter {name!r}; the cost has "
+                                 f"{list(out)}")
+        out[name] = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+    return out
+
+
+def _fixed_mapping(cost: Any, fixed: Mapping[str, float] | Iterable[str] | None,
+                   start: Mapping[str, float] | None) -> dict[str, float]:
+    if fixed is None:
+        return {}
+    if isinstance(fixed, Mapping):
+        return {n: float(v) for n, v in fixed.items()}
+    names = [fixed] if isinstance(fixed, str) else list(fixed)
+    values = {**start_values(cost), **(start or {})}
+    unknown = [n for n in names if n not in values]
+    if unknown:
+        raise ParameterError(f"fixed: unknown parameters {unknown}; the cost has "
+                             f"{list(describe(cost))}")
+    return {n: float(values[n]) for n in names}
+
+
+def check_poi(cost: Any, poi: str, fixed: Mapping[str, float] | Iterable[str] | None = None
+              ) -> None:
+    """Raise :class:`~egmm.ParameterError` unless ``poi`` is a free parameter of ``cost``."""
+    if not isinstance(poi, str):
+        raise ParameterError(f"the parameter of interest must be a name, got {poi!r}")
+    try:
+        names = list(describe(cost))
+    except Exception as exc:  # describe raises various errors for non-costs
+        raise InputError(f"cannot read the parameters of {type(cost).__name__} ({exc}); "
+                         "expected an iminuit cost") from None
+    if poi not in names:
+        raise ParameterError(f"unknown parameter of interest {poi!r}; the cost has {names}")
+    suggested = [n for item in (cost if hasattr(cost, "_items") else [cost])
+                 for n in getattr(item, "fixed_parameters", ())]
+    given = list(fixed) if fixed is not None and not isinstance(fixed, str) else [fixed]
+    if poi in suggested or poi in given:
+        raise ParameterError(f"the parameter of interest {poi!r} is fixed; profile-likelihood "
+                             "test statistics need it free")
+
+
+def _fits(
+    cost: Any,
+    poi: str,
+    mu: float,
+    *,
+    bounded: bool,
+    start: Mapping[str, float] | None,
+    fixed: Mapping[str, float] | Iterable[str] | None,
+    limits: Limits | None,
+    strategy: int,
+    tol: float,
+    unconditional: FitResult | None,
+) -> TestStatFits:
+    check_poi(cost, poi, fixed)
+    try:
+        mu = float(mu)
+    except (TypeError, ValueError):
+        raise ParameterError(f"tested value of {poi!r} must be a number, got {mu!r}") from None
+    lims = _limits(cost, limits)
+    lo, hi = lims[poi]
+    if not (math.isfinite(mu) and lo <= mu <= hi):
+        raise ParameterError(f"tested value {poi}={mu} lies outside its limits [{lo}, {hi}]")
+    fix = _fixed_mapping(cost, fixed, start)
+    user_limits = dict(limits or {})
+    if unconditional is None:
+        free_limits = dict(user_limits)
+        if bounded:
+            if hi < 0:
+                raise ParameterError(f"{poi!r} has limits [{lo}, {hi}]: the tilde test "
+                                     "statistics bound its estimate to ≥ 0")
+            free_limits[poi] = (max(lo, 0.0), hi)
+        free_start = dict(start or {})
+        if bounded and poi in free_start:
+            free_start[poi] = max(free_start[poi], 0.0)
+        unconditional = fit(cost, free_start or None, fixed=fix or None,
+                            limits=free_limits or None, strategy=strategy, tol=tol,
+                            hesse=False)
+    # warm start from the unconditional minimum: fewer calls, same minimum
+    cond_start = {n: v for n, v in unconditional.values.items() if n != poi}
+    conditional = fit(cost, cond_start, fixed={**fix, poi: mu}, limits=user_limits or None,
+                      strategy=strategy, tol=tol, hesse=False)
+    return TestStatFits(conditional, unconditional)
+
+
+def _value(name: str, mu: float, poi: str, fits: TestStatFits) -> float:
+    t = max(fits.conditional.fval - fits.unconditional.fval, 0.0)
+    muhat = fits.unconditional.values[poi]
+    if name in ("q", "qtilde"):
+        return 0.0 if muhat > mu else t
+    if name == "q0":
+        return 0.0 if muhat < mu else t
+    return t
+
+
+def evaluate(
+    name: str,
+    mu: float,
+    cost: Any,
+    poi: str = "mu",
+    *,
+    start: Mapping[str, float] | None = None,
+    fixed: Mapping[str, float] | Iterable[str] | None = None,
+    limits: Limits | None = None,
+    strategy: int = 0,
+    tol: float = 1e-3,
+    unconditional: FitResult | None = None,
+) -> tuple[float, TestStatFits]:
+    """The test statistic ``name`` (see :data:`TEST_STATISTICS`) and its two fits."""
+    if name not in TEST_STATISTICS:
+        raise InputError(f"unknown test statistic {name!r}; choose one of "
+                         f"{sorted(TEST_STATISTICS)}")
+    fits = _fits(cost, poi, mu, bounded=name in ("qtilde", "ttilde"), start=start,
+                 fixed=fixed, limits=limits, strategy=strategy, tol=tol,
+                 unconditional=unconditional)
+    return _value(name, float(mu), poi, fits), fits
+
+
+def _public(name: str, mu: float, cost: Any, poi: str, return_fits: bool,
+            kwargs: dict[str, Any]) -> float | tuple[float, TestStatFits]:
+    value, fits = evaluate(name, mu, cost, poi, **kwargs)
+    return (value, fits) if return_fits else value
+
+
+_DOC_ARGS = """
+    Arguments:
+        mu: the tested value of the POI.
+        cost: any iminuit cost (−2 ln L, errordef 1): egmm's unbinned costs, PyhfCost,
+            sums with ``NormalConstraint`` …
+        poi: name of the parameter of interest.
+        return_fits: also return the :class:`TestStatFits` (conditional, unconditional).
+        start, fixed, limits: as for :func:`egmm.infer.fit` (both fits).
+        strategy, tol: Minuit strategy (0: no covariance is needed here) and tolerance
+            (EDM < 0.002 · tol, so the statistic is accurate to ~1e-5).
+        unconditional: reuse an unconditional fit (it does not depend on μ), e.g. across
+            the points of a scan; for the tilde variants it must have been made with μ̂ ≥ 0.
+"""
+
+
+def tmu(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = False,
+        **kwargs: Any) -> float | tuple[float, TestStatFits]:
+    r"""t_μ = −2 ln λ(μ), the two-sided profile-likelihood-ratio statistic (Cowan et al.
+    2011, Eq. 8). Asymptotically χ²₁ when μ is true (Wilks).
+    """
+    return _public("t", mu, cost, poi, return_fits, kwargs)
+
+
+def tmu_tilde(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = False,
+              **kwargs: Any) -> float | tuple[float, TestStatFits]:
+    r"""t̃_μ = −2 ln λ̃(μ) with μ̂ bounded to ≥ 0 in the denominator (Cowan et al. 2011,
+    Eqs. 10–11): the ordering of the Feldman–Cousins construction for a bounded μ.
+    """
+    return _public("ttilde", mu, cost, poi, return_fits, kwargs)
+
+
+def q0(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = False,
+       **kwargs: Any) -> float | tuple[float, TestStatFits]:
+    r"""q₀ = −2 ln λ(0) if μ̂ ≥ 0 else 0, the discovery statistic (Cowan et al. 2011,
+    Eq. 12); ``mu`` is the background-only value (0; another value tests that null).
+    Asymptotically ½δ(0) + ½χ²₁ under the null, so Z = √q₀.
+    """
+    return _public("q0", mu, cost, poi, return_fits, kwargs)
+
+
+def qmu(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = False,
+        **kwargs: Any) -> float | tuple[float, TestStatFits]:
+    r"""q_μ = −2 ln λ(μ) if μ̂ ≤ μ else 0, for upper limits (Cowan et al. 2011, Eq. 14).
+    With the POI bounded at 0 by the cost this equals :func:`qmu_tilde` (as in pyhf).
+    """
+    return _public("q", mu, cost, poi, return_fits, kwargs)
+
+
+def qmu_tilde(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = False,
+              **kwargs: Any) -> float | tuple[float, TestStatFits]:
+    r"""q̃_μ = −2 ln λ̃(μ) if μ̂ ≤ μ else 0, with μ̂ bounded to ≥ 0 (Cowan et al. 2011,
+    Eq. 16): the statistic of CLs upper limits at the LHC and pyhf's default.
+
+    .. math::
+
+        \tilde q_μ = \begin{cases}
+            -2\ln \frac{L(μ, \hat{\hat θ}(μ))}{L(0, \hat{\hat θ}(0))} & \hat μ < 0 \\
+            -2\ln \frac{L(μ, \hat{\hat θ}(μ))}{L(\hat μ, \hat θ)} & 0 \le \hat μ \le μ \\
+            0 & \hat μ > μ
+        \end{cases}
+
+    Example:
+        >>> from iminuit.cost import NormalConstraint
+        >>> cost = NormalConstraint("mu", -0.5, 1.0)      # a measurement μ̂ = −0.5 ± 1
+        >>> round(qmu_tilde(1.0, cost, "mu"), 6), round(qmu(1.0, cost, "mu"), 6)
+        (0.75, 2.25)
+        >>> value, fits = qmu_tilde(1.0, cost, "mu", return_fits=True)
+        >>> round(fits.unconditional.values["mu"], 6), fits.conditional.values["mu"]
+        (0.0, 1.0)
+    """
+    return _public("qtilde", mu, cost, poi, return_fits, kwargs)
+
+
+for _f in (tmu, tmu_tilde, q0, qmu):
+    _f.__doc__ = (_f.__doc__ or "") + _DOC_ARGS
+qmu_tilde.__doc__ = (qmu_tilde.__doc__ or "").replace("\n    Example:", _DOC_ARGS + "\n    Example:")
+
+#: pyhf's names of the test statistics (``test_stat=`` of the calculators) -> function
+TEST_STATISTICS: dict[str, Callable[..., Any]] = {
+    "q0": q0,
+    "q": qmu,
+    "qtilde": qmu_tilde,
+    "t": tmu,
+    "ttilde": tmu_tilde,
+}
+
+
+def test_statistic(name: str) -> Callable[..., Any]:
+    """The function of a test statistic by pyhf's name: ``"q0"``, ``"q"``, ``"qtilde"``,
+    ``"t"`` or ``"ttilde"``."""
+    try:
+        return TEST_STATISTICS[name]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown test statistic {name!r}; choose one of "
+                         f"{sorted(TEST_STATISTICS)}") from None
