@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import quadrature_nodes, toy_2d
 from scipy import stats
 
 from egmm import FlowDensity, InputError, LatentProjection, Observable, ObservableSpace, train
+from helpers import quadrature_nodes, toy_2d
 
 pytest.importorskip("zuko")
 

@@ -45,7 +45,7 @@ from egmm import (
 )
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 LUMI = 100.0  # fb⁻¹
 M_LO, M_HI = 0.0, 10.0
