@@ -37,15 +37,16 @@ from typing import Any, NamedTuple
 from iminuit.util import describe
 
 from egmm.errors import InputError, ParameterError
-from egmm.infer.fit import FitResult, fit, start_values
+from egmm.infer.fit import FitResult, _items, fit, start_values
 
 __all__ = [
     "TEST_STATISTICS",
     "TestStatFits",
+    "check_poi",
+    "get_test_stat",
     "q0",
     "qmu",
     "qmu_tilde",
-    "test_statistic",
     "tmu",
     "tmu_tilde",
 ]
@@ -61,6 +62,8 @@ class TestStatFits(NamedTuple):
             (μ, θ̂̂(μ)).
         unconditional: every parameter free, (μ̂, θ̂); for the tilde variants with μ̂ ≥ 0.
     """
+
+    __test__ = False  # not a pytest test class despite its name
 
     conditional: FitResult
     unconditional: FitResult
@@ -107,9 +110,8 @@ def check_poi(cost: Any, poi: str, fixed: Mapping[str, float] | Iterable[str] | 
                          "expected an iminuit cost") from None
     if poi not in names:
         raise ParameterError(f"unknown parameter of interest {poi!r}; the cost has {names}")
-    suggested = [n for item in (cost if hasattr(cost, "_items") else [cost])
-                 for n in getattr(item, "fixed_parameters", ())]
-    given = list(fixed) if fixed is not None and not isinstance(fixed, str) else [fixed]
+    suggested = [n for item in _items(cost) for n in getattr(item, "fixed_parameters", ())]
+    given = [] if fixed is None else [fixed] if isinstance(fixed, str) else list(fixed)
     if poi in suggested or poi in given:
         raise ParameterError(f"the parameter of interest {poi!r} is fixed; profile-likelihood "
                              "test statistics need it free")
@@ -133,9 +135,11 @@ def _fits(
         mu = float(mu)
     except (TypeError, ValueError):
         raise ParameterError(f"tested value of {poi!r} must be a number, got {mu!r}") from None
+    if not math.isfinite(mu):
+        raise ParameterError(f"tested value of {poi!r} is not finite: {mu}")
     lims = _limits(cost, limits)
     lo, hi = lims[poi]
-    if not (math.isfinite(mu) and lo <= mu <= hi):
+    if not lo <= mu <= hi:
         raise ParameterError(f"tested value {poi}={mu} lies outside its limits [{lo}, {hi}]")
     fix = _fixed_mapping(cost, fixed, start)
     user_limits = dict(limits or {})
@@ -263,7 +267,7 @@ def qmu_tilde(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = Fals
         >>> from iminuit.cost import NormalConstraint
         >>> cost = NormalConstraint("mu", -0.5, 1.0)      # a measurement μ̂ = −0.5 ± 1
         >>> round(qmu_tilde(1.0, cost, "mu"), 6), round(qmu(1.0, cost, "mu"), 6)
-        (0.75, 2.25)
+        (2.0, 2.25)
         >>> value, fits = qmu_tilde(1.0, cost, "mu", return_fits=True)
         >>> round(fits.unconditional.values["mu"], 6), fits.conditional.values["mu"]
         (0.0, 1.0)
@@ -271,9 +275,8 @@ def qmu_tilde(mu: float, cost: Any, poi: str = "mu", *, return_fits: bool = Fals
     return _public("qtilde", mu, cost, poi, return_fits, kwargs)
 
 
-for _f in (tmu, tmu_tilde, q0, qmu):
+for _f in (tmu, tmu_tilde, q0, qmu, qmu_tilde):
     _f.__doc__ = (_f.__doc__ or "") + _DOC_ARGS
-qmu_tilde.__doc__ = (qmu_tilde.__doc__ or "").replace("\n    Example:", _DOC_ARGS + "\n    Example:")
 
 #: pyhf's names of the test statistics (``test_stat=`` of the calculators) -> function
 TEST_STATISTICS: dict[str, Callable[..., Any]] = {
@@ -285,7 +288,7 @@ TEST_STATISTICS: dict[str, Callable[..., Any]] = {
 }
 
 
-def test_statistic(name: str) -> Callable[..., Any]:
+def get_test_stat(name: str) -> Callable[..., Any]:
     """The function of a test statistic by pyhf's name: ``"q0"``, ``"q"``, ``"qtilde"``,
     ``"t"`` or ``"ttilde"``."""
     try:

@@ -1,0 +1,372 @@
+r"""Coverage studies (RooMCStudy-style): bias, pulls and coverage of Wilks regions.
+
+Generate many datasets from a truth at known parameter values θ₀, fit each, and report
+
+* the bias of the MLE, mean(θ̂) − θ₀, with its error σ(θ̂)/√n;
+* the pulls (θ̂ − θ₀)/σ̂ (σ̂ from HESSE): mean (0 when unbiased) and width (1 when the errors
+  are right), with errors σ/√n and σ/√(2(n − 1));
+* the coverage of profile-likelihood regions: a 1-D (2-D) region at confidence ``cl``
+  covers θ₀ iff Δ(−2 ln L)(θ₀) = min_{others} C(θ₀) − C(θ̂) ≤ ``wilks_threshold(cl, ndof)``
+  (no contour needed), with the binomial error √(p(1 − p)/n). By Wilks' theorem the
+  coverage tends to ``cl``.
+
+A fit Minuit does not call valid, or one that raises, is a failed toy: it is recorded (index,
+reason) and counted in ``n_failed``, and left out of the summaries — never dropped silently.
+
+References:
+    S. S. Wilks, Ann. Math. Statist. 9 (1938) 60; G. Cowan, K. Cranmer, E. Gross, O. Vitells,
+    Eur. Phys. J. C 71 (2011) 1554, arXiv:1007.1727; W. Verkerke, D. Kirkby, RooFit
+    (RooMCStudy), arXiv:physics/0306116.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from iminuit.util import describe
+
+from egmm.base import DensityModel
+from egmm.errors import EgmmError, InputError, ParameterError
+from egmm.infer.fit import fit
+from egmm.infer.intervals import _probability, _profile_ratio
+from egmm.infer.parallel import fingerprint, run_toys
+from egmm.infer.profile import wilks_threshold
+from egmm.infer.teststats import Limits
+from egmm.infer.toys import check_ntoys, check_seed, sample_toy, toy_seed
+
+__all__ = ["CoverageFraction", "CoverageResult", "ParameterSummary", "coverage"]
+
+
+@dataclass(frozen=True)
+class ParameterSummary:
+    """Bias and pulls of one parameter over the successful toys.
+
+    Attributes:
+        name, truth: the parameter and its true value; n: toys used.
+        mean, bias, bias_error: mean of θ̂, mean(θ̂) − θ₀, σ(θ̂)/√n.
+        pull_mean, pull_mean_error, pull_width, pull_width_error: of (θ̂ − θ₀)/σ̂.
+    """
+
+    name: str
+    truth: float
+    n: int
+    mean: float
+    bias: float
+    bias_error: float
+    pull_mean: float
+    pull_mean_error: float
+    pull_width: float
+    pull_width_error: float
+
+
+@dataclass(frozen=True)
+class CoverageFraction:
+    """Coverage of the ``cl`` profile-likelihood region of ``parameters`` (1 or 2 names).
+
+    ``threshold`` = ``wilks_threshold(cl, len(parameters))``; ``covered`` of ``n`` toys had
+    Δ(−2 ln L)(θ₀) ≤ threshold; ``fraction`` ± ``error`` (binomial).
+    """
+
+    parameters: tuple[str, ...]
+    cl: float
+    threshold: float
+    covered: int
+    n: int
+
+    @property
+    def fraction(self) -> float:
+        return self.covered / self.n if self.n else math.nan
+
+    @property
+    def error(self) -> float:
+        p = self.fraction
+        return math.sqrt(p * (1 - p) / self.n) if self.n else math.nan
+
+    @property
+    def deviation(self) -> float:
+        """(fraction − cl) in units of the binomial error expected at the nominal cl."""
+        return (self.fraction - self.cl) / math.sqrt(self.cl * (1 - self.cl) / self.n)
+
+
+@dataclass
+class CoverageResult:
+    """Outcome of :func:`coverage`.
+
+    Attributes:
+        ntoys, n_failed: toys run and toys whose fit failed (raised or not valid).
+        failures: (toy index, reason) of every failed toy.
+        parameters: name -> :class:`ParameterSummary`.
+        coverage: one :class:`CoverageFraction` per region (1-D per parameter, 2-D per pair)
+            and ``cl``.
+        records: the per-toy records (``index``, ``seed``, ``valid``, ``values``,
+            ``errors``, ``delta`` (region label -> Δ(−2 ln L) at the truth), ``error``).
+    """
+
+    ntoys: int
+    n_failed: int
+    failures: list[tuple[int, str]]
+    parameters: dict[str, ParameterSummary]
+    coverage: list[CoverageFraction]
+    records: list[dict[str, Any]] = field(repr=False)
+
+    def table(self) -> str:
+        """A plain-text report."""
+        lines = [f"{self.ntoys} toys, {self.n_failed} failed"]
+        for s in self.parameters.values():
+            lines.append(
+                f"{s.name:>12} truth {s.truth:.6g}: bias {s.bias:+.4g} ± {s.bias_error:.2g}, "
+                f"pull mean {s.pull_mean:+.3f} ± {s.pull_mean_error:.3f}, width "
+                f"{s.pull_width:.3f} ± {s.pull_width_error:.3f}")
+        for c in self.coverage:
+            lines.append(f"{','.join(c.parameters):>12} cl {c.cl:.4f}: coverage "
+                         f"{c.fraction:.4f} ± {c.error:.4f} ({c.covered}/{c.n}, "
+                         f"{c.deviation:+.1f}σ)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _CoverageJob:
+    truth: Any
+    kind: str
+    cost_factory: Callable[[Any], Any] | None
+    truth_pars: dict[str, float]
+    n_events: int | None
+    poisson: bool
+    seed: int
+    parameters: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+    start: dict[str, float] | None
+    fixed: Any
+    limits: Any
+    strategy: int
+    tol: float | None
+
+
+def _kind(truth: Any) -> str:
+    if isinstance(truth, DensityModel):
+        return "density"
+    try:
+        describe(truth)
+        is_cost = hasattr(truth, "errordef")
+    except Exception:  # describe raises assorted errors for non-costs
+        is_cost = False
+    if is_cost:
+        return "cost"
+    if hasattr(truth, "sample") and hasattr(truth, "parameters"):
+        return "sampler"
+    if callable(truth):
+        return "callable"
+    raise InputError(f"coverage: cannot generate data from a {type(truth).__name__}; give a "
+                     "callable (rng) -> data, a cost, a DensityModel or an object with "
+                     "sample(n, **parameters, seed=...) such as PaperToy")
+
+
+def _generate(job: _CoverageJob, index: int) -> Any:
+    """Toy ``index``: a cost ready to fit."""
+    ss = toy_seed(job.seed, index)
+    if job.kind == "cost":
+        data = sample_toy(job.truth, job.truth_pars, ss)
+    else:
+        rng = np.random.default_rng(ss)
+        if job.kind == "callable":
+            data = job.truth(rng)
+        else:
+            assert job.n_events is not None
+            n = int(rng.poisson(job.n_events)) if job.poisson else job.n_events
+            names = tuple(job.truth.parameters)
+            if job.kind == "density":
+                data = job.truth.sample(n, {p: job.truth_pars[p] for p in names} or None, rng)
+            else:
+                data = job.truth.sample(n, **{p: job.truth_pars[p] for p in names}, seed=rng)
+    return job.cost_factory(data) if job.cost_factory is not None else data
+
+
+def _first_cost(job: _CoverageJob, ntoys: int) -> Any:
+    """The cost of the first toy that can be made: its parameter names, and bad input (no
+    sampler, a broken factory) raised here once; a toy that fails by chance is tried past."""
+    error: Exception | None = None
+    for index in range(min(ntoys, 5)):
+        try:
+            return _generate(job, index)
+        except Exception as exc:  # the toy's own failure is recorded when it runs
+            error = error or exc
+    assert error is not None
+    raise error
+
+
+def _coverage_task(job: _CoverageJob, index: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"index": index, "seed": [job.seed, index]}
+    try:
+        cost = _generate(job, index)
+        names = list(describe(cost))
+        start = {n: job.truth_pars[n] for n in names if n in job.truth_pars}
+        start.update(job.start or {})
+        res = fit(cost, start, fixed=job.fixed, limits=job.limits, strategy=job.strategy,
+                  tol=job.tol)
+        record.update(valid=bool(res.valid), fval=res.fval,
+                      values={p: res.values[p] for p in job.parameters},
+                      errors={p: res.errors[p] for p in job.parameters})
+        if not res.valid:
+            record["error"] = f"fit not valid: {res.fmin}"
+            return record
+        delta = {}
+        for region in [(p,) for p in job.parameters] + list(job.pairs):
+            t, _, _ = _profile_ratio(cost, {p: job.truth_pars[p] for p in region}, start,
+                                     job.fixed, job.limits, job.strategy,
+                                     job.tol if job.tol is not None else 0.1, free=res)
+            delta[",".join(region)] = t
+        record["delta"] = delta
+    except Exception as exc:  # a toy whose fit raises is recorded and counted, not dropped
+        record.update(valid=False, error=f"{type(exc).__name__}: {exc}")
+    return record
+
+
+def coverage(
+    truth: Any,
+    cost_factory: Callable[[Any], Any] | None,
+    truth_pars: Mapping[str, float],
+    ntoys: int,
+    seed: int,
+    *,
+    cl: float | Sequence[float] = (0.6827, 0.9545),
+    parameters: Sequence[str] | None = None,
+    pairs: Iterable[tuple[str, str]] | None = None,
+    n_events: int | None = None,
+    poisson: bool = False,
+    executor: Any = None,
+    out: Any = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    start: Mapping[str, float] | None = None,
+    fixed: Mapping[str, float] | Iterable[str] | None = None,
+    limits: Limits | None = None,
+    strategy: int = 1,
+    tol: float | None = None,
+) -> CoverageResult:
+    r"""Bias, pulls and Wilks-region coverage of the MLE over ``ntoys`` generated datasets.
+
+    Toy i draws its data with ``toy_seed(seed, i)`` from ``truth``:
+
+    * a callable ``(rng: numpy.random.Generator) -> data``;
+    * a cost (the model itself): ``sample_toy(truth, truth_pars, ...)`` gives a cost on toy
+      data (Poisson yields, randomised constraint centres, pyhf toys);
+    * a :class:`~egmm.base.DensityModel` or an object with ``sample(n, **parameters,
+      seed=...)`` and ``parameters`` (e.g. :class:`~egmm.groundtruth.PaperToy`): ``n_events``
+      events (Poisson-distributed around it with ``poisson=True``).
+
+    ``cost_factory(data) -> cost`` builds the cost to fit (``None``: the data already is one,
+    e.g. a toy of a cost). The fit starts at the truth; for every studied parameter (and pair)
+    Δ(−2 ln L) at the truth is the profiled minimum with it fixed minus the global minimum.
+
+    Arguments:
+        truth, cost_factory, truth_pars: see above; ``truth_pars`` names every parameter the
+            truth needs and every studied parameter.
+        ntoys, seed: number of toys and master seed.
+        cl: confidence level(s) of the regions (iminuit semantics: < 1 probability, ≥ 1
+            sigmas).
+        parameters: parameters to study (default: the free parameters of the first toy's
+            cost that are in ``truth_pars``).
+        pairs: 2-D regions (default: every pair of ``parameters`` when there are 2 or 3).
+        executor, out, progress, callback: see :func:`egmm.infer.parallel.run_toys`
+            (``out``: resumable JSON lines).
+        start, fixed, limits, strategy, tol: fit options (see :func:`egmm.infer.fit`).
+
+    Example:
+        >>> from iminuit.cost import UnbinnedNLL
+        >>> from scipy.stats import norm
+        >>> def pdf(x, mu, sigma):
+        ...     return norm.pdf(x, mu, sigma)
+        >>> res = coverage(lambda rng: rng.normal(1.0, 2.0, 200),
+        ...                lambda x: UnbinnedNLL(x, pdf), {"mu": 1.0, "sigma": 2.0},
+        ...                ntoys=20, seed=1, executor="serial", progress=False,
+        ...                limits={"sigma": (0.1, None)})
+        >>> res.n_failed, sorted({c.parameters for c in res.coverage})
+        (0, [('mu',), ('mu', 'sigma'), ('sigma',)])
+    """
+    kind = _kind(truth)
+    ntoys, seed = check_ntoys(ntoys), check_seed(seed)
+    if not isinstance(truth_pars, Mapping):
+        raise InputError("coverage: truth_pars must be a mapping name -> value")
+    truth_values = {str(k): float(v) for k, v in truth_pars.items()}
+    bad = [k for k, v in truth_values.items() if not math.isfinite(v)]
+    if bad:
+        raise ParameterError(f"coverage: truth value of {bad[0]!r} is not finite")
+    if cost_factory is not None and not callable(cost_factory):
+        raise InputError("coverage: cost_factory must be callable (data -> cost) or None")
+    if kind in ("density", "sampler"):
+        if n_events is None or isinstance(n_events, bool) or int(n_events) < 1:
+            raise InputError(f"coverage: a {type(truth).__name__} truth needs n_events ≥ 1")
+        missing = [p for p in truth.parameters if p not in truth_values]
+        if missing:
+            raise ParameterError(f"coverage: truth_pars lacks {missing} needed by the truth")
+    levels = [_probability(c) for c in (cl if isinstance(cl, Sequence) else [cl])]
+    job = _CoverageJob(truth, kind, cost_factory, truth_values,
+                       None if n_events is None else int(n_events), bool(poisson), seed, (), (),
+                       dict(start) if start is not None else None, fixed, limits,
+                       int(strategy), tol)
+    names = list(describe(_first_cost(job, ntoys)))
+    if parameters is None:
+        fixed_names = {fixed} if isinstance(fixed, str) else set(fixed or ())
+        parameters = [p for p in names if p in truth_values and p not in fixed_names]
+    parameters = tuple(parameters)
+    unknown = [p for p in parameters if p not in names]
+    if unknown:
+        raise ParameterError(f"coverage: unknown parameters {unknown}; the cost has {names}")
+    no_truth = [p for p in parameters if p not in truth_values]
+    if no_truth:
+        raise ParameterError(f"coverage: no truth value for {no_truth}")
+    if not parameters:
+        raise InputError("coverage: no parameter to study")
+    if pairs is None:
+        pairs = list(itertools.combinations(parameters, 2)) if len(parameters) <= 3 else []
+    pairs = tuple((str(a), str(b)) for a, b in pairs)
+    for a, b in pairs:
+        if a not in parameters or b not in parameters or a == b:
+            raise ParameterError(f"coverage: pair ({a!r}, {b!r}) must be two different "
+                                 f"studied parameters {list(parameters)}")
+    job = dataclasses.replace(job, parameters=parameters, pairs=pairs)
+    key = "coverage/" + fingerprint(
+        kind, type(truth).__name__, getattr(cost_factory, "__qualname__", repr(cost_factory)),
+        truth_values, job.n_events, job.poisson, seed, parameters, pairs, repr(fixed), limits,
+        int(strategy), tol, start)
+    records = run_toys(_coverage_task, job, range(ntoys), key=key, executor=executor, out=out,
+                       progress=progress, desc="coverage", callback=callback)
+    return _summarise(records, parameters, pairs, truth_values, levels)
+
+
+def _summarise(records: list[dict[str, Any]], parameters: tuple[str, ...],
+               pairs: tuple[tuple[str, str], ...], truth: dict[str, float],
+               levels: list[float]) -> CoverageResult:
+    good = [r for r in records if r["valid"] and "delta" in r]
+    failures = [(int(r["index"]), str(r.get("error", "not valid"))) for r in records
+                if not (r["valid"] and "delta" in r)]
+    if not good:
+        raise EgmmError(f"coverage: every fit failed; the first: {failures[0][1]}")
+    n = len(good)
+    summaries = {}
+    for p in parameters:
+        v = np.array([r["values"][p] for r in good])
+        e = np.array([r["errors"][p] for r in good])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pulls = (v - truth[p]) / e
+        pulls = pulls[np.isfinite(pulls)]
+        sd = float(np.std(v, ddof=1)) if n > 1 else math.nan
+        psd = float(np.std(pulls, ddof=1)) if len(pulls) > 1 else math.nan
+        summaries[p] = ParameterSummary(
+            p, truth[p], n, float(v.mean()), float(v.mean() - truth[p]), sd / math.sqrt(n),
+            float(pulls.mean()) if len(pulls) else math.nan, psd / math.sqrt(max(len(pulls), 1)),
+            psd, psd / math.sqrt(2 * (len(pulls) - 1)) if len(pulls) > 1 else math.nan)
+    fractions = []
+    for region in [(p,) for p in parameters] + list(pairs):
+        label = ",".join(region)
+        delta = np.array([r["delta"][label] for r in good])
+        for prob in levels:
+            thr = wilks_threshold(prob, len(region))
+            fractions.append(CoverageFraction(region, prob, thr, int((delta <= thr).sum()), n))
+    return CoverageResult(len(records), len(failures), failures, summaries, fractions, records)

@@ -1,0 +1,415 @@
+r"""Pseudo-experiments (toys) and Asimov datasets for egmm, iminuit and pyhf costs.
+
+A toy of a cost at parameter values θ is a new cost of the same structure on data drawn from
+the model at θ:
+
+* :class:`~egmm.likelihood.ExtendedUnbinnedNLL`: N_c ~ Poisson(ν_c(θ)) events per component,
+  each drawn by the component's own sampler (``density.sample``);
+  :class:`~egmm.likelihood.UnbinnedNLL`: the observed number of events N, shared among
+  components multinomially with fractions ν_c/Σν (a single density draws all N);
+* ``iminuit.cost.NormalConstraint``: the constraint centre (the auxiliary measurement, a
+  global observable) is drawn from N(θ, σ) (or the full covariance);
+* :class:`~egmm.likelihood.PyhfCost`: main and auxiliary data from
+  ``model.make_pdf(θ).sample()`` (numpy backend);
+* a sum of these (``nll + NormalConstraint(...) + pyhf``): each term on its own.
+
+Every toy has its own seed, derived from a master seed and the toy's index
+(:func:`toy_seed`), so a toy is the same whichever worker makes it. For hypothesis tests the
+toys are generated with the nuisance parameters at their conditional MLE for the tested POI
+value, the LHC convention (ATL-PHYS-PUB-2011-011).
+
+The Asimov dataset (Cowan et al. 2011, Sec. 3.3) replaces the data by their expectation:
+pyhf's ``expected_data``, the constraint centre at θ, and for unbinned costs a large weighted
+sample at a fixed seed (``size`` events per component, weights ν_c/size).
+
+References:
+    G. Cowan, K. Cranmer, E. Gross, O. Vitells, Eur. Phys. J. C 71 (2011) 1554,
+    arXiv:1007.1727.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import operator
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyhf
+from iminuit.cost import NormalConstraint
+from iminuit.util import describe
+
+from egmm.errors import EgmmError, InputError, ParameterError
+from egmm.infer.fit import _items
+from egmm.infer.parallel import fingerprint, run_toys
+from egmm.infer.teststats import Limits, check_poi, evaluate, get_test_stat
+from egmm.likelihood.cost import _UnbinnedCost
+from egmm.likelihood.pyhf import PyhfCost
+
+__all__ = [
+    "ToyTestStats",
+    "asimov_cost",
+    "check_ntoys",
+    "check_seed",
+    "check_toys",
+    "sample_toy",
+    "toy_seed",
+    "toy_teststats",
+]
+
+# pyhf's numpy backend samples from numpy's global random state; seeding it for one toy and
+# restoring it must not interleave with another thread doing the same
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
+def check_seed(seed: Any) -> int:
+    """A master seed: a non-negative integer (toys need explicit, reproducible seeds)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def check_ntoys(ntoys: Any) -> int:
+    """A number of toys: an integer ≥ 1."""
+    if isinstance(ntoys, bool) or not isinstance(ntoys, (int, np.integer)) or ntoys < 1:
+        raise InputError(f"ntoys must be a positive integer, got {ntoys!r}")
+    return int(ntoys)
+
+
+def toy_seed(seed: int, *key: int) -> np.random.SeedSequence:
+    """The seed of one toy: ``SeedSequence(seed, spawn_key=key)``.
+
+    With ``key = (i,)`` this is ``SeedSequence(seed).spawn(n)[i]`` for any n > i, computed
+    directly: toy i gets the same random numbers however the toys are split among workers.
+
+    Example:
+        >>> a = toy_seed(7, 3).generate_state(2)
+        >>> b = np.random.SeedSequence(7).spawn(5)[3].generate_state(2)
+        >>> bool((a == b).all())
+        True
+    """
+    return np.random.SeedSequence(check_seed(seed), spawn_key=tuple(int(k) for k in key))
+
+
+def _values(cost: Any, pars: Mapping[str, float]) -> dict[str, float]:
+    names = list(describe(cost))
+    if not isinstance(pars, Mapping):
+        raise InputError(f"parameter values must be a mapping name -> value, got "
+                         f"{type(pars).__name__}")
+    missing = [n for n in names if n not in pars]
+    if missing:
+        raise ParameterError(f"parameter values missing for {missing}; the cost has {names}")
+    out = {n: float(pars[n]) for n in names}
+    bad = [n for n, v in out.items() if not math.isfinite(v)]
+    if bad:
+        raise ParameterError(f"parameter {bad[0]!r} is {out[bad[0]]}")
+    return out
+
+
+def _unsupported(item: Any) -> InputError:
+    return InputError(
+        f"cannot generate data for a {type(item).__name__} term: toys and Asimov data support "
+        "UnbinnedNLL, ExtendedUnbinnedNLL, NormalConstraint, PyhfCost and sums of them"
+    )
+
+
+def _sum(items: list[Any]) -> Any:
+    return items[0] if len(items) == 1 else functools.reduce(operator.add, items)
+
+
+def _draw(name: str, density: Any, n: int, theta: dict[str, float], seed: Any,
+          columns: list[int]) -> np.ndarray:
+    """``n`` events of one component, columns in the cost's observable order."""
+    if n == 0:
+        return np.zeros((0, len(columns)))
+    try:
+        x = density.sample(int(n), theta or None, seed)
+    except NotImplementedError:
+        raise InputError(f"component {name!r}: its density {type(density).__name__} cannot "
+                         "sample events, so toys cannot be generated") from None
+    except InputError as exc:
+        raise type(exc)(f"component {name!r}: {exc}") from None
+    return np.asarray(x, dtype=np.float64)[:, columns]
+
+
+def _parts(item: _UnbinnedCost, values: dict[str, float]
+           ) -> list[tuple[str, Any, dict[str, float], list[int]]]:
+    out = []
+    for name, density, _ in item.parts:
+        theta = {p: values[p] for p in density.parameters}
+        columns = [density.space.index(o) for o in item.observables]
+        out.append((name, density, theta, columns))
+    return out
+
+
+def _toy_unbinned(item: _UnbinnedCost, values: dict[str, float], rng: np.random.Generator
+                  ) -> _UnbinnedCost:
+    parts = _parts(item, values)
+    yields = item.expected_yields(values)
+    if yields is None:
+        counts = [item.n_events]
+    elif item.extended:
+        counts = [int(rng.poisson(yields[name])) for name, *_ in parts]
+    else:
+        nu = np.array([yields[name] for name, *_ in parts])
+        if not nu.sum() > 0:
+            raise ParameterError("all component yields are zero: cannot share the events")
+        counts = [int(c) for c in rng.multinomial(item.n_events, nu / nu.sum())]
+    seeds = rng.integers(0, 2**63 - 1, size=len(parts))  # one per component, drawn always
+    events = [_draw(name, dens, n, theta, int(s), cols)
+              for (name, dens, theta, cols), n, s in zip(parts, counts, seeds)]
+    return item.with_data(np.concatenate(events))
+
+
+def _constraint_toy(item: NormalConstraint, values: dict[str, float],
+                    rng: np.random.Generator) -> NormalConstraint:
+    names = list(describe(item))
+    centre = np.array([values[n] for n in names])
+    cov = np.asarray(item.covariance, dtype=np.float64)
+    if cov.ndim < 2:
+        err = np.sqrt(cov)
+        return NormalConstraint(names, rng.normal(centre, err), err)
+    return NormalConstraint(names, rng.multivariate_normal(centre, cov), cov)
+
+
+def _pyhf_pars(item: PyhfCost, values: dict[str, float]) -> np.ndarray:
+    return item.pyhf_parameters([values[n] for n in describe(item)])
+
+
+def _with_pyhf_data(item: PyhfCost, data: np.ndarray) -> PyhfCost:
+    # PyhfCost refuses negative numbers in its data, but auxiliary data of Gaussian
+    # constraints (normsys, histosys: centred at 0) are negative in half of all toys; the
+    # data come from the model itself here, so they are set directly on a copy
+    new = copy.copy(item)
+    new._data = np.asarray(data, dtype=np.float64).reshape(-1)
+    return new
+
+
+def _toy_pyhf(item: PyhfCost, values: dict[str, float], rng: np.random.Generator) -> PyhfCost:
+    if pyhf.tensorlib.name != "numpy":
+        raise InputError(f"pyhf toys need the numpy backend (pyhf.set_backend('numpy')), "
+                         f"the active one is {pyhf.tensorlib.name!r}")
+    pars = _pyhf_pars(item, values)
+    state_seed = int(rng.integers(0, 2**32))
+    with _GLOBAL_RNG_LOCK:
+        saved = np.random.get_state()  # noqa: NPY002 (pyhf draws from it)
+        try:
+            np.random.seed(state_seed)  # noqa: NPY002
+            data = np.asarray(item.model.make_pdf(pyhf.tensorlib.astensor(pars)).sample(),
+                              dtype=np.float64)
+        finally:
+            np.random.set_state(saved)  # noqa: NPY002
+    return _with_pyhf_data(item, data)
+
+
+def sample_toy(cost: Any, pars: Mapping[str, float], seed: Any) -> Any:
+    """One pseudo-experiment: a cost of the same structure as ``cost`` on data drawn at
+    ``pars`` (name -> value for every parameter of ``cost``).
+
+    ``seed``: an int, a ``numpy.random.SeedSequence`` (e.g. :func:`toy_seed`) or a
+    ``numpy.random.Generator``. Terms are drawn in order from one generator; every component
+    gets its own derived seed. A component whose density cannot sample raises
+    :class:`~egmm.InputError` naming it.
+
+    Example:
+        >>> from iminuit.cost import NormalConstraint
+        >>> toy = sample_toy(NormalConstraint("a", 0.0, 1.0), {"a": 5.0}, seed=1)
+        >>> round(float(toy.value[0]), 4)
+        5.3456
+    """
+    values = _values(cost, pars)
+    rng = np.random.default_rng(seed)
+    out = []
+    for item in _items(cost):
+        if isinstance(item, _UnbinnedCost):
+            out.append(_toy_unbinned(item, values, rng))
+        elif isinstance(item, NormalConstraint):
+            out.append(_constraint_toy(item, values, rng))
+        elif isinstance(item, PyhfCost):
+            out.append(_toy_pyhf(item, values, rng))
+        else:
+            raise _unsupported(item)
+    return _sum(out)
+
+
+def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> None:
+    """Raise the error of bad input (no sampler, unsupported term) before toys are farmed
+    out: the first of ``seeds`` whose toy can be made passes; a toy that fails by chance (its
+    failure is recorded when it runs) does not stop the study."""
+    error: Exception | None = None
+    for seed in seeds:
+        try:
+            sample_toy(cost, pars, seed)
+            return
+        except Exception as exc:  # the same error for every seed is bad input
+            error = error or exc
+    if error is not None:
+        raise error
+
+
+def asimov_cost(cost: Any, pars: Mapping[str, float], *, size: int = 100_000, seed: int = 0
+                ) -> Any:
+    r"""The cost on the Asimov dataset at ``pars``: every observation at its expectation.
+
+    * unbinned costs: ``size`` events from each component with ν_c > 0, weighted
+      ν_c/``size`` (extended; for UnbinnedNLL N·ν_c/(Σν·size)), drawn at the fixed
+      ``seed``: Σ_i w_i ln λ(x_i) estimates ∫ λ_θ ln λ dx with a relative error ~1/√size;
+    * ``NormalConstraint``: centre at ``pars``;
+    * ``PyhfCost``: ``model.expected_data(pars)`` (main and auxiliary), as in pyhf.
+
+    The minimum of the Asimov cost is at ``pars`` (to the sampling precision for unbinned
+    terms), and −2 ln λ on it is the non-centrality Λ of Cowan et al. (2011), Eq. 29.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InputError(f"asimov size must be a positive integer, got {size!r}")
+    values = _values(cost, pars)
+    out = []
+    for k, item in enumerate(_items(cost)):
+        if isinstance(item, _UnbinnedCost):
+            parts = _parts(item, values)
+            yields = item.expected_yields(values)
+            if yields is None:
+                scale = {parts[0][0]: float(item.sum_weights)}
+            elif item.extended:
+                scale = yields
+            else:
+                total = sum(yields.values())
+                scale = {n: item.sum_weights * v / total for n, v in yields.items()}
+            xs, ws = [], []
+            for j, (name, dens, theta, cols) in enumerate(parts):
+                if scale[name] > 0:
+                    ss = np.random.SeedSequence(check_seed(seed), spawn_key=(k, j))
+                    xs.append(_draw(name, dens, int(size), theta, ss, cols))
+                    ws.append(np.full(int(size), scale[name] / int(size)))
+            if not xs:
+                raise ParameterError("Asimov data: every component has zero yield")
+            out.append(item.with_data(np.concatenate(xs), np.concatenate(ws)))
+        elif isinstance(item, NormalConstraint):
+            names = list(describe(item))
+            cov = np.asarray(item.covariance, dtype=np.float64)
+            out.append(NormalConstraint(names, [values[n] for n in names],
+                                        np.sqrt(cov) if cov.ndim < 2 else cov))
+        elif isinstance(item, PyhfCost):
+            pars_vec = pyhf.tensorlib.astensor(_pyhf_pars(item, values))
+            data = np.asarray(pyhf.tensorlib.tolist(item.model.expected_data(pars_vec)))
+            out.append(_with_pyhf_data(item, data))
+        else:
+            raise _unsupported(item)
+    return _sum(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# distributions of test statistics from toys
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _TeststatJob:
+    cost: Any
+    pars: dict[str, float]
+    poi: str
+    mu: float
+    test_stat: str
+    seed: int
+    stream: int
+    fixed: Any
+    limits: Any
+    strategy: int
+    tol: float
+
+
+def _teststat_task(job: _TeststatJob, index: int) -> dict[str, Any]:
+    """One toy: draw it at ``job.pars``, evaluate the test statistic at ``job.mu``."""
+    record: dict[str, Any] = {"index": index, "seed": [job.seed, job.stream, index]}
+    try:
+        toy = sample_toy(job.cost, job.pars, toy_seed(job.seed, job.stream, index))
+        value, fits = evaluate(job.test_stat, job.mu, toy, job.poi, start=job.pars,
+                               fixed=job.fixed, limits=job.limits, strategy=job.strategy,
+                               tol=job.tol)
+        record.update(value=float(value), muhat=fits.unconditional.values[job.poi],
+                      valid=bool(fits.conditional.valid and fits.unconditional.valid))
+    except Exception as exc:  # a toy whose fit raises is recorded and counted, not dropped
+        record.update(value=None, muhat=None, valid=False,
+                      error=f"{type(exc).__name__}: {exc}")
+    return record
+
+
+@dataclass
+class ToyTestStats:
+    """Test statistics of toys (from :func:`toy_teststats`).
+
+    Attributes:
+        values: (ntoys,) test statistic per toy, NaN where the toy failed.
+        records: one dict per toy (as stored in JSON): ``index``, ``seed`` ([master, stream,
+            index]), ``value`` and ``muhat`` (unconditional POI estimate; ``None`` for a failed
+            toy), ``valid`` (both fits valid), ``error`` (only for failed toys).
+    """
+
+    values: np.ndarray
+    records: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def n_failed(self) -> int:
+        """Toys whose generation or fit raised (value NaN)."""
+        return sum("error" in r for r in self.records)
+
+    @property
+    def n_invalid(self) -> int:
+        """Toys with a value but a fit Minuit did not call valid."""
+        return sum(not r["valid"] and "error" not in r for r in self.records)
+
+
+def _fixed_key(fixed: Any) -> Any:
+    if fixed is None or isinstance(fixed, Mapping):
+        return fixed
+    return sorted([fixed] if isinstance(fixed, str) else fixed)
+
+
+def toy_teststats(
+    cost: Any,
+    pars: Mapping[str, float],
+    poi: str,
+    mu: float,
+    *,
+    test_stat: str = "qtilde",
+    ntoys: int = 1000,
+    seed: int = 0,
+    stream: int = 0,
+    executor: Any = None,
+    out: Any = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    fixed: Mapping[str, float] | Iterable[str] | None = None,
+    limits: Limits | None = None,
+    strategy: int = 0,
+    tol: float = 1e-3,
+) -> ToyTestStats:
+    """The distribution of ``test_stat`` at ``mu`` for toys generated at ``pars``.
+
+    Toy i uses ``toy_seed(seed, stream, i)``: the ``stream`` separates sets of toys of one
+    study (pyhf's s+b and b-only toys use streams 0 and 1). Each toy's fits start from
+    ``pars``. See :func:`egmm.infer.parallel.run_toys` for ``executor``, ``out`` (resumable
+    JSON lines), ``progress`` and ``callback``.
+    """
+    get_test_stat(test_stat)
+    check_poi(cost, poi, fixed)
+    ntoys = check_ntoys(ntoys)
+    seed = check_seed(seed)
+    values = _values(cost, pars)
+    check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
+    job = _TeststatJob(cost, values, poi, float(mu), test_stat, seed, int(stream),
+                       fixed, limits, int(strategy), float(tol))
+    key = "teststat/" + fingerprint(
+        test_stat, poi, float(mu), seed, int(stream),
+        {n: float(f"{v:.9g}") for n, v in values.items()},
+        _fixed_key(fixed), limits, int(strategy), float(tol))
+    records = run_toys(_teststat_task, job, range(ntoys), key=key, executor=executor, out=out,
+                       progress=progress, desc=f"{test_stat} {poi}={mu:.4g}",
+                       callback=callback)
+    values = np.array([math.nan if r["value"] is None else r["value"] for r in records])
+    result = ToyTestStats(values, records)
+    if result.n_failed == ntoys:
+        raise EgmmError(f"all {ntoys} toys failed; the first: {records[0]['error']}")
+    return result

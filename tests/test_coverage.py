@@ -1,0 +1,135 @@
+"""Coverage studies: nominal coverage of Wilks regions, pulls, failures, resumption."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from egmm.errors import InputError, ParameterError
+from egmm.groundtruth import PaperToy
+from egmm.infer import coverage
+from egmm.likelihood import TorchDensity, UnbinnedNLL
+from egmm.observables import Observable, ObservableSpace
+from test_toys import analytic_cost
+
+LINE = ObservableSpace([Observable("x", -math.inf, math.inf)])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def normal_log_prob(x, mu, sigma):
+    return -0.5 * ((x[:, 0] - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
+
+
+def normal_sampler(n, theta, rng):
+    return rng.normal(theta["mu"], theta["sigma"], (n, 1))
+
+
+NORMAL = TorchDensity(LINE, normal_log_prob, ("mu", "sigma"), {"sigma": (0.05, 10.0)},
+                      normal_sampler, name="normal")
+
+
+def normal_cost(x):
+    return UnbinnedNLL(x, NORMAL)
+
+
+def normal_data(rng):
+    return rng.normal(1.0, 2.0, 60)[:, None]
+
+
+def sometimes_broken(rng):
+    """One dataset in five has a NaN: its cost raises InputError, a failure to count."""
+    x = normal_data(rng)
+    if rng.random() < 0.2:
+        x[7, 0] = np.nan
+    return x
+
+
+def test_analytic_model_has_nominal_coverage():
+    """The model itself as truth (Poisson yields, 50 signal on 1000 flat events), 200 toys:
+    every 1-D and 2-D Wilks region covers within 3 binomial σ of its cl; pulls have mean 0
+    and width 1 within 3 of their standard errors, and the bias is below 3 of its errors."""
+    truth = analytic_cost(mu=1.0, seed=0)
+    res = coverage(truth, None, {"mu": 1.0, "n_b": 1000.0}, ntoys=200, seed=5,
+                   executor="serial", progress=False)
+    assert res.n_failed == 0 and res.ntoys == 200
+    assert {c.parameters for c in res.coverage} == {("mu",), ("n_b",), ("mu", "n_b")}
+    for c in res.coverage:
+        assert c.n == 200 and abs(c.deviation) < 3, c
+    for s in res.parameters.values():
+        assert abs(s.pull_mean) < 3 * s.pull_mean_error
+        assert abs(s.pull_width - 1) < 3 * s.pull_width_error
+        assert abs(s.bias) < 3 * s.bias_error
+    assert "coverage" in res.table()
+
+
+def test_failed_fits_are_counted_not_dropped():
+    res = coverage(sometimes_broken, normal_cost, {"mu": 1.0, "sigma": 2.0}, ntoys=40,
+                   seed=2, executor="serial", progress=False, cl=0.6827)
+    assert 0 < res.n_failed < 40
+    assert len(res.failures) == res.n_failed
+    assert all("nan" in reason.lower() for _, reason in res.failures)
+    assert all(c.n == 40 - res.n_failed for c in res.coverage)
+    assert res.parameters["mu"].n == 40 - res.n_failed
+    assert f"{res.n_failed} failed" in res.table()
+
+
+def test_interrupted_coverage_study_resumes(tmp_path):
+    kwargs = dict(ntoys=20, seed=4, executor="serial", progress=False, pairs=[])
+    straight = coverage(normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0}, **kwargs)
+    out = tmp_path / "coverage.jsonl"
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        if record["index"] == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        coverage(normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0}, out=out,
+                 callback=kill, **kwargs)
+    assert len(out.read_text().splitlines()) == 8
+    resumed = coverage(normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0}, out=out, **kwargs)
+    assert resumed.records == straight.records
+    assert resumed.coverage == straight.coverage and resumed.parameters == straight.parameters
+
+
+def test_paper_toy_and_density_truths():
+    """The truth may be a sampler object with parameters (PaperToy) or a DensityModel."""
+    toy = PaperToy()
+    dens = TorchDensity.from_numpy(PaperToy.space, toy.log_prob, ("cx", "cy"),
+                                   {"cx": (-1.5, 1.5), "cy": (-1.2, 1.2)}, name="paper toy")
+    res = coverage(toy, lambda x: UnbinnedNLL(x, dens), {"cx": 0.8, "cy": -0.8}, ntoys=2,
+                   seed=1, n_events=300, executor="serial", progress=False, pairs=[])
+    assert res.n_failed == 0 and set(res.parameters) == {"cx", "cy"}
+    res = coverage(NORMAL, normal_cost, {"mu": 1.0, "sigma": 2.0}, ntoys=3, seed=1,
+                   n_events=50, poisson=True, executor="serial", progress=False)
+    assert res.n_failed == 0 and res.ntoys == 3
+
+
+def test_bad_input():
+    args = (normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0})
+    with pytest.raises(InputError, match="ntoys"):
+        coverage(*args, ntoys=0, seed=1)
+    with pytest.raises(InputError, match="seed"):
+        coverage(*args, ntoys=3, seed=1.5)
+    with pytest.raises(ParameterError, match=r"unknown parameters.*'tau'"):
+        coverage(*args, ntoys=3, seed=1, parameters=["tau"], executor="serial")
+    with pytest.raises(ParameterError, match=r"no truth value.*'sigma'"):
+        coverage(normal_data, normal_cost, {"mu": 1.0}, ntoys=3, seed=1,
+                 parameters=["mu", "sigma"], executor="serial")
+    with pytest.raises(InputError, match="n_events"):
+        coverage(NORMAL, normal_cost, {"mu": 1.0, "sigma": 2.0}, ntoys=3, seed=1)
+    with pytest.raises(InputError, match="cannot generate data"):
+        coverage(42, normal_cost, {"mu": 1.0}, ntoys=3, seed=1)

@@ -1,0 +1,151 @@
+"""Executors and resumable toy files: identical results everywhere, kills and lost workers.
+
+Every toy draws from its own seed and starts its fits from the same values, and workers use one
+torch thread (as the serial path does), so the records are bit-identical between serial, a
+process pool and a Dask cluster, and between an interrupted-then-resumed and a straight run.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from egmm.errors import InputError
+from egmm.infer import ToyCalculator, ToyStore, fit, hypotest, local_executor, toy_teststats
+from egmm.infer.parallel import run_toys
+from test_toys import analytic_cost
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def study():
+    cost = analytic_cost(mu=1.0, seed=11)
+    return cost, fit(cost, fixed={"mu": 1.0}).values
+
+
+def run(study, executor, ntoys=20, **kwargs):
+    cost, pars = study
+    return toy_teststats(cost, pars, "mu", 1.0, ntoys=ntoys, seed=7, executor=executor,
+                         progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(study):
+    return run(study, "serial")
+
+
+def test_process_pool_and_threads_give_identical_results(study, reference):
+    assert reference.n_failed == 0
+    with local_executor(2) as pool:
+        assert run(study, pool).records == reference.records
+        cost, _ = study
+        serial = hypotest(1.2, cost, "mu", calctype="toybased", ntoys=8, seed=1,
+                          executor="serial", track_progress=False, return_expected_set=True)
+        pooled = hypotest(1.2, cost, "mu", calctype="toybased", ntoys=8, seed=1,
+                          executor=pool, track_progress=False, return_expected_set=True)
+        assert serial == pooled
+    assert run(study, None, ntoys=6).records == reference.records[:6]  # a pool of its own
+    with ThreadPoolExecutor(2) as threads:
+        assert run(study, threads, ntoys=6).records == reference.records[:6]
+
+
+def test_dask_cluster_gives_identical_results(study, reference):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        assert run(study, client).records == reference.records
+        assert run(study, client.get_executor(), ntoys=4).records == reference.records[:4]
+
+
+def test_truncated_file_resumes_with_the_same_results(study, reference, tmp_path):
+    out = tmp_path / "toys.jsonl"
+    assert run(study, "serial", out=out).records == reference.records
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 20
+    out.write_bytes(b"".join(lines[:8]) + lines[8][:25])  # killed while writing toy 8
+    ran = []
+    resumed = run(study, "serial", out=out, callback=ran.append)
+    assert resumed.records == reference.records
+    assert sorted(r["index"] for r in ran) == list(range(8, 20))  # only the missing toys ran
+    assert len(out.read_bytes().splitlines()) == 20
+
+
+class Killed(Exception):
+    pass
+
+
+def test_interrupted_study_resumes_with_the_same_results(study, reference, tmp_path):
+    out = tmp_path / "toys.jsonl"
+    done = []
+
+    def kill_after_8(record):
+        done.append(record)
+        if len(done) == 8:
+            raise Killed
+
+    with local_executor(2) as pool:
+        with pytest.raises(Killed):
+            run(study, pool, out=out, callback=kill_after_8)
+        assert len(out.read_bytes().splitlines()) == 8
+        assert run(study, pool, out=out).records == reference.records
+    assert len(out.read_bytes().splitlines()) == 20
+
+
+def test_calculator_reuses_its_toy_file(study, tmp_path):
+    cost, _ = study
+    out = tmp_path / "cls.jsonl"
+    kw = dict(calctype="toybased", ntoys=6, seed=3, executor="serial", track_progress=False,
+              out=out, return_expected_set=True)
+    first = hypotest(1.3, cost, "mu", **kw)
+    size = out.stat().st_size
+    assert len(out.read_bytes().splitlines()) == 12  # s+b and b-only toys, keyed apart
+    assert hypotest(1.3, cost, "mu", **kw) == first
+    assert out.stat().st_size == size  # nothing ran again
+
+
+def dying_task(job: str, index: int) -> dict:
+    """Kills its worker process the first time it meets toy 3 (marker file in ``job``)."""
+    marker = Path(job) / "lost-3"
+    if index == 3 and not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return {"index": index, "seed": [0, index], "value": float(index) ** 2}
+
+
+def test_lost_worker_toys_are_rerun(tmp_path):
+    expected = [float(i) ** 2 for i in range(10)]
+    records = run_toys(dying_task, str(tmp_path), range(10), key="k", executor=None,
+                       progress=False, chunk_size=2)
+    assert [r["value"] for r in records] == expected
+    assert (tmp_path / "lost-3").exists()
+    (tmp_path / "lost-3").unlink()
+    with ProcessPoolExecutor(2) as pool, pytest.warns(UserWarning, match="broken"):
+        records = run_toys(dying_task, str(tmp_path), range(10), key="k", executor=pool,
+                           progress=False, chunk_size=2)
+    assert [r["value"] for r in records] == expected
+
+
+def test_bad_executor_and_corrupted_file(study, tmp_path):
+    with pytest.raises(InputError, match="unknown option 'threads'"):
+        run(study, "threads", ntoys=2)
+    with pytest.raises(InputError, match="executor"):
+        run(study, 42, ntoys=2)
+    out = tmp_path / "bad.jsonl"
+    out.write_text('{"key": "a", "index": 0}\nnot json\n{"key": "a", "index": 1}\n')
+    with pytest.raises(InputError, match="line 2"):
+        ToyStore(out).load("a")
+    with pytest.raises(InputError, match="ntoys"):
+        ToyCalculator(study[0], "mu", ntoys=-1)

@@ -1,0 +1,260 @@
+"""Toy generation (egmm.infer.toys) and the toy distributions of t_μ and q₀ against Wilks.
+
+The analytic model defined here is shared with the other frequentist tests: x ∈ [0, 10], a
+Gaussian signal (mean 5, width 0.5, truncated) with yield μ·S on a flat background with a free
+yield n_b, as an ExtendedUnbinnedNLL of TorchDensity pdfs with exact samplers. The densities
+have no shape parameters, so their log p is cached and a toy fit takes a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyhf
+import pytest
+import torch
+from iminuit.cost import CostSum, NormalConstraint
+from iminuit.util import describe
+from scipy import stats
+
+from egmm.errors import InputError, ParameterError
+from egmm.infer import ToyCalculator, asimov_cost, fit, sample_toy, toy_seed, toy_teststats
+from egmm.likelihood import (
+    Component,
+    ExtendedUnbinnedNLL,
+    PyhfCost,
+    TorchDensity,
+    UnbinnedNLL,
+    Yield,
+)
+from egmm.observables import Observable, ObservableSpace
+
+pytestmark = pytest.mark.filterwarnings("ignore:jsonschema.RefResolver:DeprecationWarning")
+
+LO, HI = 0.0, 10.0
+SPACE = ObservableSpace([Observable("x", LO, HI)])
+PEAK, WIDTH = 5.0, 0.5
+_MASS = stats.norm.cdf(HI, PEAK, WIDTH) - stats.norm.cdf(LO, PEAK, WIDTH)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def signal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    z = (x[:, 0] - PEAK) / WIDTH
+    return -0.5 * z**2 - math.log(WIDTH * math.sqrt(2 * math.pi) * _MASS)
+
+
+def signal_sampler(n: int, theta: dict, rng: np.random.Generator) -> np.ndarray:
+    u = rng.uniform(stats.norm.cdf(LO, PEAK, WIDTH), stats.norm.cdf(HI, PEAK, WIDTH), n)
+    return stats.norm.ppf(u, PEAK, WIDTH)[:, None]
+
+
+def flat_log_prob(x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), -math.log(HI - LO), dtype=x.dtype)
+
+
+def flat_sampler(n: int, theta: dict, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(LO, HI, (n, 1))
+
+
+def signal_yield(signal: float):
+    return Yield.from_callable(lambda mu: signal * mu, ("mu",), {"mu": (0.0, 20.0)})
+
+
+def analytic_components(signal: float = 50.0, sampler: bool = True) -> list[Component]:
+    sig = TorchDensity(SPACE, signal_log_prob, sampler=signal_sampler if sampler else None,
+                       name="gauss")
+    bkg = TorchDensity(SPACE, flat_log_prob, sampler=flat_sampler, name="flat")
+    return [Component("sig", sig, signal_yield(signal)), Component("bkg", bkg, "n_b")]
+
+
+def analytic_cost(mu: float = 1.0, n_b: float = 1000.0, signal: float = 50.0,
+                  seed: int = 0) -> ExtendedUnbinnedNLL:
+    """The model's cost on one dataset drawn from it at (μ, n_b)."""
+    comps = analytic_components(signal)
+    template = ExtendedUnbinnedNLL(flat_sampler(10, {}, np.random.default_rng(0)), comps)
+    return sample_toy(template, {"mu": mu, "n_b": n_b}, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+def test_seeds_do_not_depend_on_the_split():
+    a = toy_seed(11, 4).generate_state(4)
+    b = np.random.SeedSequence(11).spawn(9)[4].generate_state(4)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="seed"):
+        toy_seed(-1, 0)
+    with pytest.raises(InputError, match="seed"):
+        toy_seed(None, 0)
+
+
+def test_extended_toys_are_reproducible_poisson_and_keep_the_structure():
+    cost = analytic_cost()
+    pars = {"mu": 2.0, "n_b": 300.0}
+    t1, t2 = sample_toy(cost, pars, 5), sample_toy(cost, pars, 5)
+    np.testing.assert_array_equal(t1.data, t2.data)
+    assert not np.array_equal(t1.data, sample_toy(cost, pars, 6).data)
+    assert type(t1) is ExtendedUnbinnedNLL and describe(t1) == describe(cost)
+    # N ~ Poisson(ν_s + ν_b) = Poisson(400): mean and variance over 400 toys; the mean's
+    # standard error is √(400/400) = 1, so 4σ = 4 events; the variance's relative error is
+    # √(2/399) = 7 %, so 4σ = 28 %
+    n = np.array([sample_toy(cost, pars, toy_seed(1, i)).n_events for i in range(400)])
+    assert abs(n.mean() - 400) < 4
+    assert abs(n.var(ddof=1) / 400 - 1) < 0.28
+    # the components are drawn from the right shapes: the MLE on one big toy recovers the
+    # truth (within 5σ)
+    big = sample_toy(cost, {"mu": 4.0, "n_b": 20000.0}, 3)
+    res = fit(big, {"mu": 4.0, "n_b": 20000.0})
+    assert abs(res.values["mu"] - 4.0) < 5 * res.errors["mu"]
+    assert abs(res.values["n_b"] - 20000.0) < 5 * res.errors["n_b"]
+
+
+def test_unbinned_nll_toys_keep_the_number_of_events():
+    comps = analytic_components()
+    data = flat_sampler(137, {}, np.random.default_rng(2))
+    mixture = UnbinnedNLL(data, [Component("sig", comps[0].density, signal_yield(50.0)),
+                                 Component("bkg", comps[1].density, 100.0)])
+    single = UnbinnedNLL(data, comps[1].density)
+    for cost, pars in ((mixture, {"mu": 1.0}), (single, {})):
+        toy = sample_toy(cost, pars, 1)
+        assert type(toy) is UnbinnedNLL and toy.n_events == 137
+
+
+def test_constraint_centres_are_randomised_and_sums_rebuilt():
+    cost = analytic_cost() + NormalConstraint("n_b", 1000.0, 30.0)
+    toys = [sample_toy(cost, {"mu": 1.0, "n_b": 990.0}, toy_seed(3, i)) for i in range(300)]
+    assert all(isinstance(t, CostSum) and describe(t) == ["mu", "n_b"] for t in toys)
+    centres = np.array([t[1].value[0] for t in toys])
+    # centre ~ N(990, 30): mean ± 4·30/√300 = ±6.9, width within 4·√(1/600) = 16 %
+    assert abs(centres.mean() - 990.0) < 6.9
+    assert abs(centres.std(ddof=1) / 30.0 - 1) < 0.16
+    cov = NormalConstraint(["a", "b"], [0.0, 0.0], [[1.0, 0.5], [0.5, 1.0]])
+    toy = sample_toy(cov, {"a": 1.0, "b": 2.0}, 0)
+    np.testing.assert_array_equal(toy.covariance, cov.covariance)
+
+
+def test_pyhf_toys_reproducible_and_leave_numpy_global_state_alone():
+    model = pyhf.simplemodels.uncorrelated_background([5.0], [50.0], [7.0])
+    cost = PyhfCost(model, [55.0])
+    pars = {"mu": 1.0, "uncorr_bkguncrt[0]": 1.0}
+    state = np.random.get_state()[1].copy()  # noqa: NPY002 (checking it is untouched)
+    a, b = sample_toy(cost, pars, 9), sample_toy(cost, pars, 9)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # noqa: NPY002
+    np.testing.assert_array_equal(a.data, b.data)
+    assert isinstance(a, PyhfCost) and len(a.data) == 2
+    # main bin ~ Poisson(55 γ) with the aux ~ Poisson(τ γ): means over 300 toys within 4σ
+    data = np.array([sample_toy(cost, pars, toy_seed(4, i)).data for i in range(300)])
+    tau = (50.0 / 7.0) ** 2
+    assert abs(data[:, 0].mean() - 55.0) < 4 * math.sqrt(55.0 / 300)
+    assert abs(data[:, 1].mean() - tau) < 4 * math.sqrt(tau / 300)
+
+
+def test_empty_extended_toy_is_a_valid_cost():
+    cost = analytic_cost()
+    toy = sample_toy(cost, {"mu": 0.0, "n_b": 1e-9}, 0)  # Poisson(1e-9) = 0 events
+    assert toy.n_events == 0
+    assert toy(0.5, 2.0) == pytest.approx(2 * (25.0 + 2.0))  # −2 ln L = 2 Σ ν
+
+
+def test_component_without_sampler_is_named():
+    comps = analytic_components(sampler=False)
+    cost = ExtendedUnbinnedNLL(flat_sampler(20, {}, np.random.default_rng(0)), comps)
+    with pytest.raises(InputError, match=r"'sig'.*gauss.*no sampler"):
+        sample_toy(cost, {"mu": 1.0, "n_b": 20.0}, 0)
+    with pytest.raises(InputError, match="'sig'"):
+        toy_teststats(cost, {"mu": 1.0, "n_b": 20.0}, "mu", 1.0, ntoys=3, executor="serial")
+
+
+def leaky_sampler(n: int, theta: dict, rng: np.random.Generator) -> np.ndarray:
+    """A flat sampler with a bug: in one toy of four an event lands outside [0, 10]."""
+    x = rng.uniform(LO, HI, (n, 1))
+    if n and rng.random() < 0.25:
+        x[0, 0] = HI + 1.0
+    return x
+
+
+def test_failed_toys_are_recorded_and_counted():
+    comps = analytic_components()
+    leaky = TorchDensity(SPACE, flat_log_prob, sampler=leaky_sampler, name="leaky")
+    cost = ExtendedUnbinnedNLL(flat_sampler(100, {}, np.random.default_rng(0)),
+                               [comps[0], Component("bkg", leaky, "n_b")])
+    toys = toy_teststats(cost, {"mu": 1.0, "n_b": 100.0}, "mu", 1.0, ntoys=24, seed=1,
+                         executor="serial", progress=False)
+    failed = [r for r in toys.records if "error" in r]
+    assert 0 < toys.n_failed == len(failed) < 24 and len(toys.records) == 24
+    assert all("'bkg'" in r["error"] and r["value"] is None for r in failed)
+    assert np.isnan(toys.values).sum() == toys.n_failed
+    calc = ToyCalculator(cost, "mu", ntoys=24, seed=1, executor="serial",
+                         track_progress=False)
+    with pytest.warns(UserWarning, match="toys at mu=1 failed"):
+        sb, _ = calc.distributions(1.0)
+    assert sb.n_failed == calc.toys["sb"].n_failed > 0
+
+
+def test_bad_input():
+    cost = analytic_cost()
+    with pytest.raises(ParameterError, match=r"missing.*n_b"):
+        sample_toy(cost, {"mu": 1.0}, 0)
+    with pytest.raises(InputError, match="ntoys"):
+        toy_teststats(cost, {"mu": 1.0, "n_b": 1e3}, "mu", 1.0, ntoys=0, executor="serial")
+    with pytest.raises(ParameterError, match="unknown parameter of interest 'nu'"):
+        toy_teststats(cost, {"mu": 1.0, "n_b": 1e3}, "nu", 1.0, ntoys=5, executor="serial")
+    with pytest.raises(InputError, match="unknown test statistic"):
+        toy_teststats(cost, {"mu": 1.0, "n_b": 1e3}, "mu", 1.0, test_stat="z", ntoys=5,
+                      executor="serial")
+    from iminuit.cost import LeastSquares
+
+    ls = LeastSquares([1.0, 2.0], [1.0, 2.0], 1.0, lambda x, a: a * x)
+    with pytest.raises(InputError, match="LeastSquares"):
+        sample_toy(ls, {"a": 1.0}, 0)
+
+
+def test_asimov_minimum_is_at_the_parameters():
+    cost = analytic_cost() + NormalConstraint("n_b", 1000.0, 30.0)
+    pars = {"mu": 1.5, "n_b": 980.0}
+    asimov = asimov_cost(cost, pars, size=200_000, seed=1)
+    res = fit(asimov, pars)
+    # the weighted sample reproduces ∫λ ln λ to ~1/√size: the MLE sits at the truth within a
+    # small fraction (1/√(2·10⁵) ≈ 0.2 %) of the statistical errors; 0.1 σ is generous
+    assert abs(res.values["mu"] - 1.5) < 0.1 * res.errors["mu"]
+    assert abs(res.values["n_b"] - 980.0) < 0.1 * res.errors["n_b"]
+    np.testing.assert_array_equal(asimov_cost(cost, pars, size=10, seed=1)[0].data,
+                                  asimov_cost(cost, pars, size=10, seed=1)[0].data)
+    model = pyhf.simplemodels.uncorrelated_background([5.0], [50.0], [7.0])
+    pa = asimov_cost(PyhfCost(model, [55.0]), {"mu": 2.0, "uncorr_bkguncrt[0]": 1.1})
+    np.testing.assert_allclose(pa.data, model.expected_data([2.0, 1.1]), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# toy distributions against their asymptotic forms (Cowan et al. 2011)
+# ----------------------------------------------------------------------------------------------
+def test_tmu_toys_follow_chi2_1():
+    """t_μ at the true μ is χ²₁ (Wilks) at large N: ν_s = 50, n_b = 1000 gives σ_μ ≈ 0.3, so
+    μ = 1 is > 3σ from the boundary μ = 0. KS test with 300 toys at a fixed seed: p > 0.01."""
+    cost = analytic_cost(mu=1.0, seed=11)
+    pars = fit(cost, fixed={"mu": 1.0}).values
+    toys = toy_teststats(cost, pars, "mu", 1.0, test_stat="t", ntoys=300, seed=3,
+                         executor="serial", progress=False)
+    assert toys.n_failed == 0 and toys.n_invalid == 0
+    assert stats.kstest(toys.values, stats.chi2(1).cdf).pvalue > 0.01
+
+
+def test_q0_toys_follow_half_chi2_1():
+    """q₀ under the background-only hypothesis is ½δ(0) + ½χ²₁: the number of zeros is
+    Binomial(n, ½) (within 3σ), the positive values are χ²₁ (KS p > 0.01), 300 toys."""
+    cost = analytic_cost(mu=0.0, seed=12)
+    pars = fit(cost, fixed={"mu": 0.0}).values
+    toys = toy_teststats(cost, pars, "mu", 0.0, test_stat="q0", ntoys=300, seed=4,
+                         executor="serial", progress=False)
+    assert toys.n_failed == 0
+    zeros = int(np.sum(toys.values < 1e-6))
+    assert abs(zeros - 150) < 3 * math.sqrt(300 * 0.25)
+    positive = toys.values[toys.values >= 1e-6]
+    assert stats.kstest(positive, stats.chi2(1).cdf).pvalue > 0.01
