@@ -105,6 +105,18 @@ def test_interrupted_coverage_study_resumes(tmp_path):
     assert resumed.coverage == straight.coverage and resumed.parameters == straight.parameters
 
 
+def test_studies_of_different_densities_do_not_share_stored_toys(tmp_path):
+    """Two lambda factories (same qualname) fitting different densities into one out= file:
+    the second study must run its own toys, not reuse the first one's."""
+    wide = TorchDensity(LINE, normal_log_prob, ("mu", "sigma"), {"sigma": (0.05, 20.0)},
+                        normal_sampler, name="wide")
+    out = tmp_path / "shared.jsonl"
+    kwargs = dict(ntoys=5, seed=1, executor="serial", progress=False, pairs=[], out=out)
+    coverage(normal_data, lambda x: UnbinnedNLL(x, NORMAL), {"mu": 1.0, "sigma": 2.0}, **kwargs)
+    coverage(normal_data, lambda x: UnbinnedNLL(x, wide), {"mu": 1.0, "sigma": 2.0}, **kwargs)
+    assert len(out.read_text().splitlines()) == 10
+
+
 def test_paper_toy_and_density_truths():
     """The truth may be a sampler object with parameters (PaperToy) or a DensityModel."""
     toy = PaperToy()

@@ -35,7 +35,7 @@ from egmm.base import DensityModel
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.fit import fit
 from egmm.infer.intervals import _probability, _profile_ratio
-from egmm.infer.parallel import fingerprint, run_toys
+from egmm.infer.parallel import fingerprint, pickled_digest, run_toys
 from egmm.infer.profile import wilks_threshold
 from egmm.infer.teststats import Limits
 from egmm.infer.toys import check_ntoys, check_seed, sample_toy, toy_seed
@@ -331,9 +331,12 @@ def coverage(
             raise ParameterError(f"coverage: pair ({a!r}, {b!r}) must be two different "
                                  f"studied parameters {list(parameters)}")
     job = dataclasses.replace(job, parameters=parameters, pairs=pairs)
+    # the key must tell apart studies whose factories share a name (two lambdas) but fit
+    # different densities: hash the pickled truth and factory (closures included). A pickle
+    # that differs between processes only costs a rerun on resume, never shared toys.
     key = "coverage/" + fingerprint(
         kind, type(truth).__name__, getattr(cost_factory, "__qualname__", repr(cost_factory)),
-        truth_values, job.n_events, job.poisson, seed, parameters, pairs, repr(fixed), limits,
+        pickled_digest(truth, cost_factory), truth_values, job.n_events, job.poisson, seed, parameters, pairs, repr(fixed), limits,
         int(strategy), tol, start)
     records = run_toys(_coverage_task, job, range(ntoys), key=key, executor=executor, out=out,
                        progress=progress, desc="coverage", callback=callback)

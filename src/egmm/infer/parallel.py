@@ -192,6 +192,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def pickled_digest(*objects: Any) -> str:
+    """A hash of the pickled objects (cloudpickle when available): tells apart jobs that carry
+    different densities or closures under the same names."""
+    try:
+        data = _pickler.dumps(objects)
+    except Exception:  # unpicklable objects cannot run in worker processes either
+        return "unpicklable"
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def run_toys(
     task: Callable[[Any, int], dict[str, Any]],
     job: Any,
