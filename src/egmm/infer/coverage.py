@@ -336,8 +336,8 @@ def coverage(
     # that differs between processes only costs a rerun on resume, never shared toys.
     key = "coverage/" + fingerprint(
         kind, type(truth).__name__, getattr(cost_factory, "__qualname__", repr(cost_factory)),
-        pickled_digest(truth, cost_factory), truth_values, job.n_events, job.poisson, seed, parameters, pairs, repr(fixed), limits,
-        int(strategy), tol, start)
+        pickled_digest(truth, cost_factory), truth_values, job.n_events, job.poisson, seed,
+        parameters, pairs, repr(fixed), limits, int(strategy), tol, start)
     records = run_toys(_coverage_task, job, range(ntoys), key=key, executor=executor, out=out,
                        progress=progress, desc="coverage", callback=callback)
     return _summarise(records, parameters, pairs, truth_values, levels)
