@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pyhf
 import pytest
-import torch
 from iminuit.cost import NormalConstraint
 from scipy import stats
 from scipy.optimize import brentq
@@ -32,15 +31,6 @@ from egmm.likelihood import PyhfCost
 from test_toys import analytic_cost
 
 pytestmark = pytest.mark.filterwarnings("ignore:jsonschema.RefResolver:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,6 @@ from egmm.observables import Observable, ObservableSpace
 SPACE = ObservableSpace([Observable("x", -math.inf, math.inf)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: torch's thread pool only adds overhead, and on a busy machine
-    its threads stall each other (20x slower); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gauss_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     z = (x[:, 0] - mu) / sigma
     return -0.5 * z**2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)

@@ -35,16 +35,6 @@ TRUTH = {"mu": 5.0, "sigma": 0.5, "n_sig": 300.0, "lam": 0.3, "n_bkg": 700.0}
 LIMITS = {"mu": (2.0, 8.0), "sigma": (0.1, 3.0), "lam": (0.01, 2.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: torch's thread pool only adds overhead, and on a busy machine
-    its threads stall each other (20x slower); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def signal_log_prob(x, mu, sigma):
     z = (x[:, 0] - mu) / sigma
     norm = torch.special.ndtr((B - mu) / sigma) - torch.special.ndtr((A - mu) / sigma)

@@ -18,15 +18,6 @@ from test_toys import analytic_cost
 LINE = ObservableSpace([Observable("x", -math.inf, math.inf)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def normal_log_prob(x, mu, sigma):
     return -0.5 * ((x[:, 0] - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from egmm.groundtruth import PaperToy
 from egmm.infer import coverage, toy_seed
@@ -31,10 +30,7 @@ def _load():
 
 @pytest.fixture(scope="module")
 def bench():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 400-event fits are latency-bound
-    yield _load()
-    torch.set_num_threads(n)
+    return _load()
 
 
 def test_torch_port_is_the_paper_toy_pdf(bench):

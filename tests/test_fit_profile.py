@@ -20,16 +20,6 @@ A, B = 0.0, 10.0
 SPACE = ObservableSpace([Observable("x", A, B)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: torch's thread pool only adds overhead, and on a busy machine
-    its threads stall each other (20x slower); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def signal_log_prob(x, mu, sigma):
     z = (x[:, 0] - mu) / sigma
     norm = torch.special.ndtr((B - mu) / sigma) - torch.special.ndtr((A - mu) / sigma)

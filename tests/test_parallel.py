@@ -12,21 +12,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 from egmm.errors import InputError
 from egmm.infer import ToyCalculator, ToyStore, fit, hypotest, local_executor, toy_teststats
 from egmm.infer.parallel import run_toys
 from test_toys import analytic_cost
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,6 @@ from egmm.observables import Observable, ObservableSpace
 pytestmark = pytest.mark.filterwarnings("ignore:jsonschema.RefResolver:DeprecationWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tensors are tiny: torch's thread pool only adds overhead, and on a busy machine
-    its threads stall each other (20x slower); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 SPEC = {
     "channels": [{"name": "ch", "samples": [
         {"name": "signal", "data": [5.0, 10.0], "modifiers": [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pyhf
 import pytest
-import torch
 from iminuit.cost import NormalConstraint
 
 from egmm.errors import InputError, ParameterError
@@ -30,15 +29,6 @@ from egmm.likelihood import PyhfCost
 from test_toys import analytic_cost
 
 pytestmark = pytest.mark.filterwarnings("ignore:jsonschema.RefResolver:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gauss(x: float) -> NormalConstraint:

@@ -38,15 +38,6 @@ PEAK, WIDTH = 5.0, 0.5
 _MASS = stats.norm.cdf(HI, PEAK, WIDTH) - stats.norm.cdf(LO, PEAK, WIDTH)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds overhead (20x on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def signal_log_prob(x: torch.Tensor) -> torch.Tensor:
     z = (x[:, 0] - PEAK) / WIDTH
     return -0.5 * z**2 - math.log(WIDTH * math.sqrt(2 * math.pi) * _MASS)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 TUTORIALS = Path(__file__).parents[1] / "tutorials"
 
@@ -20,16 +19,7 @@ def _load(name: str):
     return module
 
 
-@pytest.fixture
-def one_thread():
-    # small unbinned fits are latency-bound: one torch thread is much faster on 2 busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_tutorial_01_signal_background_fit(tmp_path, one_thread):
+def test_tutorial_01_signal_background_fit(tmp_path):
     result = _load("01_signal_background_fit").main(fast=True, out=tmp_path)
     assert result["valid"]
     # the background normalisation is pinned by the 2000-event control region and the SR:
@@ -38,7 +28,7 @@ def test_tutorial_01_signal_background_fit(tmp_path, one_thread):
     assert (tmp_path / "profile_c.png").stat().st_size > 10_000
 
 
-def test_tutorial_02_limits_and_coverage(tmp_path, one_thread):
+def test_tutorial_02_limits_and_coverage(tmp_path):
     r = _load("02_limits_and_coverage").main(fast=True, out=tmp_path)
     # the expected band is ordered (−2σ < −1σ < median < +1σ < +2σ), the limits are positive
     expected = r["expected"]
