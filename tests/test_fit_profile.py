@@ -208,3 +208,20 @@ def test_contour_bad_input(model_cost, global_fit):
     bad = fit(model_cost, ncall=8, retries=0)
     with pytest.raises(EgmmError, match="not valid"):
         contour(model_cost, "mu", "sigma", global_fit=bad)
+
+
+def test_default_start_moves_inside_narrowed_limits():
+    """A default start exactly on a limit the caller narrowed (here a = 0 on (0, 1.5)) is moved
+    to the middle of the new range, so MIGRAD is not left sitting on the edge; an explicit
+    start on the edge is respected."""
+    from iminuit.cost import LeastSquares
+
+    from egmm.infer.fit import make_minuit
+
+    xs = np.linspace(0, 1, 20)
+    cost = LeastSquares(xs, 0.5 + 0.3 * xs, 0.01, lambda x, a, b: a + b * x)
+    assert make_minuit(cost, limits={"a": (0.0, 1.5)}).values["a"] == 0.75
+    assert make_minuit(cost, {"a": 0.0}, limits={"a": (0.0, 1.5)}).values["a"] == 0.0
+    res = fit(cost, limits={"a": (0.0, 1.5)})
+    # noise-free data: the MLE is exact up to MIGRAD's EDM tolerance (≪ 1% of the error)
+    assert res.valid and abs(res.values["a"] - 0.5) < 0.01 * res.errors["a"]

@@ -172,11 +172,13 @@ def make_minuit(
         v = values[n]
         if not math.isfinite(v):
             raise ParameterError(f"start value of {n!r} is {v}")
-        if lo <= v <= hi:
+        narrowed = limits is not None and n in limits
+        if lo < v < hi or (lo <= v <= hi and not narrowed) or (n in given and lo <= v <= hi):
             continue
         if n in given:
             raise ParameterError(f"start value {n}={v} lies outside its limits [{lo}, {hi}]")
-        # a default start outside limits the caller narrowed: take the new range's middle
+        # a default start outside (or on the edge of) limits the caller narrowed: a start on a
+        # limit can leave MIGRAD stuck there, so take the new range's middle
         m.values[n] = _middle(lo, hi, v)
     for n in fix_names:
         m.fixed[n] = True

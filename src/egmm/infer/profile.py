@@ -274,6 +274,11 @@ def contour(
     for level in levels:
         thr = wilks_threshold(level, 2)
         pts = np.asarray(gfit.minuit.mncontour(x, y, cl=level, size=int(size)), dtype=float)
+        if pts.ndim != 2 or len(pts) < 4 or not np.all(np.isfinite(pts)):
+            raise EgmmError(
+                f"contour: MNCONTOUR found no closed ({x}, {y}) contour at cl={level} "
+                f"(got {pts.shape[0] if pts.ndim == 2 else 0} points); the likelihood may have "
+                "a kink or a second minimum near the MLE, or the region may reach a limit")
         if refine:
             pts = _refine(cost, gfit, x, y, pts[:-1], thr, tol, atol)
             pts = np.vstack([pts, pts[:1]])
@@ -300,6 +305,8 @@ def _refine(cost: Any, gfit: FitResult, x: str, y: str, pts: np.ndarray, thr: fl
         s, converged = 1.0, False
         for _ in range(20):
             s = min(s, s_max)
+            if not (math.isfinite(s) and s > 0.0):  # MLE on a limit, ray pointing outwards
+                break
             q = center + s * direction
             m.values[x], m.values[y] = float(q[0]), float(q[1])
             _migrad(m)
