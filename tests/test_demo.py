@@ -1,0 +1,234 @@
+"""egmm.demo and the `egmm` command: the true pdf in torch, regions, the quick demo end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from iminuit.cost import NormalConstraint
+
+from egmm.cli import build_parser, main
+from egmm.demo import (
+    LEVELS,
+    compare,
+    demo_config,
+    fig16_datasets,
+    polygon_area,
+    ray_region,
+    run_demo,
+    true_density,
+)
+from egmm.errors import InputError
+from egmm.groundtruth import PaperToy
+from egmm.infer import wilks_threshold
+from egmm.likelihood import UnbinnedNLL
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds overhead (and stalls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# -- the true pdf ------------------------------------------------------------------------------
+@pytest.mark.parametrize("c", [(0.0, 0.0), (0.8, -0.8), (-1.5, 1.5), (0.0, -0.3), (1.2, 0.0)])
+def test_true_density_is_the_paper_toy_pdf(c):
+    toy = PaperToy()
+    x = toy.sample(2000, *c, seed=7)
+    got = true_density(toy).log_prob(x, {"cx": c[0], "cy": c[1]})
+    np.testing.assert_allclose(got, toy.log_prob(x, *c), rtol=0, atol=1e-12)
+
+
+def test_true_density_per_event_parameters_and_sampler():
+    toy = PaperToy()
+    dens = true_density(toy)
+    x = toy.sample(500, 0.3, 0.4, seed=1)
+    cx = np.linspace(-1.5, 1.5, 500)
+    cy = np.linspace(1.0, -1.0, 500)
+    np.testing.assert_allclose(dens.log_prob(x, {"cx": cx, "cy": cy}), toy.log_prob(x, cx, cy),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(dens.sample(10, {"cx": 0.3, "cy": 0.4}, seed=3),
+                                  toy.sample(10, 0.3, 0.4, seed=np.random.default_rng(3)))
+
+
+def test_true_cost_gradient_is_exact_away_from_the_cusps():
+    events = PaperToy().sample(400, 0.5, -0.6, seed=2)
+    cost = UnbinnedNLL(events, true_density())
+    assert cost.has_grad
+    point, h = np.array([0.45, -0.55]), 1e-6
+    numeric = [(cost(*(point + h * e)) - cost(*(point - h * e))) / (2 * h) for e in np.eye(2)]
+    np.testing.assert_allclose(cost.grad(*point), numeric, rtol=1e-6)
+
+
+def test_fig16_datasets_are_fixed_and_independent_of_each_other():
+    a, b = fig16_datasets(seed=0), fig16_datasets(seed=0)
+    assert len(a) == 9
+    for (ca, xa), (cb, xb) in zip(a, b):
+        np.testing.assert_array_equal(ca, cb)
+        np.testing.assert_array_equal(xa, xb)
+        assert xa.shape == (PaperToy.N_EVENTS, 4)
+    np.testing.assert_array_equal([c for c, _ in a], PaperToy.TRUE_HYPOTHESES)
+    assert not np.array_equal(a[0][1], fig16_datasets(seed=1)[0][1])
+    assert not np.array_equal(a[0][1], a[1][1])
+
+
+# -- regions -----------------------------------------------------------------------------------
+def test_polygon_area_shoelace():
+    square = [[0, 0], [2, 0], [2, 1], [0, 1]]
+    assert polygon_area(square) == pytest.approx(2.0)
+    assert polygon_area([*square, square[0]]) == pytest.approx(2.0)  # closed: same area
+    assert polygon_area(square[::-1]) == pytest.approx(2.0)  # orientation does not matter
+    assert math.isnan(polygon_area([[0, 0], [1, 1]]))
+
+
+def test_ray_region_of_a_gaussian_is_the_inscribed_ellipse_polygon():
+    sx, sy, thr, n = 0.1, 0.05, wilks_threshold(0.6827, 2), 32
+    cost = NormalConstraint(["cx", "cy"], [0.2, -0.3], [sx, sy])
+    pts = ray_region(cost, {"cx": 0.2, "cy": -0.3}, 0.0, thr, n_rays=n)
+    assert pts.shape == (n + 1, 2)
+    np.testing.assert_array_equal(pts[0], pts[-1])
+    np.testing.assert_allclose([cost(*p) for p in pts], thr, atol=1e-6)
+    # equal angles in coordinates scaled by the axes: the affine image of a regular n-gon
+    exact = math.pi * sx * sy * thr * n * math.sin(2 * math.pi / n) / (2 * math.pi)
+    assert polygon_area(pts) == pytest.approx(exact, rel=1e-6)
+
+
+def test_ray_region_is_exact_at_a_kink_and_stops_at_limits():
+    def cost(cx, cy):  # a V-shaped likelihood: the region is the diamond 4|cx| + 2|cy| ≤ 1
+        return 4.0 * abs(cx) + 2.0 * abs(cy)
+
+    pts = ray_region(cost, {"cx": 0.0, "cy": 0.0}, 0.0, 1.0, n_rays=16)
+    np.testing.assert_allclose([cost(*p) for p in pts], 1.0, atol=1e-6)
+    assert polygon_area(pts) == pytest.approx(2 * 0.25 * 0.5, rel=1e-6)
+    cut = ray_region(cost, {"cx": 0.0, "cy": 0.0}, 0.0, 1.0, n_rays=16,
+                     limits={"cy": (-0.2, 0.2)})
+    assert cut[:, 1].max() == pytest.approx(0.2) and cut[:, 1].min() == pytest.approx(-0.2)
+
+
+def test_compare_verdicts():
+    truth = {"mle": {"cx": 0.0, "cy": 0.0}, "sigma": {"cx": 0.1, "cy": 0.05},
+             "areas": {"0.6827": 1.0, "0.9545": 2.0}}
+    good = {"mle": {"cx": 0.02, "cy": -0.01}, "areas": {"0.6827": 1.05, "0.9545": 1.9}}
+    out = compare(truth, good)
+    assert out["shift_over_sigma"] == pytest.approx({"cx": 0.2, "cy": -0.2})
+    assert out["area_ratio"] == pytest.approx({"0.6827": 1.05, "0.9545": 0.95})
+    assert out["passed"]
+    shifted = {**good, "mle": {"cx": 0.03, "cy": 0.0}}
+    assert not compare(truth, shifted)["shift_ok"]
+    wide = {**good, "areas": {"0.6827": 1.0, "0.9545": 2.3}}
+    assert not compare(truth, wide)["area_ok"]
+
+
+# -- configuration and the command line ----------------------------------------------------------
+def test_demo_config_modes_and_overrides():
+    assert demo_config().events_per_point < demo_config(full=True).events_per_point == 50_000
+    quick = demo_config(quick=True)
+    assert quick.max_epochs <= 2 and quick.contour_size < demo_config().contour_size
+    assert demo_config(events_per_point=800, max_epochs=3).events_per_point == 800
+    assert demo_config(seed=3).model_key() != demo_config().model_key()
+    with pytest.raises(InputError, match="full and quick"):
+        demo_config(full=True, quick=True)
+    with pytest.raises(InputError, match="events_per_point"):
+        demo_config(events_per_point=10)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--out", "--full", "--quick", "--seed", "--events-per-point", "--threads"):
+        assert option in text
+    assert main([]) == 2  # no subcommand: help, failure status
+    assert "demo" in capsys.readouterr().out
+
+
+def test_cli_parses_demo_options():
+    args = build_parser().parse_args(
+        ["demo", "--out", "d", "--quick", "--seed", "3", "--events-per-point", "700",
+         "--threads", "0"])
+    assert (args.command, args.out, args.quick, args.full) == ("demo", "d", True, False)
+    assert (args.seed, args.events_per_point, args.threads) == (3, 700, 0)
+    defaults = build_parser().parse_args(["demo", "--out", "d"])
+    assert (defaults.events_per_point, defaults.threads, defaults.seed) == (None, 1, 0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo"],  # --out is required
+    ["demo", "--out", "d", "--full", "--quick"],
+    ["demo", "--out", "d", "--events-per-point", "0"],
+    ["demo", "--out", "d", "--threads", "-1"],
+    ["demo", "--out", "d", "--colour"],
+])
+def test_cli_rejects_bad_options(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_reports_egmm_errors_in_one_line(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--events-per-point", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("egmm demo: error:") and "events_per_point" in err
+
+
+# -- the quick demo end to end ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, quick=True, progress=False)
+
+
+def test_quick_demo_writes_its_outputs(quick_run):
+    out, results = quick_run
+    for name in ("fig16.png", "table.md", "results.json", "model.egmm", "model.json",
+                 "history.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("train-*.ckpt"))  # the checkpoint is removed once saved
+    assert (out / "fig16.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["passed"] == results["passed"]
+    assert on_disk["wall_time_s"] > 0
+    assert set(on_disk["timings_s"]) >= {"data", "training", "fits", "figure", "total"}
+    table = (out / "table.md").read_text()
+    assert table.count("\n| (") == 9  # one row per dataset
+
+
+def test_quick_demo_true_pdf_results_are_sane(quick_run):
+    _, results = quick_run
+    rows = results["datasets"]
+    assert len(rows) == 9
+    for r in rows:
+        truth, c = r["truth"], r["c_true"]
+        for p in ("cx", "cy"):
+            # N = 400: σ ≈ 0.08 (cx), 0.05 (cy), narrower at the cusps
+            assert 0.005 < truth["sigma"][p] < 0.3
+            assert abs(truth["mle"][p] - c[p]) < 5 * truth["sigma"][p]
+        areas = [truth["areas"][f"{lv:g}"] for lv in LEVELS]
+        assert 0 < areas[0] < areas[1] < 1.0
+        for key, method in truth["methods"].items():
+            assert method in ("contour", "ray")
+            pts = np.asarray(truth["regions"][key])
+            assert np.isfinite(pts).all()
+            lo, hi = pts.min(0), pts.max(0)
+            assert (lo <= [truth["mle"]["cx"], truth["mle"]["cy"]]).all()
+            assert (hi >= [truth["mle"]["cx"], truth["mle"]["cy"]]).all()
+        assert set(r["area_ratio"]) == {f"{lv:g}" for lv in LEVELS}
+        assert all(np.isfinite(list(r["shift_over_sigma"].values())))
+
+
+def test_quick_demo_reuses_a_matching_model(quick_run, tmp_path):
+    from egmm.demo import _load_matching_model
+
+    out, _ = quick_run
+    key = demo_config(quick=True).model_key()
+    assert _load_matching_model(out, key) is not None
+    assert _load_matching_model(out, demo_config(quick=True, seed=1).model_key()) is None
+    assert _load_matching_model(tmp_path, key) is None
