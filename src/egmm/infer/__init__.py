@@ -66,3 +66,7 @@ __all__ = [
     "upper_limit",
     "wilks_threshold",
 ]
+
+from egmm.infer.batched import BatchedFitResult, fit_batched
+
+__all__ += ["BatchedFitResult", "fit_batched"]

@@ -1,0 +1,247 @@
+"""Toy fits per second: vectorised fits of many toys (egmm.infer.fit_batched) against the plain
+loop of one Minuit fit per toy (egmm.infer.fit), in the same process, on the same toys.
+
+Two models, K toys of about N events each, every fit started at the generation point (as toy
+studies do, e.g. egmm.infer.toy_teststats):
+
+* ``analytic``: a Gaussian peak (μ, σ free) on a flat background, extended, free yields
+  (ν_sig = N/4, ν_bkg = 3N/4) and a 5 % Gaussian constraint on ν_bkg;
+* ``gmm``: a GMMDensity of the paper-toy size (Table 6 defaults, θ = (cx, cy) on [−1.5, 1.5]²)
+  as an UnbinnedNLL of N events; ``benchmarks/results/paper_toy_gmm.egmm`` if it exists,
+  otherwise one trained here briefly (a rough model: fine for timing, its likelihood is
+  rougher than a well-trained one's). Toys are drawn from the model itself at (0.3, −0.2).
+
+Reported per model: toys/s of the batched fit alone (``validate=False``: BHHH errors), of the
+batched fit with a MIGRAD validation per toy (``validate=True``), and of the plain loop (MIGRAD
++ HESSE per toy); the speed-ups; Newton iterations, fallbacks, Minuit calls; and how the minima
+compare (|Δθ|/σ and Δ(−2 ln L) = batched − plain). Times are wall-clock with one torch thread
+(``--threads``); never a pass/fail criterion.
+
+Results go to ``benchmarks/results/toys_vectorised.json`` (written atomically).
+
+    python benchmarks/toys_vectorised.py --toys 200 --events 400
+    python benchmarks/toys_vectorised.py --models gmm --reference-toys 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from iminuit.cost import CostSum, NormalConstraint
+from scipy import stats
+
+from egmm import GMMDensity, LatentProjection, train
+from egmm.groundtruth import PaperToy
+from egmm.infer import fit, fit_batched, sample_toy, toy_seed
+from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity, UnbinnedNLL
+from egmm.observables import Observable, ObservableSpace
+
+RESULTS = Path(__file__).parent / "results"
+LO, HI = 0.0, 10.0
+
+
+# -- models ------------------------------------------------------------------------------------
+def _gauss_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    z = (x[:, 0] - mu) / sigma
+    norm = torch.special.ndtr((HI - mu) / sigma) - torch.special.ndtr((LO - mu) / sigma)
+    return -0.5 * z**2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi) - torch.log(norm)
+
+
+def _gauss_sampler(n: int, theta: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+    mu, s = theta["mu"], theta["sigma"]
+    return stats.truncnorm.rvs((LO - mu) / s, (HI - mu) / s, loc=mu, scale=s, size=(n, 1),
+                               random_state=rng)
+
+
+def _flat_log_prob(x: torch.Tensor) -> torch.Tensor:
+    return torch.full((len(x),), -math.log(HI - LO), dtype=x.dtype)
+
+
+def _flat_sampler(n: int, theta: dict[str, float], rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(LO, HI, size=(n, 1))
+
+
+def analytic_model(events: int) -> tuple[Any, dict[str, float], str]:
+    space = ObservableSpace([Observable("x", LO, HI)])
+    sig = TorchDensity(space, _gauss_log_prob, ("mu", "sigma"),
+                       {"mu": (2.0, 8.0), "sigma": (0.2, 3.0)}, _gauss_sampler, name="gauss")
+    bkg = TorchDensity(space, _flat_log_prob, sampler=_flat_sampler, name="flat")
+    n_bkg = 0.75 * events
+    nll = ExtendedUnbinnedNLL(np.array([[5.0]]), [Component("sig", sig, "n_sig"),
+                                                  Component("bkg", bkg, "n_bkg")])
+    cost = nll + NormalConstraint("n_bkg", n_bkg, 0.05 * n_bkg)
+    truth = {"mu": 5.0, "sigma": 0.5, "n_sig": 0.25 * events, "n_bkg": n_bkg}
+    return cost, truth, "Gaussian (μ, σ) on flat, extended, free yields, constraint on n_bkg"
+
+
+def gmm_model(events: int, seed: int) -> tuple[Any, dict[str, float], str]:
+    toy = PaperToy()
+    path = RESULTS / "paper_toy_gmm.egmm"
+    if path.exists():
+        model = GMMDensity.load(path)
+        origin = f"loaded {path.name}"
+    else:
+        x, th = toy.training_data(toy.GRID_49, 300, seed=seed)
+        proj = LatentProjection.fit(toy.space, x)
+        torch.manual_seed(seed)
+        model = GMMDensity(toy.space, ["cx", "cy"], proj,
+                           parameter_bounds={"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)})
+        start = time.perf_counter()
+        train(model, x, th, max_epochs=4, batch_size=500, progress=False, seed=seed)
+        origin = (f"trained here: 49 grid points x 300 events, 4 epochs "
+                  f"({time.perf_counter() - start:.0f} s)")
+    cost = UnbinnedNLL(toy.sample(events, 0.0, 0.0, seed=seed), model)
+    truth = {"cx": 0.3, "cy": -0.2}
+    return cost, truth, f"paper-toy GMMDensity, weights {model.n_weights()}, {origin}"
+
+
+# -- measurement -------------------------------------------------------------------------------
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {}
+    q = np.quantile(values, [0.0, 0.5, 0.9, 1.0])
+    return {"min": float(q[0]), "median": float(q[1]), "q90": float(q[2]), "max": float(q[3])}
+
+
+def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_toys: int,
+            n_reference: int, seed: int) -> dict[str, Any]:
+    costs = [sample_toy(cost, truth, toy_seed(seed, k)) for k in range(n_toys)]
+    events = np.array([sum(getattr(item, "n_events", 0) for item in
+                           (list(c) if isinstance(c, CostSum) else [c])) for c in costs])
+    print(f"[{name}] {description}: {n_toys} toys, {events.mean():.0f} events on average",
+          flush=True)
+
+    start = time.perf_counter()
+    batched = fit_batched(costs, truth, validate=False)
+    t_batched = time.perf_counter() - start
+    print(f"[{name}] batched: {t_batched:.2f} s", flush=True)
+
+    start = time.perf_counter()
+    validated = fit_batched(costs, truth, validate=True)
+    t_validated = time.perf_counter() - start
+    print(f"[{name}] batched + MIGRAD validation: {t_validated:.2f} s", flush=True)
+
+    start = time.perf_counter()
+    plain = [fit(c, truth) for c in costs[:n_reference]]
+    t_plain = time.perf_counter() - start
+    print(f"[{name}] plain Minuit loop ({n_reference} toys): {t_plain:.2f} s", flush=True)
+
+    names = batched.parameters
+    ref_values = np.array([[r.values[n] for n in names] for r in plain])
+    ref_errors = np.array([[r.errors[n] for n in names] for r in plain])
+    ref_fval = np.array([r.fval for r in plain])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.abs(batched.values[:n_reference] - ref_values) / ref_errors
+    delta_f = batched.fval[:n_reference] - ref_fval
+    rates = {"batched": n_toys / t_batched, "batched_validated": n_toys / t_validated,
+             "plain_minuit": n_reference / t_plain}
+    return {
+        "description": description,
+        "toys": n_toys,
+        "reference_toys": n_reference,
+        "mean_events": float(events.mean()),
+        "parameters": list(names),
+        "truth": truth,
+        "seconds": {"batched": t_batched, "batched_validated": t_validated,
+                    "plain_minuit": t_plain},
+        "toys_per_second": rates,
+        "speedup": {"batched": rates["batched"] / rates["plain_minuit"],
+                    "batched_validated": rates["batched_validated"] / rates["plain_minuit"]},
+        "batched": {
+            "converged": int(batched.converged.sum()),
+            "fallback": int(batched.fallback.sum()),
+            "newton_iterations": {"mean": float(batched.n_iter.mean()),
+                                  "max": int(batched.n_iter.max())},
+            "decrement": _quantiles(batched.decrement),
+        },
+        "validation": {
+            "valid": int(validated.valid.sum()),
+            "migrad_calls_mean": float(np.mean([r.nfcn for r in validated.fits
+                                                if r is not None])),
+            "fval_minuit_minus_batched": _quantiles(validated.minuit_fval - validated.fval),
+        },
+        "plain": {"valid": int(sum(r.valid for r in plain)),
+                  "calls_mean": float(np.mean([r.nfcn for r in plain])),
+                  "gradient_calls_mean": float(np.mean([r.ngrad for r in plain]))},
+        "agreement": {
+            "distance_in_errors": _quantiles(distance.max(axis=1)),
+            "fval_batched_minus_plain": _quantiles(delta_f),
+            "toys_within_1e-3_sigma_and_1e-6": int(np.sum((distance.max(axis=1) < 1e-3)
+                                                          & (np.abs(delta_f) < 1e-6))),
+            "toys_batched_lower_or_equal_within_1e-3": int(np.sum(delta_f <= 1e-3)),
+        },
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--toys", type=int, default=200)
+    parser.add_argument("--events", type=int, default=400)
+    parser.add_argument("--models", default="analytic,gmm")
+    parser.add_argument("--reference-toys", type=int, default=None,
+                        help="toys fitted by the plain loop (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "toys_vectorised.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n_reference = min(args.reference_toys or args.toys, args.toys)
+
+    results = {}
+    for name in args.models.split(","):
+        if name == "analytic":
+            cost, truth, description = analytic_model(args.events)
+        elif name == "gmm":
+            cost, truth, description = gmm_model(args.events, args.seed)
+        else:
+            raise SystemExit(f"unknown model {name!r} (analytic, gmm)")
+        results[name] = measure(name, cost, truth, description, args.toys, n_reference,
+                                args.seed)
+
+    payload = {
+        "config": {"toys": args.toys, "events": args.events, "seed": args.seed,
+                   "torch_threads": args.threads, "reference_toys": n_reference},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpus": os.cpu_count(), "torch": torch.__version__},
+        "results": results,
+    }
+    write_json(args.out, payload)
+
+    print()
+    print(f"{'model':<10} {'batched':>10} {'+validate':>10} {'plain':>10} "
+          f"{'speed-up':>9} {'+valid.':>8} {'iter':>6} {'fallback':>8} {'max |Δθ|/σ':>11} "
+          f"{'max Δf':>9}")
+    for name, r in results.items():
+        rate, speed = r["toys_per_second"], r["speedup"]
+        agree = r["agreement"]
+        print(f"{name:<10} {rate['batched']:>8.2f}/s {rate['batched_validated']:>8.2f}/s "
+              f"{rate['plain_minuit']:>8.2f}/s {speed['batched']:>8.1f}x "
+              f"{speed['batched_validated']:>7.1f}x "
+              f"{r['batched']['newton_iterations']['mean']:>6.1f} "
+              f"{r['batched']['fallback']:>8d} "
+              f"{agree['distance_in_errors'].get('max', math.nan):>11.2g} "
+              f"{agree['fval_batched_minus_plain'].get('max', math.nan):>9.2g}")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1050 @@
+r"""Vectorised maximum-likelihood fits of many toys that share one model.
+
+A toy study fits the same likelihood to K pseudo-datasets. With one ``Minuit`` per toy every
+cost call is a small torch evaluation (a few hundred events) and the study pays Minuit's ~50
+calls per toy. :func:`fit_batched` instead puts the events of all K toys into one batch with a
+toy index, evaluates every event's log density at its own toy's parameters θ_k, and sums per
+toy (``index_add``):
+
+.. math::
+
+    f_k(θ_k) = -2 \ln L_k(θ_k) = -2 \Big[ \sum_{i \in k} w_i \ln λ(x_i | θ_k)
+               - \text{(yield terms of toy k)} \Big] + \text{(constraints of toy k)}
+
+with the costs' own conventions and constants (see :class:`~egmm.likelihood.UnbinnedNLL`,
+:class:`~egmm.likelihood.ExtendedUnbinnedNLL`): ``f_k`` equals ``cost_k(*θ_k)``.
+
+The minimiser is a damped, projected Newton method run for all toys at once. One forward and
+one backward pass per chunk of events give every toy's exact gradient g_k and its BHHH
+curvature H_k = 2 Σ_i w_i s_i s_iᵀ (s_i the per-event score, whose expectation is the Fisher
+information, i.e. the expected Hessian of −2 ln L / 2; Berndt, Hall, Hall & Hausman 1974),
+corrected by BFGS secant updates from the last steps. Steps solve (H + λ diag H) p = −g with a
+per-toy Levenberg damping λ (adapted by the gain ratio), then backtrack (Armijo) on the path
+projected onto the limits; parameters at a limit whose gradient points outwards are held
+there, fixed parameters never move. A toy has converged when its Newton decrement
+½ gᵀH⁻¹g (over its free parameters: the expected distance to the minimum in −2 ln L, like
+Minuit's EDM) and its last decrease are below ``tol``; converged toys leave the batch.
+
+The −2 ln L of a :class:`~egmm.GMMDensity` is only piecewise smooth in θ (LeakyReLU units): its
+gradient jumps at kinks, and near a minimum Newton steps can only crawl along valleys under
+the kinks. A toy that met a kink (a secant curvature ten times the model's), or whose last two
+steps found no descent, has converged once its decrement is below 2e-4 (Minuit's EDM goal at
+its default tolerance); ``decrement`` reports what was left. For a GMMDensity θ enters every
+network only through its θ branch, which is evaluated once per toy rather than per event.
+
+Supported costs (one structure for every toy; data, weights and constraint centres differ):
+an :class:`~egmm.likelihood.UnbinnedNLL` or :class:`~egmm.likelihood.ExtendedUnbinnedNLL`
+(one density or a mixture of components; free, constant or functional yields; weights), plus
+any number of ``iminuit.cost.NormalConstraint`` terms (added analytically) and constants.
+Anything else (``PyhfCost``, two unbinned costs, ``LeastSquares``, densities without a torch
+gradient) raises :class:`~egmm.InputError`: use :func:`egmm.infer.fit` per toy for those. The
+limits are the costs' own (the densities' trained ranges, yields ≥ 0).
+
+References:
+    E. Berndt, B. Hall, R. Hall, J. Hausman, Ann. Econ. Soc. Meas. 3 (1974) 653 (BHHH);
+    J. Nocedal, S. Wright, Numerical Optimization (2006), ch. 3, 6 and 10.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from iminuit.cost import Constant, CostSum, NormalConstraint
+from iminuit.util import describe
+
+from egmm.density import GMMDensity
+from egmm.errors import InputError, ParameterError
+from egmm.infer.fit import FitResult, fit, start_values
+from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
+from egmm.likelihood.cost import _UnbinnedCost
+
+__all__ = ["BatchedFitResult", "fit_batched"]
+
+#: events per evaluation chunk: keeps the intermediate tensors of network densities in cache
+_CHUNK = 8192
+# Armijo constant of the line search; the shortest step (a fraction of the Newton step) and
+# the most trials before a toy's step is rejected (its damping is then raised tenfold).
+_ARMIJO = 1e-4
+_ALPHA_MIN = 1e-10
+_MAX_BACKTRACKS = 30
+# Secant pairs of the last steps that correct the curvature (steps and convergence test), if
+# within this reach (sᵀHs, squared distance in units of the errors).
+_SECANT_PAIRS = 4
+_SECANT_REACH = 1.0
+# A step met a kink where its secant curvature yᵀs exceeds the model's sᵀHs this many times;
+# near a kink (or after two steps without descent) a toy has converged once its decrement is
+# below _KINK_DECREMENT (Minuit's EDM goal at its default tolerance), see _newton.
+_KINK_RATIO = 10.0
+_KINK_DECREMENT = 2e-4
+# Levenberg damping: the initial value, relative to the Hessian's diagonal, and its range.
+_DAMPING_START = 1e-3
+_DAMPING_MIN = 1e-12
+_DAMPING_MAX = 1e12
+# A trial value may exceed the current one by this many ulps of |f| (rounding at the minimum).
+_ROUNDING = 64 * np.finfo(np.float64).eps
+
+
+@dataclass
+class BatchedFitResult:
+    """Outcome of :func:`fit_batched` for K toys and P parameters (−2 ln L convention).
+
+    Attributes:
+        parameters: all parameter names, in the costs' order.
+        values: (K, P) the minimum per toy: the batched solution where it converged, the
+            plain per-toy fit's (``fits[k]``) where it did not (``fallback``).
+        errors: (K, P) parabolic errors √(2 H⁻¹)_jj from the BHHH curvature H of −2 ln L
+            (the observed Fisher information) at the minimum, over the non-fixed parameters
+            (errordef 1; 0 for fixed, NaN where H is not positive definite); for fallback
+            toys the per-toy fit's Hesse errors. For Minuit's errors use ``validate=True``.
+        fval: (K,) −2 ln L at ``values``, equal to ``cost_k(*values[k])``.
+        converged: (K,) the batched Newton stage converged (see :func:`fit_batched`).
+        n_iter: (K,) Newton iterations of the batched stage.
+        decrement: (K,) Newton decrement ½ gᵀH⁻¹g where the batched stage stopped: what a
+            further step was expected to gain in −2 ln L (< ``tol`` for smooth minima, up to
+            2e-4 at kinks of network densities).
+        fallback: (K,) toys that did not converge in the batched stage and were fitted by the
+            plain per-toy :func:`egmm.infer.fit` from their start instead (flagged, not dropped).
+        valid: (K,) with ``validate``: Minuit's verdict on the per-toy fit; otherwise
+            ``converged`` (and the fallback fit's verdict for fallback toys).
+        fixed: names of the fixed parameters.
+        fits: per toy the :class:`~egmm.infer.FitResult` of MIGRAD started at the batched
+            solution (``validate=True``), of the fallback fit, or ``None``.
+    """
+
+    parameters: tuple[str, ...]
+    values: np.ndarray
+    errors: np.ndarray
+    fval: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    decrement: np.ndarray
+    fallback: np.ndarray
+    valid: np.ndarray
+    fixed: tuple[str, ...]
+    fits: list[FitResult | None] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.fval)
+
+    def value(self, name: str) -> np.ndarray:
+        """(K,) the fitted values of parameter ``name``."""
+        return self.values[:, self._index(name)]
+
+    def error(self, name: str) -> np.ndarray:
+        """(K,) the errors of parameter ``name``."""
+        return self.errors[:, self._index(name)]
+
+    @property
+    def minuit_values(self) -> np.ndarray:
+        """(K, P) the per-toy Minuit values (NaN rows where a toy has no Minuit fit)."""
+        out = np.full(self.values.shape, np.nan)
+        for k, r in enumerate(self.fits):
+            if r is not None:
+                out[k] = [r.values[n] for n in self.parameters]
+        return out
+
+    @property
+    def minuit_fval(self) -> np.ndarray:
+        """(K,) the per-toy Minuit minima (NaN where a toy has no Minuit fit)."""
+        return np.array([math.nan if r is None else r.fval for r in self.fits])
+
+    def _index(self, name: str) -> int:
+        if name not in self.parameters:
+            raise ParameterError(f"unknown parameter {name!r}; the fit has {list(self.parameters)}")
+        return self.parameters.index(name)
+
+    def __repr__(self) -> str:
+        return (f"BatchedFitResult({len(self)} toys, parameters={list(self.parameters)}, "
+                f"converged={int(self.converged.sum())}, fallback={int(self.fallback.sum())}, "
+                f"valid={int(self.valid.sum())})")
+
+
+# ----------------------------------------------------------------------------------------------
+# the batch: every toy's events, one evaluation
+# ----------------------------------------------------------------------------------------------
+def _items(cost: Any) -> list[Any]:
+    return list(cost) if isinstance(cost, CostSum) else [cost]
+
+
+def _same_yield(a: Yield | None, b: Yield | None) -> bool:
+    """The same ν(θ): identical objects, or equal in structure (costs built one by one)."""
+    if a is b:
+        return True
+    if a is None or b is None or type(a) is not type(b) or a.parameters != b.parameters:
+        return False
+    if isinstance(a, _ParameterYield):
+        return True
+    if isinstance(a, _ConstantYield) and isinstance(b, _ConstantYield):
+        return a.constant_value == b.constant_value
+    if isinstance(a, _Combination) and isinstance(b, _Combination):
+        return (a.op == b.op and len(a.terms) == len(b.terms)
+                and all(_same_yield(x, y) for x, y in zip(a.terms, b.terms)))
+    return a._fn is b._fn
+
+
+def _check_structure(k: int, template: list[Any], items: list[Any]) -> None:
+    """Raise unless toy ``k``'s cost terms have the structure of toy 0's."""
+    where = f"fit_batched: cost {k} differs from cost 0"
+    if len(items) != len(template) or any(type(a) is not type(b)
+                                          for a, b in zip(items, template)):
+        raise InputError(f"{where} in its terms ({[type(i).__name__ for i in items]} vs "
+                         f"{[type(i).__name__ for i in template]})")
+    for a, b in zip(template, items):
+        if isinstance(a, _UnbinnedCost):
+            same = (a._mixture == b._mixture and a._extended == b._extended
+                    and a._names == b._names and a._dtype == b._dtype
+                    and a._allow_outside == b._allow_outside
+                    and a.observables == b.observables and len(a._terms) == len(b._terms))
+            if not same:
+                raise InputError(f"{where}: unbinned costs of another kind, parameters, "
+                                 "observables or options")
+            for ta, tb in zip(a._terms, b._terms):
+                if ta.name != tb.name or ta.density is not tb.density:
+                    raise InputError(
+                        f"{where}: component {tb.name!r} does not use the same density object "
+                        f"as {ta.name!r} (toys of one model share it, as sample_toy and "
+                        "with_data do)")
+                if not _same_yield(ta.yield_, tb.yield_):
+                    raise InputError(f"{where}: component {tb.name!r} has another yield "
+                                     f"({tb.yield_!r} vs {ta.yield_!r})")
+        elif isinstance(a, NormalConstraint):
+            if (describe(a) != describe(b)
+                    or np.ndim(a.covariance) != np.ndim(b.covariance)):
+                raise InputError(f"{where}: NormalConstraint on {describe(b)} vs {describe(a)}")
+
+
+def _split_costs(costs: Sequence[Any], names: tuple[str, ...]) -> tuple[list[list[Any]], int]:
+    """Every cost's terms, checked for one common, vectorisable structure; and the position
+    of the unbinned cost among them."""
+    per_toy = [_items(c) for c in costs]
+    template = per_toy[0]
+    for item in template:
+        if not isinstance(item, (_UnbinnedCost, NormalConstraint, Constant)):
+            raise InputError(
+                f"fit_batched: cannot vectorise a {type(item).__name__} term; it supports "
+                "one UnbinnedNLL or ExtendedUnbinnedNLL plus NormalConstraint terms (use "
+                "egmm.infer.fit per toy for other costs)")
+    unbinned = [i for i, item in enumerate(template) if isinstance(item, _UnbinnedCost)]
+    if len(unbinned) != 1:
+        raise InputError(f"fit_batched: needs exactly one UnbinnedNLL or "
+                         f"ExtendedUnbinnedNLL per cost, got {len(unbinned)}")
+    for k, items in enumerate(per_toy[1:], start=1):
+        _check_structure(k, template, items)
+    nll = template[unbinned[0]]
+    not_diff = [t.name for t in nll._terms if not t.differentiable]
+    if not_diff:
+        raise InputError(f"fit_batched: components {not_diff} have no torch θ gradient "
+                         "(numpy densities); use egmm.infer.fit per toy")
+    return per_toy, unbinned[0]
+
+
+class _DensityParameters:
+    """How a density's θ enters the batched evaluation: per-toy features z_k = φ(θ_k) (K, Q),
+    computed once per toy, and per-event log p(x_i | z_k(i)).
+
+    For a generic density z = θ (its parameters) and log p is its public
+    ``log_prob_prepared`` with one θ per event.
+    """
+
+    def __init__(self, density: Any, dtype: torch.dtype) -> None:
+        self.density = density
+        self.dtype = dtype
+
+    def features(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta.to(self.dtype)
+
+    def jacobian(self, theta: torch.Tensor) -> torch.Tensor | None:
+        """dz/dθ (K, Q, p); ``None`` for z = θ."""
+        return None
+
+    def log_prob(self, prepared: Any, z_event: torch.Tensor) -> torch.Tensor:
+        return self.density.log_prob_prepared(prepared, z_event)
+
+
+class _GMMParameters(_DensityParameters):
+    """:class:`~egmm.GMMDensity`: θ enters every network only through its θ branch, whose
+    output is added to the first joint layer (paper Fig. 4). That branch is evaluated once
+    per toy (K rows) instead of once per event, and z is its output (all networks, side by
+    side); the rest of each network runs per event, as in ``GMMDensity.log_prob_prepared``.
+    """
+
+    def __init__(self, density: Any, dtype: torch.dtype) -> None:
+        super().__init__(density, dtype)
+        self.sizes: list[int] | None = None
+
+    def features(self, theta: torch.Tensor) -> torch.Tensor:
+        d = self.density
+        th = theta.to(device=d.device, dtype=self.dtype)
+        parts = d._theta_parts(d.scale_theta(th))
+        self.sizes = [p.shape[-1] for p in parts]
+        return torch.cat([p.expand(th.shape[0], -1) for p in parts], dim=1)
+
+    def jacobian(self, theta: torch.Tensor) -> torch.Tensor | None:
+        # J = dz/dθ by the double-vjp trick on K rows: g(v) = Jᵀv is linear in v, and
+        # d(Σ_k g_kj)/dv = J[:, :, j]; P + 1 small backward passes, no functorch start-up
+        with torch.enable_grad():
+            th = theta.detach().to(device=self.density.device,
+                                   dtype=self.dtype).requires_grad_(True)
+            z = self.features(th)
+            v = torch.zeros_like(z, requires_grad=True)
+            (g,) = torch.autograd.grad(z, th, grad_outputs=v, create_graph=True)
+            cols = []
+            for j in range(th.shape[1]):
+                (col,) = torch.autograd.grad(g[:, j].sum(), v, retain_graph=True,
+                                             allow_unused=True)
+                cols.append(torch.zeros_like(z) if col is None else col)
+        return torch.stack(cols, dim=2).detach()
+
+    def log_prob(self, prepared: Any, z_event: torch.Tensor) -> torch.Tensor:
+        d = self.density
+        assert self.sizes is not None
+        parts = list(torch.split(z_event, self.sizes, dim=1))
+        cond = d._conditionals(prepared["u"], parts, prepared["input_parts"])
+        return cond.sum(1) + prepared["logdet"]
+
+
+def _parameters_of(density: Any, dtype: torch.dtype) -> _DensityParameters:
+    if isinstance(density, GMMDensity):
+        return _GMMParameters(density, dtype)
+    return _DensityParameters(density, dtype)
+
+
+class _Batch:
+    """Toys' events in one batch with a toy index, θ-independent work (``prepare``) done once
+    per chunk of events.
+
+    ``values(θ)``: the (K,) values −2 ln L_k(θ_k) for θ (K, P). ``derivatives(θ)``: also the
+    exact gradients and BHHH curvature matrices. ``subset(rows)``: the batch of some of the
+    toys (to stop evaluating converged ones).
+    """
+
+    def __init__(self, per_toy: list[list[Any]], position: int, names: tuple[str, ...],
+                 vectorised_yield: list[bool] | None = None) -> None:
+        self.per_toy = per_toy
+        self.position = position
+        self.n_toys = len(per_toy)
+        self.names = names
+        nlls: list[_UnbinnedCost] = [items[position] for items in per_toy]
+        self.nll = nll = nlls[0]
+        self.local = torch.tensor([names.index(n) for n in nll._names], dtype=torch.long)
+        counts = [c.n_events for c in nlls]
+        self.toy = torch.repeat_interleave(torch.arange(self.n_toys),
+                                           torch.tensor(counts, dtype=torch.long))
+        x = np.concatenate([c._x for c in nlls]) if sum(counts) else nll._x[:0]
+        weighted = any(c._w is not None for c in nlls)
+        self.w = torch.ones(len(x), dtype=torch.float64) if not weighted else torch.cat([
+            c._w if c._w is not None else torch.ones(c.n_events, dtype=torch.float64)
+            for c in nlls])
+        self.sum_weights = torch.tensor([c.sum_weights for c in nlls], dtype=torch.float64)
+        self.chunks = [slice(s, min(s + _CHUNK, len(x))) for s in range(0, len(x), _CHUNK)]
+        # per term: its θ map, the global columns of its parameters, and per chunk either the
+        # prepared events or (θ-independent density) the cached log p
+        self.maps = [_parameters_of(t.density, nll._dtype) for t in nll._terms]
+        self.columns = [self.local[t.theta_index] for t in nll._terms]
+        self.prepared: list[list[Any]] = []
+        self.cached: list[list[torch.Tensor] | None] = []
+        for t in nll._terms:
+            preps = [t.density.prepare(x[c][:, t.columns], dtype=nll._dtype)
+                     for c in self.chunks]
+            if t.density.parameters:
+                self.prepared.append(preps)
+                self.cached.append(None)
+            else:
+                with torch.no_grad():
+                    empty = torch.zeros(0, dtype=nll._dtype)
+                    self.cached.append([t.density.log_prob_prepared(p, empty).to(torch.float64)
+                                        for p in preps])
+                self.prepared.append([None] * len(preps))
+        self.vectorised_yield = (list(vectorised_yield) if vectorised_yield is not None
+                                 else [True] * len(nll._terms))
+        self.constraints = []
+        self.constants = torch.zeros(self.n_toys, dtype=torch.float64)
+        for j, item in enumerate(per_toy[0]):
+            if isinstance(item, NormalConstraint):
+                idx = torch.tensor([names.index(n) for n in describe(item)], dtype=torch.long)
+                centre = torch.as_tensor(np.stack([np.atleast_1d(items[j].value)
+                                                   for items in per_toy]), dtype=torch.float64)
+                covinv = torch.as_tensor(np.stack([np.linalg.inv(items[j].covariance)
+                                                   if np.ndim(items[j].covariance) == 2 else
+                                                   1.0 / np.atleast_1d(items[j].covariance)
+                                                   for items in per_toy]), dtype=torch.float64)
+                self.constraints.append((idx, centre, covinv))
+            elif isinstance(item, Constant):
+                self.constants += torch.tensor([float(items[j].value) for items in per_toy],
+                                               dtype=torch.float64)
+
+    def subset(self, rows: np.ndarray) -> _Batch:
+        """The batch of toys ``rows`` (indices into this batch)."""
+        return _Batch([self.per_toy[i] for i in rows], self.position, self.names,
+                      self.vectorised_yield)
+
+    # -- yields ----------------------------------------------------------------------------------
+    def check_yields(self, theta: torch.Tensor) -> None:
+        """Use one vectorised call per yield where it gives the per-toy values at ``theta``
+        (elementwise torch functions do); a loop over toys otherwise."""
+        th = theta[:, self.local]
+        for c, t in enumerate(self.nll._terms):
+            if t.yield_ is None or not self.nll._mixture:
+                continue
+            looped = self._yield_loop(t, th)
+            try:
+                with torch.no_grad():
+                    vec = self._yield_vector(t, th)
+                self.vectorised_yield[c] = bool(torch.allclose(vec, looped, rtol=1e-12,
+                                                               atol=0.0, equal_nan=True))
+            except (RuntimeError, ValueError, TypeError, IndexError):
+                self.vectorised_yield[c] = False
+
+    def _yield_vector(self, t: Any, th: torch.Tensor) -> torch.Tensor:
+        nu = t.yield_._evaluate({p: th[:, i] for p, i in t.yield_index.items()})
+        nu = torch.as_tensor(nu, dtype=torch.float64)
+        if nu.shape not in ((), (self.n_toys,)):
+            raise ValueError("yield is not elementwise")
+        return nu.expand(self.n_toys)
+
+    def _yield_loop(self, t: Any, th: torch.Tensor) -> torch.Tensor:
+        return torch.stack([
+            torch.as_tensor(t.yield_._evaluate({p: th[k, i] for p, i in t.yield_index.items()}),
+                            dtype=torch.float64).reshape(())
+            for k in range(self.n_toys)])
+
+    def _yields(self, th: torch.Tensor) -> torch.Tensor:
+        """(K, C) expected yields ν_kc."""
+        cols = [self._yield_vector(t, th) if self.vectorised_yield[c] else self._yield_loop(t, th)
+                for c, t in enumerate(self.nll._terms)]
+        return torch.stack(cols, dim=1)
+
+    # -- −2 ln L per toy -----------------------------------------------------------------------
+    def _features(self, theta: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per term its per-toy features z (K, Q), None for a θ-independent density."""
+        return [None if cached is not None else m.features(theta[:, cols])
+                for m, cols, cached in zip(self.maps, self.columns, self.cached)]
+
+    def _chunk_log(self, c: int, z_event: list[torch.Tensor | None],
+                   nu_event: torch.Tensor | None) -> torch.Tensor:
+        """ln p_i (single density) or ln λ_i = ln Σ_c ν_c p_c (mixture) of the events of
+        chunk ``c``, from per-event features and yields (n, C)."""
+        logs = []
+        for m, z, prep, cached in zip(self.maps, z_event, self.prepared, self.cached):
+            if cached is not None:
+                logs.append(cached[c])
+            else:
+                logs.append(m.log_prob(prep[c], z).to(torch.float64))
+        if nu_event is None:
+            return logs[0].cpu()
+        device = logs[0].device
+        # as in the cost: log Σ_c ν_c p_c = m + log Σ_c ν_c exp(log p_c − m), which keeps a
+        # finite gradient for a yield at its limit ν = 0
+        lp = torch.stack([v.to(device) for v in logs], dim=1)
+        top = lp.detach().max(dim=1).values
+        lam = (nu_event.to(device) * torch.exp(lp - top[:, None])).sum(dim=1)
+        return (top + torch.log(lam)).cpu()
+
+    @staticmethod
+    def _gather(per_toy: torch.Tensor | None, toy: torch.Tensor) -> torch.Tensor | None:
+        # index_select, not indexing: its backward is an index_add, not a sorting index_put
+        return None if per_toy is None else torch.index_select(per_toy, 0,
+                                                               toy.to(per_toy.device))
+
+    def _assemble(self, theta: torch.Tensor, total: torch.Tensor, nu: torch.Tensor | None
+                  ) -> torch.Tensor:
+        """(K,) −2 ln L_k from the per-toy Σ_i w_i ln λ_i and the yields (K, C); +inf where a
+        toy's θ is invalid (negative yield, zero density)."""
+        if nu is not None:
+            if self.nll._extended:
+                total = total - nu.sum(dim=1)
+            else:
+                total = total - self.sum_weights * torch.log(nu.sum(dim=1))
+        value = -2.0 * total + self.constants + self._constraints(theta)
+        bad = ~torch.isfinite(value)
+        if nu is not None:
+            bad |= (nu < 0).any(dim=1)
+        return torch.where(bad, torch.full_like(value, math.inf), value)
+
+    def _constraints(self, theta: torch.Tensor) -> torch.Tensor:
+        value = torch.zeros(self.n_toys, dtype=torch.float64)
+        for idx, centre, covinv in self.constraints:
+            delta = theta[:, idx] - centre
+            if covinv.ndim == 2:
+                value = value + (delta * delta * covinv).sum(dim=1)
+            else:
+                value = value + torch.einsum("ki,kij,kj->k", delta, covinv, delta)
+        return value
+
+    def values(self, theta: np.ndarray) -> np.ndarray:
+        """(K,) −2 ln L_k at θ (K, P)."""
+        with torch.no_grad():
+            th = torch.as_tensor(theta, dtype=torch.float64)
+            thl = th[:, self.local]
+            nu = self._yields(thl) if self.nll._mixture else None
+            z = self._features(th)
+            total = torch.zeros(self.n_toys, dtype=torch.float64)
+            for c, sl in enumerate(self.chunks):
+                toy = self.toy[sl]
+                ll = self._chunk_log(c, [self._gather(zt, toy) for zt in z],
+                                     self._gather(nu, toy))
+                total.index_add_(0, toy, self.w[sl] * ll)
+            return self._assemble(th, total, nu).numpy()
+
+    def derivatives(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r"""f (K,), exact gradients g (K, P) and BHHH curvatures H (K, P, P) at θ (K, P).
+
+        H_k = 2 Σ_i w_i s_i s_iᵀ with the per-event scores s_i = ∇ ln p_i (∇ ln λ_i for
+        extended costs; either way its expectation is the Fisher information, the expected
+        Hessian of −2 ln L / 2), plus the constraints' exact 2 V⁻¹. One forward and one
+        backward pass per chunk: the scores are the gradients with respect to per-event
+        copies of the per-toy features and yields, chained through their Jacobians (K rows).
+        """
+        n_par = theta.shape[1]
+        th = torch.as_tensor(theta, dtype=torch.float64)
+        thl = th[:, self.local]
+        nu, jac_nu = None, None
+        if self.nll._mixture:
+            thl_leaf = thl.clone().requires_grad_(True)
+            nu_graph = self._yields(thl_leaf)
+            nu = nu_graph.detach()
+            jac_nu = torch.zeros((self.n_toys, nu.shape[1], n_par), dtype=torch.float64)
+            if nu_graph.requires_grad:
+                for c in range(nu.shape[1]):
+                    (jc,) = torch.autograd.grad(nu_graph[:, c].sum(), thl_leaf,
+                                                retain_graph=True, allow_unused=True)
+                    if jc is not None:
+                        jac_nu[:, c, self.local] = jc
+        with torch.no_grad():
+            z = self._features(th)
+        jac_z = [None if zt is None else m.jacobian(th[:, cols])
+                 for m, cols, zt in zip(self.maps, self.columns, z)]
+        total = torch.zeros(self.n_toys, dtype=torch.float64)
+        grad = torch.zeros((self.n_toys, n_par), dtype=torch.float64)
+        outer = torch.zeros((self.n_toys, n_par, n_par), dtype=torch.float64)
+        norm = None
+        if nu is not None and not self.nll._extended:
+            assert jac_nu is not None  # ln p_i = ln λ_i − ln Σ_c ν_c: its share of each score
+            norm = jac_nu.sum(dim=1) / nu.sum(dim=1, keepdim=True)
+        for c, sl in enumerate(self.chunks):
+            toy = self.toy[sl]
+            z_event = [None if zt is None else self._gather(zt, toy).requires_grad_(True)
+                       for zt in z]
+            nu_event = None if nu is None else self._gather(nu, toy).requires_grad_(True)
+            leaves = [v for v in [*z_event, nu_event] if v is not None]
+            ll = self._chunk_log(c, z_event, nu_event)
+            scores = torch.zeros((len(toy), n_par), dtype=torch.float64)
+            if leaves and ll.requires_grad:
+                parts = iter(torch.autograd.grad(ll.sum(), leaves, allow_unused=True))
+                for zt, jac, cols in zip(z_event, jac_z, self.columns):
+                    if zt is None:
+                        continue
+                    dz = next(parts)
+                    if dz is None:
+                        continue
+                    dz = dz.to(torch.float64).cpu()
+                    if jac is None:
+                        scores[:, cols] += dz
+                    else:
+                        jac = jac.to(torch.float64).cpu()
+                        for j, col in enumerate(cols.tolist()):
+                            scores[:, col] += (dz * torch.index_select(jac[:, :, j], 0, toy)
+                                               ).sum(dim=1)
+                if nu_event is not None:
+                    dnu = next(parts)
+                    if dnu is not None and jac_nu is not None:
+                        scores += torch.einsum("nc,ncp->np", dnu.cpu(),
+                                               torch.index_select(jac_nu, 0, toy))
+            if norm is not None:
+                scores -= torch.index_select(norm, 0, toy)
+            w = self.w[sl]
+            total.index_add_(0, toy, w * ll.detach())
+            grad.index_add_(0, toy, w[:, None] * scores)
+            outer.index_add_(0, toy, w[:, None, None] * scores[:, :, None] * scores[:, None, :])
+        f = self._assemble(th, total, nu)
+        grad = -2.0 * grad
+        hess = 2.0 * outer
+        if nu is not None and self.nll._extended:
+            assert jac_nu is not None
+            grad = grad + 2.0 * jac_nu.sum(dim=1)  # from −2 · (−Σ_c ν_c)
+        for idx, centre, covinv in self.constraints:
+            delta = th[:, idx] - centre
+            full = covinv if covinv.ndim == 3 else torch.diag_embed(covinv)
+            grad[:, idx] += 2.0 * torch.einsum("kij,kj->ki", full, delta)
+            hess[:, idx[:, None], idx[None, :]] += 2.0 * full
+        return f.numpy(), grad.numpy(), hess.numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# start values, fixed parameters, limits
+# ----------------------------------------------------------------------------------------------
+def _limits(cost: Any, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    ann = describe(cost, annotations=True)
+    lo = np.array([-math.inf if ann[n] is None else float(ann[n][0]) for n in names])
+    hi = np.array([math.inf if ann[n] is None else float(ann[n][1]) for n in names])
+    return lo, hi
+
+
+def _check_names(given: Iterable[str], names: tuple[str, ...], what: str) -> None:
+    unknown = [n for n in given if n not in names]
+    if unknown:
+        raise ParameterError(f"{what}: unknown parameters {unknown}; the costs have {list(names)}")
+
+
+def _start(costs: Sequence[Any], names: tuple[str, ...], start: Any, lo: np.ndarray,
+           hi: np.ndarray) -> np.ndarray:
+    """(K, P) start points: the defaults of :func:`start_values`, overridden by ``start``
+    (whose values must lie within the limits)."""
+    k_toys = len(costs)
+    theta = np.array([[start_values(c)[n] for n in names] for c in costs], dtype=np.float64)
+    given: list[dict[str, float]] = [{} for _ in range(k_toys)]
+    if start is None:
+        pass
+    elif isinstance(start, Mapping):
+        _check_names(start, names, "start")
+        given = [{n: float(v) for n, v in start.items()} for _ in range(k_toys)]
+    elif isinstance(start, np.ndarray) or (isinstance(start, Sequence)
+                                           and not isinstance(start, str)
+                                           and all(not isinstance(s, Mapping) for s in start)):
+        arr = np.asarray(start, dtype=np.float64)
+        if arr.shape != (k_toys, len(names)):
+            raise ParameterError(f"start: expected an array ({k_toys}, {len(names)}) in the "
+                                 f"order {list(names)}, got shape {arr.shape}")
+        given = [dict(zip(names, row.tolist())) for row in arr]
+    elif isinstance(start, Sequence) and len(start) == k_toys:
+        for s in start:
+            _check_names(s, names, "start")
+        given = [{n: float(v) for n, v in s.items()} for s in start]
+    else:
+        raise InputError("start: a mapping name -> value (all toys), a sequence of K mappings "
+                         f"or an array (K, P) for K = {k_toys} toys")
+    for k, values in enumerate(given):
+        for n, v in values.items():
+            j = names.index(n)
+            if not math.isfinite(v):
+                raise ParameterError(f"start value of {n!r} (toy {k}) is {v}")
+            if not lo[j] <= v <= hi[j]:
+                raise ParameterError(f"start value {n}={v} (toy {k}) lies outside its limits "
+                                     f"[{lo[j]}, {hi[j]}]")
+            theta[k, j] = v
+    return np.clip(theta, lo, hi)
+
+
+def _fixed(fixed: Mapping[str, float] | Iterable[str] | None, names: tuple[str, ...],
+           theta: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(P,) mask of fixed parameters; a mapping also sets their values in ``theta``."""
+    mask = np.zeros(len(names), dtype=bool)
+    if fixed is None:
+        return mask
+    if isinstance(fixed, Mapping):
+        _check_names(fixed, names, "fixed")
+        for n, v in fixed.items():
+            j = names.index(n)
+            v = float(v)
+            if not (math.isfinite(v) and lo[j] <= v <= hi[j]):
+                raise ParameterError(f"fixed value {n}={v} lies outside its limits "
+                                     f"[{lo[j]}, {hi[j]}]")
+            theta[:, j] = v
+            mask[j] = True
+        return mask
+    fixed = [fixed] if isinstance(fixed, str) else list(fixed)
+    _check_names(fixed, names, "fixed")
+    mask[[names.index(n) for n in fixed]] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
+# projected, damped Newton for all toys at once
+# ----------------------------------------------------------------------------------------------
+def _reduced(g: np.ndarray, hess: np.ndarray, free: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """g and H restricted to each toy's free set (K, P): other rows/columns become the
+    identity, so every toy is one (P, P) system whose held parameters get a zero step."""
+    gr = np.where(free, g, 0.0)
+    hr = np.where(free[:, :, None] & free[:, None, :], hess, 0.0)
+    idx = np.arange(g.shape[1])
+    hr[:, idx, idx] = np.where(free, hr[:, idx, idx], 1.0)
+    return gr, hr
+
+
+def _solve(hr: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Solutions of hr x = rhs per toy where hr is positive definite, and that mask."""
+    h = torch.as_tensor(hr)
+    chol, info = torch.linalg.cholesky_ex(h)
+    ok = (info == 0).numpy()
+    x = torch.cholesky_solve(torch.as_tensor(rhs)[:, :, None], chol)[:, :, 0].numpy()
+    return np.where(ok[:, None], x, 0.0), ok
+
+
+def _errors(hess: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """√diag(2 H⁻¹) over the non-fixed parameters (errordef 1 for −2 ln L)."""
+    k_toys, n_par = hess.shape[:2]
+    free = np.broadcast_to(~fixed, (k_toys, n_par))
+    _, hr = _reduced(np.zeros((k_toys, n_par)), hess, free)
+    out = np.full((k_toys, n_par), np.nan)
+    chol, info = torch.linalg.cholesky_ex(torch.as_tensor(hr))
+    ok = (info == 0).numpy()
+    if ok.any():
+        inv = torch.cholesky_inverse(chol[torch.as_tensor(ok)]).numpy()
+        out[ok] = np.sqrt(2.0 * np.diagonal(inv, axis1=1, axis2=2))
+    out[:, fixed] = 0.0
+    return out
+
+
+@dataclass
+class _NewtonState:
+    theta: np.ndarray
+    f: np.ndarray
+    g: np.ndarray
+    hess: np.ndarray
+    converged: np.ndarray
+    n_iter: np.ndarray
+    decrement: np.ndarray
+
+
+def _levenberg_steps(gr: np.ndarray, hr: np.ndarray, damping: np.ndarray,
+                     rows: np.ndarray) -> np.ndarray:
+    """Steps −(H + λ diag|H|)⁻¹ g of toys ``rows`` (mask); λ is raised tenfold (in place)
+    until the damped matrix is positive definite. A toy whose Hessian no damping cures gets
+    a scaled gradient step."""
+    n_par = gr.shape[1]
+    diag = np.abs(np.diagonal(hr, axis1=1, axis2=2))
+    # a parameter that (locally) does not change f has a zero diagonal: damp it relative to
+    # the others so that it gets no step rather than an infinite one
+    scale = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)
+    step = np.zeros_like(gr)
+    pending = rows.copy()
+    while pending.any():
+        damped = hr + (damping[:, None] * scale)[:, :, None] * np.eye(n_par)
+        x, ok = _solve(damped, -gr)
+        step[pending & ok] = x[pending & ok]
+        pending &= ~ok
+        damping[pending] *= 10.0
+        lost = pending & (damping > _DAMPING_MAX)
+        step[lost] = -gr[lost] / scale[lost]
+        pending &= ~lost
+    return step
+
+
+def _backtrack(alpha: np.ndarray, f0: np.ndarray, f_alpha: np.ndarray, slope: np.ndarray
+               ) -> np.ndarray:
+    """The next trial step: the minimum of the parabola through f(0), f'(0) and f(α), kept
+    within [α/10, α/2] (α/2 where f(α) is not finite)."""
+    d0 = np.minimum(slope, 0.0)  # f'(0)·α along the (projected) trial step
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        curv = f_alpha - f0 - d0
+        best = np.where(curv > 0, -d0 * alpha / (2.0 * curv), 0.5 * alpha)
+    best = np.where(np.isfinite(best), best, 0.5 * alpha)
+    return np.clip(best, 0.1 * alpha, 0.5 * alpha)
+
+
+def _secant(gr: np.ndarray, hr: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r"""Curvature corrected by the last steps: Newton decrements ½ gᵀVg (K,), where H is
+    positive definite (K,), the corrected matrices V⁻¹ (K, P, P) (H where not), and where a
+    step saw a kink (K,): a secant curvature yᵀs/sᵀHs above _KINK_RATIO.
+
+    V is H⁻¹ updated with the secant pairs (s = Δθ, y = Δg) of the last steps, oldest first,
+    by BFGS: V' = (I − ρ s yᵀ) V (I − ρ y sᵀ) + ρ s sᵀ, ρ = 1/(yᵀs) (where yᵀs > 0). For a
+    smooth f near its minimum y ≈ H s and nothing changes; at kinks of a piecewise-smooth f
+    (LeakyReLU networks) the gradient jumps over tiny steps, the secant curvature along them
+    is huge, and the decrement measures only what is left in the other directions, so that a
+    minimum at a kink counts as converged (as Minuit's EDM, built from such updates, does).
+    """
+    n_par = gr.shape[1]
+    chol, info = torch.linalg.cholesky_ex(torch.as_tensor(hr))
+    ok = (info == 0).numpy()
+    chol[~torch.as_tensor(ok)] = torch.eye(n_par, dtype=chol.dtype)
+    inv = torch.cholesky_inverse(chol).numpy()
+    kinked = np.zeros(len(gr), dtype=bool)
+    for s, y in pairs:
+        ys = np.einsum("kp,kp->k", y, s)
+        shs = np.einsum("kp,kpq,kq->k", s, hr, s)
+        # only pairs from near θ (within ~1σ in the metric of H): far ones describe elsewhere
+        use = ok & (shs <= _SECANT_REACH) & (ys > 0) & np.any(s != 0, axis=1)
+        kinked |= use & (ys > _KINK_RATIO * shs)
+        if not use.any():
+            continue
+        rho = 1.0 / ys[use]
+        a = np.eye(n_par) - rho[:, None, None] * s[use][:, :, None] * y[use][:, None, :]
+        inv[use] = (a @ inv[use] @ np.swapaxes(a, 1, 2)
+                    + rho[:, None, None] * s[use][:, :, None] * s[use][:, None, :])
+    dec = 0.5 * np.einsum("kp,kpq,kq->k", gr, inv, gr)
+    h_eff = hr.copy()
+    if ok.any():
+        h_eff[ok] = np.linalg.inv(inv[ok])
+        h_eff[ok] = 0.5 * (h_eff[ok] + np.swapaxes(h_eff[ok], 1, 2))
+    return np.where(ok, dec, math.inf), ok, h_eff, kinked
+
+
+class _SecantHistory:
+    """The last _SECANT_PAIRS secant pairs (s, y) of every toy, oldest first (zeros: none)."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.s = np.zeros((shape[0], _SECANT_PAIRS, shape[1]))
+        self.y = np.zeros_like(self.s)
+
+    def add(self, rows: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
+        for store, new in ((self.s, s), (self.y, y)):
+            store[rows] = np.roll(store[rows], -1, axis=1)
+            store[rows, -1] = new
+
+    def pairs(self, free: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per slot (K, P) arrays, restricted to each toy's free parameters."""
+        return [(np.where(free, self.s[:, m], 0.0), np.where(free, self.y[:, m], 0.0))
+                for m in range(_SECANT_PAIRS)]
+
+
+class _Evaluator:
+    """Evaluations of the toys still being minimised: the batch shrinks (its events are
+    prepared again) once at most half of its toys still run; a few toys are evaluated on a
+    batch of their own rather than with all the others."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        self.rows = np.arange(batch.n_toys)
+
+    def shrink(self, running: np.ndarray) -> None:
+        keep = np.flatnonzero(running)
+        if 0 < len(keep) <= len(self.rows) // 2:
+            self.batch = self.batch.subset(np.searchsorted(self.rows, keep))
+            self.rows = keep
+
+    def _on(self, sel: np.ndarray) -> tuple[_Batch, np.ndarray | None]:
+        """The batch to evaluate toys ``sel`` (sorted global indices) on, and the positions
+        of ``sel`` in its output (None: the batch is exactly ``sel``)."""
+        if len(sel) == len(self.rows):
+            return self.batch, None
+        pos = np.searchsorted(self.rows, sel)
+        if 2 * len(sel) > len(self.rows):
+            return self.batch, pos
+        return self.batch.subset(pos), None
+
+    def values(self, theta: np.ndarray, sel: np.ndarray) -> np.ndarray:
+        """f at θ (K, P) for toys ``sel``."""
+        batch, pos = self._on(sel)
+        if pos is None:
+            return batch.values(theta[sel])
+        return batch.values(theta[self.rows])[pos]
+
+    def derivatives(self, theta: np.ndarray, sel: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """f, g, H at θ (K, P) for toys ``sel``."""
+        batch, pos = self._on(sel)
+        if pos is None:
+            return batch.derivatives(theta[sel])
+        f, g, h = batch.derivatives(theta[self.rows])
+        return f[pos], g[pos], h[pos]
+
+
+def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            fixed: np.ndarray, max_iter: int, tol: float) -> _NewtonState:
+    """Projected Levenberg–Newton iterations for all toys; converged toys leave the batch."""
+    k_toys = theta.shape[0]
+    ev = _Evaluator(batch)
+    f, g, hess = ev.derivatives(theta, np.arange(k_toys))
+    converged = np.zeros(k_toys, dtype=bool)
+    n_iter = np.zeros(k_toys, dtype=int)
+    damping = np.full(k_toys, _DAMPING_START)
+    last_drop = np.full(k_toys, math.inf)
+    history = _SecantHistory(theta.shape)
+    rejected = np.zeros(k_toys, dtype=int)  # consecutive steps without any descent
+    decrement = np.full(k_toys, math.inf)
+    final_decrement = decrement.copy()
+    running = np.isfinite(f)
+    for _ in range(max_iter + 1):
+        # held: fixed, or at a limit with the gradient pushing outwards (KKT satisfied there)
+        free = (~fixed[None, :] & ~((theta <= lo) & (g > 0)) & ~((theta >= hi) & (g < 0)))
+        gr, hr = _reduced(g, hess, free)
+        # the BHHH curvature corrected by the secant pairs of the last steps
+        decrement, pos_def, h_eff, kinked = _secant(gr, hr, history.pairs(free))
+        # smooth: a Newton step would gain less than tol, and the last one did. kink: a recent
+        # step met a kink of a piecewise-smooth f (LeakyReLU networks), where the gradient
+        # jumps, and less than _KINK_DECREMENT is left: Newton steps then crawl along valleys
+        # under the kinks for gains of that order, as much as the kinks make f uncertain.
+        # stalled: the last two (damped, so different) steps found no descent at all.
+        smooth = (decrement < tol) & (np.abs(last_drop) < tol)
+        kink = (kinked | (rejected >= 2)) & (decrement < _KINK_DECREMENT)
+        done = running & pos_def & (smooth | kink)
+        converged |= done
+        final_decrement = np.where(done | running, decrement, final_decrement)
+        running &= ~done
+        if not running.any() or n_iter.max(initial=0) >= max_iter:
+            break
+        ev.shrink(running)
+        step = _levenberg_steps(gr, h_eff, damping, running)
+        new_theta, new_f = theta.copy(), f.copy()
+        new_g, new_hess = g.copy(), hess.copy()
+        alpha = np.ones(k_toys)
+        accepted = np.zeros(k_toys, dtype=bool)
+        searching = running.copy()
+        for trial_no in range(_MAX_BACKTRACKS):
+            sel = np.flatnonzero(searching)
+            trial = np.clip(theta + alpha[:, None] * step, lo, hi)
+            trial[:, fixed] = theta[:, fixed]
+            f_trial = np.full(k_toys, math.inf)
+            if trial_no == 0:
+                # the full step is accepted most of the time: take its derivatives at once
+                f_sel, g_sel, h_sel = ev.derivatives(trial, sel)
+                f_trial[sel] = f_sel
+            else:
+                f_trial[sel] = ev.values(trial, sel)
+            # Armijo on the projected path θ(α) = clip(θ + α p), up to rounding of f
+            slope = np.einsum("kp,kp->k", g, trial - theta)
+            ok = searching & np.isfinite(f_trial) & (
+                f_trial <= f + _ARMIJO * np.minimum(slope, 0.0) + _ROUNDING * np.abs(f))
+            new_theta[ok], new_f[ok] = trial[ok], f_trial[ok]
+            if trial_no == 0:
+                at_once = ok[sel]
+                new_g[sel[at_once]], new_hess[sel[at_once]] = g_sel[at_once], h_sel[at_once]
+                # accepted or not, the full step tells the curvature along it
+                good = np.isfinite(f_sel)
+                history.add(sel[good], trial[sel[good]] - theta[sel[good]],
+                            g_sel[good] - g[sel[good]])
+            accepted |= ok
+            searching &= ~ok
+            alpha = np.where(searching, _backtrack(alpha, f, f_trial, slope), alpha)
+            searching &= alpha >= _ALPHA_MIN
+            if not searching.any():
+                break
+        later = np.flatnonzero(accepted & (alpha < 1.0))
+        if len(later):
+            f_sel, g_sel, h_sel = ev.derivatives(new_theta, later)
+            new_f[later], new_g[later], new_hess[later] = f_sel, g_sel, h_sel
+            history.add(later, new_theta[later] - theta[later], g_sel - g[later])
+        # Levenberg's gain ratio: actual over predicted decrease of the quadratic model
+        s = new_theta - theta
+        predicted = -(np.einsum("kp,kp->k", g, s) + 0.5 * np.einsum("kp,kpq,kq->k", s, h_eff, s))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gain = np.where(predicted > 0, (f - new_f) / predicted, 1.0)
+        damping = np.where(
+            accepted, np.where(gain > 0.75, np.maximum(damping / 10.0, _DAMPING_MIN),
+                               np.where(gain < 0.25, damping * 4.0, damping)),
+            np.where(running, damping * 10.0, damping))
+        last_drop = np.where(accepted, f - new_f, np.where(running, 0.0, last_drop))
+        rejected = np.where(accepted, 0, np.where(running, rejected + 1, rejected))
+        n_iter[running] += 1
+        theta, f, g, hess = new_theta, new_f, new_g, new_hess
+        # a toy whose damping ran away has stalled (no descent found even for tiny steps)
+        running &= damping <= _DAMPING_MAX
+    return _NewtonState(theta, f, g, hess, converged, n_iter, final_decrement)
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry point
+# ----------------------------------------------------------------------------------------------
+def fit_batched(
+    costs: Sequence[Any],
+    start: Mapping[str, float] | Sequence[Mapping[str, float]] | np.ndarray | None = None,
+    *,
+    fixed: Mapping[str, float] | Iterable[str] | None = None,
+    max_iter: int = 50,
+    tol: float = 1e-7,
+    validate: bool = True,
+    strategy: int = 0,
+    hesse: bool = False,
+    minuit_tol: float | None = None,
+) -> BatchedFitResult:
+    r"""Minimise K costs of one model (toys) together: one batched Newton solve for all.
+
+    Every cost is −2 ln L (errordef 1). Each toy k is minimised over its own θ_k subject to
+    the costs' limits, with the same constants as ``cost_k(*θ_k)``. Toys whose batched stage
+    does not converge within ``max_iter`` iterations are refitted by :func:`egmm.infer.fit`
+    from their start point, and flagged in ``fallback``; no toy is dropped.
+
+    Arguments:
+        costs: K costs of the same structure (the same densities, yields, parameters and
+            terms; data, weights and constraint centres differ), e.g. toys from
+            :func:`egmm.infer.sample_toy`. Each is an ``UnbinnedNLL`` / ``ExtendedUnbinnedNLL``,
+            possibly plus ``NormalConstraint`` terms (see the module docstring).
+        start: starting values: ``None`` (:func:`egmm.infer.start_values` per toy), a mapping
+            name -> value (every toy), a sequence of K mappings, or an array (K, P) in the
+            order of the parameters.
+        fixed: names to hold at their start, or name -> value to hold at a value.
+        max_iter: Newton iterations at most for the batched stage.
+        tol: convergence: |Δ(−2 ln L)| of the last step and the Newton decrement ½ gᵀH⁻¹g
+            both below ``tol`` (θ then lies within about √(2 tol) errors of the minimum);
+            at kinks of network densities 2e-4 (see the module docstring).
+        validate: finish each converged toy with MIGRAD started at the batched solution and
+            report it in ``fits``/``valid``; ``False`` skips Minuit, the fastest.
+        strategy, hesse: of the validation MIGRAD. The defaults (strategy 0, no HESSE) take
+            ~10–20 calls from the minimum; strategy 1 with HESSE errors takes ~40–80, about
+            as many as a fit from the generation point.
+        minuit_tol: Minuit's ``tol`` for the validation and the fallback fits (the fallback
+            is :func:`egmm.infer.fit` with its defaults otherwise: the reference path).
+
+    Returns:
+        :class:`BatchedFitResult`.
+
+    Raises:
+        InputError: costs of different structure, a term that cannot be vectorised (PyhfCost,
+            two unbinned costs, a density without a torch gradient), no costs.
+        ParameterError: start or fixed values unknown or outside the limits.
+
+    Example:
+        >>> from egmm.likelihood import TorchDensity, UnbinnedNLL
+        >>> from egmm.observables import Observable, ObservableSpace
+        >>> space = ObservableSpace([Observable("x", -math.inf, math.inf)])
+        >>> gauss = TorchDensity(space, lambda x, mu: -0.5 * (x[:, 0] - mu) ** 2
+        ...                      - 0.5 * math.log(2 * math.pi), ("mu",), {"mu": (-5.0, 5.0)})
+        >>> rng = np.random.default_rng(0)
+        >>> toys = [UnbinnedNLL(rng.normal(1.0, 1.0, 100), gauss) for _ in range(20)]
+        >>> res = fit_batched(toys, validate=False)
+        >>> bool(res.converged.all()), res.values.shape
+        (True, (20, 1))
+        >>> bool(np.allclose(res.value("mu"), [t.data.mean() for t in toys]))
+        True
+    """
+    costs = list(costs)
+    if not costs:
+        raise InputError("fit_batched: no costs given")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise InputError(f"fit_batched: max_iter must be an integer ≥ 0, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise InputError(f"fit_batched: tol must be a positive number, got {tol!r}")
+    names = tuple(describe(costs[0]))
+    for k, c in enumerate(costs[1:], start=1):
+        if tuple(describe(c)) != names:
+            raise InputError(f"fit_batched: cost {k} has parameters {list(describe(c))}, "
+                             f"cost 0 has {list(names)}")
+    lo, hi = _limits(costs[0], names)
+    for k, c in enumerate(costs[1:], start=1):
+        lo_k, hi_k = _limits(c, names)
+        if not (np.array_equal(lo_k, lo) and np.array_equal(hi_k, hi)):
+            raise InputError(f"fit_batched: cost {k} has other parameter limits than cost 0")
+    per_toy, position = _split_costs(costs, names)
+    batch = _Batch(per_toy, position, names)
+    theta0 = _start(costs, names, start, lo, hi)
+    fixed_mask = _fixed(fixed, names, theta0, lo, hi)
+    batch.check_yields(torch.as_tensor(theta0))
+
+    state = _newton(batch, theta0.copy(), lo, hi, fixed_mask, int(max_iter), float(tol))
+    k_toys = len(costs)
+    values = state.theta.copy()
+    fval = state.f.copy()
+    errors = _errors(state.hess, fixed_mask)
+    fallback = ~state.converged
+    valid = state.converged.copy()
+    fits: list[FitResult | None] = [None] * k_toys
+    fixed_arg: Any = None
+    if fixed_mask.any():
+        fixed_arg = [n for n, f in zip(names, fixed_mask) if f]
+    checks = dict(fixed=fixed_arg, strategy=strategy, tol=minuit_tol, hesse=hesse)
+    for k, cost in enumerate(costs):
+        if fallback[k]:
+            res = fit(cost, dict(zip(names, theta0[k].tolist())), fixed=fixed_arg,
+                      tol=minuit_tol)
+            values[k] = [res.values[n] for n in names]
+            errors[k] = [res.errors[n] for n in names]
+            fval[k] = res.fval
+        elif validate:
+            res = fit(cost, dict(zip(names, state.theta[k].tolist())), **checks)
+        else:
+            continue
+        fits[k] = res
+        valid[k] = res.valid
+    return BatchedFitResult(
+        parameters=names, values=values, errors=errors, fval=fval,
+        converged=state.converged, n_iter=state.n_iter, decrement=state.decrement,
+        fallback=fallback, valid=valid,
+        fixed=tuple(n for n, f in zip(names, fixed_mask) if f), fits=fits)
