@@ -60,12 +60,25 @@ class DensityModel(ABC):
         """log p(x|θ) from the output of :meth:`prepare`; differentiable in ``theta``."""
         return self.log_prob_tensor(prepared, theta)
 
-    def log_prob(self, x: Any, theta: Any = None) -> np.ndarray:
-        """Data-space log density, float64 numpy (N,), after validating ``x`` and θ."""
+    def log_prob(self, x: Any, theta: Any = None, *, allow_outside: bool = False,
+                 dtype: torch.dtype = torch.float64, chunk_size: int = 65536) -> np.ndarray:
+        """Data-space log p(x|θ), float64 numpy (N,), evaluated in chunks of ``chunk_size``.
+
+        ``x``: (N, D) array or named columns (validated); ``theta``: mapping name → value
+        (scalar or per event), a sequence/array (P,) or (N, P). θ outside the trained range
+        raises unless ``allow_outside=True``. ``dtype``: evaluation precision.
+        """
         xv = self.space.validate(x)
-        th = self.theta_tensor(theta, n_events=len(xv))
+        th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
+        device = getattr(self, "device", torch.device("cpu"))
+        out = np.empty(len(xv))
         with torch.no_grad():
-            return self.log_prob_tensor(torch.as_tensor(xv), th).cpu().numpy()
+            for s in range(0, len(xv), chunk_size):
+                xt = torch.as_tensor(xv[s:s + chunk_size], dtype=dtype, device=device)
+                tt = th[s:s + chunk_size] if th.ndim == 2 else th
+                out[s:s + chunk_size] = self.log_prob_tensor(
+                    xt, tt.to(device=device, dtype=dtype)).double().cpu().numpy()
+        return out
 
     def theta_tensor(
         self, theta: Any, n_events: int | None = None, *, allow_outside: bool = False

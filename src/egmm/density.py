@@ -321,24 +321,6 @@ class GMMDensity(DensityModel):
         cond = self._conditionals(u, self._theta_parts(theta_s), prepared["input_parts"])
         return cond.sum(1) + prepared["logdet"]
 
-    def log_prob(self, x: Any, theta: Any = None, *, allow_outside: bool = False,
-                 dtype: torch.dtype = torch.float64, chunk_size: int = 65536) -> np.ndarray:
-        """Data-space log p(x|θ), float64 numpy (N,), evaluated in chunks of ``chunk_size``.
-
-        ``x``: (N, D) array or named columns; ``theta``: mapping name → value (scalar or per
-        event), a sequence/array (P,) or (N, P). θ outside the trained range raises unless
-        ``allow_outside=True``.
-        """
-        xv = self.space.validate(x)
-        th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
-        out = np.empty(len(xv))
-        with torch.no_grad():
-            for s in range(0, len(xv), chunk_size):
-                xt = torch.as_tensor(xv[s:s + chunk_size], dtype=dtype, device=self.device)
-                tt = th[s:s + chunk_size] if th.ndim == 2 else th
-                out[s:s + chunk_size] = self.log_prob_tensor(
-                    xt, tt.to(device=self.device, dtype=dtype)).double().cpu().numpy()
-        return out
 
     def importance_weights(self, x: Any, theta: Any, theta_ref: Any, **kwargs: Any) -> np.ndarray:
         """p(x|θ)/p(x|θ_ref) per event, for events drawn at θ_ref (paper Section 5)."""

@@ -152,19 +152,6 @@ class FlowDensity(DensityModel):
         dist = self._dist(self.scale_theta(theta.to(x.dtype)), x.dtype)
         return dist.log_prob(y) + logdet_y + logdet
 
-    def log_prob(self, x: Any, theta: Any = None, *, allow_outside: bool = False,
-                 dtype: torch.dtype = torch.float64, chunk_size: int = 65536) -> np.ndarray:
-        """Data-space log p(x|θ), float64 numpy (N,); see :meth:`GMMDensity.log_prob`."""
-        xv = self.space.validate(x)
-        th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
-        out = np.empty(len(xv))
-        with torch.no_grad():
-            for s in range(0, len(xv), chunk_size):
-                xt = torch.as_tensor(xv[s:s + chunk_size], dtype=dtype, device=self.device)
-                tt = th[s:s + chunk_size] if th.ndim == 2 else th
-                out[s:s + chunk_size] = self.log_prob_tensor(
-                    xt, tt.to(device=self.device, dtype=dtype)).double().cpu().numpy()
-        return out
 
     def sample(self, n: int, theta: Any = None, seed: Any = None, *,
                allow_outside: bool = False, dtype: torch.dtype = torch.float32) -> np.ndarray:
