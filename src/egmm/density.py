@@ -27,6 +27,7 @@ from egmm.errors import InputError, ParameterError
 from egmm.latent import LatentProjection
 from egmm.networks import CategoricalNet, ConditionalGMMNet
 from egmm.observables import ObservableSpace
+from egmm.serialization import SavableModel
 
 __all__ = ["GMMDensity", "truncated_normal_log_mass"]
 
@@ -95,7 +96,7 @@ def _sample_truncated_normal(mu: torch.Tensor, sigma: torch.Tensor, lo: float, h
     return torch.minimum(torch.maximum(mu + sigma * z, inner_lo), inner_hi)
 
 
-class GMMDensity(DensityModel):
+class GMMDensity(DensityModel, SavableModel):
     """Autoregressive conditional Gaussian mixture p(x|θ) over an :class:`ObservableSpace`.
 
     Arguments:
@@ -418,22 +419,6 @@ class GMMDensity(DensityModel):
         return cls(space, config["parameters"],
                    LatentProjection.from_dict(config["projection"]),
                    parameter_bounds=bounds, **config["knobs"])
-
-    def save(self, path: Any) -> None:
-        """Write the model to ``path`` (one safetensors file with a JSON config), atomically."""
-        from egmm.serialization import save_model
-
-        save_model(self, path)
-
-    @classmethod
-    def load(cls, path: Any, map_location: str | torch.device = "cpu") -> GMMDensity:
-        """Read a model written by :meth:`save`; refuses files it cannot trust or read."""
-        from egmm.serialization import load_model
-
-        model = load_model(path, map_location=map_location)
-        if not isinstance(model, cls):
-            raise InputError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
 
     def __repr__(self) -> str:
         return (f"GMMDensity(observables={list(self.space.names)}, "

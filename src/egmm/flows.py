@@ -31,6 +31,7 @@ from egmm.base import DensityModel
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.observables import ObservableSpace
+from egmm.serialization import SavableModel
 
 __all__ = ["FlowDensity"]
 
@@ -45,7 +46,7 @@ def _zuko() -> Any:
     return zuko
 
 
-class FlowDensity(DensityModel):
+class FlowDensity(DensityModel, SavableModel):
     """A zuko conditional flow p(x|θ) (``kind`` "NSF" or "MAF") on the latent space.
 
     Arguments:
@@ -211,21 +212,6 @@ class FlowDensity(DensityModel):
         return cls(ObservableSpace.from_dict(config["space"]), config["parameters"],
                    LatentProjection.from_dict(config["projection"]), kind=config["kind"],
                    parameter_bounds=config["parameter_bounds"] or None, **kwargs)
-
-    def save(self, path: Any) -> None:
-        """Write the flow to ``path`` (same file format as GMMDensity), atomically."""
-        from egmm.serialization import save_model
-
-        save_model(self, path)
-
-    @classmethod
-    def load(cls, path: Any, map_location: str | torch.device = "cpu") -> FlowDensity:
-        from egmm.serialization import load_model
-
-        model = load_model(path, map_location=map_location)
-        if not isinstance(model, cls):
-            raise InputError(f"{path}: holds a {type(model).__name__}, not a FlowDensity")
-        return model
 
     def __repr__(self) -> str:
         return (f"FlowDensity(kind={self.kind!r}, observables={list(self.space.names)}, "

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from egmm.errors import ModelFileError
 
-__all__ = ["SCHEMA_VERSION", "load_model", "read_config", "save_model"]
+__all__ = ["SCHEMA_VERSION", "SavableModel", "load_model", "read_config", "save_model"]
 
 SCHEMA_VERSION = 1
 
@@ -96,3 +96,21 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"{path}: weights do not match the stored config ({exc})") from None
     return model.to(map_location)
+
+
+class SavableModel:
+    """``save``/``load`` for models with ``to_config()``, ``from_config()`` and ``module``."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (one safetensors file with a JSON config), atomically."""
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+        """Read a model written by :meth:`save`; refuses files it cannot trust or read."""
+        from egmm.errors import InputError
+
+        model = load_model(path, map_location=map_location)
+        if not isinstance(model, cls):
+            raise InputError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
