@@ -9,6 +9,7 @@ analytic/background pdfs all implement it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from egmm.errors import ParameterError
 from egmm.observables import ObservableSpace
 
-__all__ = ["DensityModel"]
+__all__ = ["DensityModel", "TrainedModel"]
 
 
 class DensityModel(ABC):
@@ -140,3 +141,63 @@ class DensityModel(ABC):
                     f"parameter {name!r} = {col[bad][0]} lies outside the model's range "
                     f"[{lo}, {hi}] (pass allow_outside=True to extrapolate deliberately)"
                 )
+
+
+class TrainedModel(DensityModel):
+    """What trained egmm models (GMMDensity, FlowDensity) share: an ``nn.Module`` holding the
+    weights and the θ scaling buffers, the trained range of θ, its map onto [−2, 2] at the
+    network input, the device, and the common part of the file config.
+
+    Subclasses set ``space``, ``parameters`` and ``projection``, then call
+    :meth:`_init_module` before building their networks into ``self.module``.
+    """
+
+    module: torch.nn.Module
+
+    def _init_module(self, parameter_bounds: Mapping[str, tuple[float, float]] | None) -> None:
+        self.module = torch.nn.Module()
+        n = len(self.parameters)
+        self.module.register_buffer("theta_center", torch.zeros(n, dtype=torch.float64))
+        self.module.register_buffer("theta_halfwidth", torch.ones(n, dtype=torch.float64))
+        self.parameter_bounds = {}
+        if parameter_bounds is not None:
+            self.set_parameter_bounds(parameter_bounds)
+
+    def set_parameter_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> None:
+        """Set the trained range of θ (and the map of θ onto [−2, 2] at the network input)."""
+        missing = [p for p in self.parameters if p not in bounds]
+        extra = [p for p in bounds if p not in self.parameters]
+        if missing or extra:
+            raise ParameterError(f"parameter_bounds: missing {missing}, unknown {extra}")
+        out = {}
+        for p in self.parameters:
+            lo, hi = (float(v) for v in bounds[p])
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ParameterError(f"parameter_bounds[{p!r}] = {(lo, hi)} is not a finite range")
+            out[p] = (lo, hi)
+        self.parameter_bounds = out
+        if self.parameters:
+            lo = torch.tensor([out[p][0] for p in self.parameters], dtype=torch.float64)
+            hi = torch.tensor([out[p][1] for p in self.parameters], dtype=torch.float64)
+            self.module.theta_center.copy_(0.5 * (lo + hi))
+            # a parameter trained at a single value gets unit scale (no division by zero)
+            half = torch.where(hi > lo, 0.5 * (hi - lo), torch.ones_like(lo))
+            self.module.theta_halfwidth.copy_(half)
+
+    def scale_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ → [−2, 2] over the trained range (paper Section 4)."""
+        center = self.module.theta_center.to(theta)
+        return 2.0 * (theta - center) / self.module.theta_halfwidth.to(theta)
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.theta_center.device
+
+    def _base_config(self) -> dict[str, Any]:
+        """The JSON-safe config every trained model's file carries."""
+        return {
+            "space": self.space.to_dict(),
+            "parameters": list(self.parameters),
+            "parameter_bounds": {k: list(v) for k, v in self.parameter_bounds.items()},
+            "projection": self.projection.to_dict(),  # type: ignore[attr-defined]
+        }

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from egmm.base import DensityModel
-from egmm.errors import InputError, ParameterError
+from egmm.base import TrainedModel
+from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.networks import CategoricalNet, ConditionalGMMNet
 from egmm.observables import ObservableSpace
@@ -96,7 +96,7 @@ def _sample_truncated_normal(mu: torch.Tensor, sigma: torch.Tensor, lo: float, h
     return torch.minimum(torch.maximum(mu + sigma * z, inner_lo), inner_hi)
 
 
-class GMMDensity(DensityModel, SavableModel):
+class GMMDensity(TrainedModel, SavableModel):
     """Autoregressive conditional Gaussian mixture p(x|θ) over an :class:`ObservableSpace`.
 
     Arguments:
@@ -139,16 +139,9 @@ class GMMDensity(DensityModel, SavableModel):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
         self.config["categorical_hidden"] = tuple(self.config["categorical_hidden"])
-        self.parameter_bounds: dict[str, tuple[float, float]] = {}
         # the trainable networks and buffers live in one nn.Module (``model.module``): the
         # density itself is not a Module, whose ``parameters()`` would clash with θ's names
-        self.module = nn.Module()
-        self.module.register_buffer("theta_center",
-                                    torch.zeros(len(self.parameters), dtype=torch.float64))
-        self.module.register_buffer("theta_halfwidth",
-                                    torch.ones(len(self.parameters), dtype=torch.float64))
-        if parameter_bounds is not None:
-            self.set_parameter_bounds(parameter_bounds)
+        self._init_module(parameter_bounds)
         c = self.config
         n_theta = len(self.parameters)
         nets: list[nn.Module] = []
@@ -172,32 +165,6 @@ class GMMDensity(DensityModel, SavableModel):
                                     persistent=False)
 
     # -- parameters ----------------------------------------------------------------------------
-    def set_parameter_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> None:
-        """Set the trained range of θ (and the map of θ onto [−2, 2] at the network input)."""
-        missing = [p for p in self.parameters if p not in bounds]
-        extra = [p for p in bounds if p not in self.parameters]
-        if missing or extra:
-            raise ParameterError(f"parameter_bounds: missing {missing}, unknown {extra}")
-        out = {}
-        for p in self.parameters:
-            lo, hi = (float(v) for v in bounds[p])
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ParameterError(f"parameter_bounds[{p!r}] = {(lo, hi)} is not a finite range")
-            out[p] = (lo, hi)
-        self.parameter_bounds = out
-        if self.parameters:
-            lo = torch.tensor([out[p][0] for p in self.parameters], dtype=torch.float64)
-            hi = torch.tensor([out[p][1] for p in self.parameters], dtype=torch.float64)
-            self.module.theta_center.copy_(0.5 * (lo + hi))
-            # a parameter trained at a single value gets unit scale (no division by zero)
-            half = torch.where(hi > lo, 0.5 * (hi - lo), torch.ones_like(lo))
-            self.module.theta_halfwidth.copy_(half)
-
-    def scale_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        """θ → [−2, 2] over the trained range (paper Section 4)."""
-        center = self.module.theta_center.to(theta)
-        return 2.0 * (theta - center) / self.module.theta_halfwidth.to(theta)
-
     def scale_inputs(self, u: torch.Tensor) -> torch.Tensor:
         """Latent values (N, D) → network inputs on [−2, 2]."""
         return (u - self.module.input_lo.to(u)) * self.module.input_scale.to(u) - 2.0
@@ -206,10 +173,6 @@ class GMMDensity(DensityModel, SavableModel):
     def nets(self) -> nn.ModuleList:
         """The per-observable networks, in chain order."""
         return self.module.nets
-
-    @property
-    def device(self) -> torch.device:
-        return self.module.theta_center.device
 
     def to(self, device: str | torch.device) -> GMMDensity:
         """Move the networks to ``device`` (e.g. ``"cuda"``); returns self."""
@@ -405,10 +368,7 @@ class GMMDensity(DensityModel, SavableModel):
     def to_config(self) -> dict[str, Any]:
         """JSON-safe description from which :meth:`from_config` rebuilds the (untrained) model."""
         return {
-            "space": self.space.to_dict(),
-            "parameters": list(self.parameters),
-            "parameter_bounds": {k: list(v) for k, v in self.parameter_bounds.items()},
-            "projection": self.projection.to_dict(),
+            **self._base_config(),
             "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()},
         }
 

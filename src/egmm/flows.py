@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egmm.base import DensityModel
+from egmm.base import TrainedModel
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.observables import ObservableSpace
@@ -46,7 +46,7 @@ def _zuko() -> Any:
     return zuko
 
 
-class FlowDensity(DensityModel, SavableModel):
+class FlowDensity(TrainedModel, SavableModel):
     """A zuko conditional flow p(x|θ) (``kind`` "NSF" or "MAF") on the latent space.
 
     Arguments:
@@ -81,35 +81,14 @@ class FlowDensity(DensityModel, SavableModel):
         self.kind = kind
         self.flow_kwargs = {k: list(v) if isinstance(v, tuple) else v
                             for k, v in flow_kwargs.items()}
-        self.module = nn.Module()
-        self.module.register_buffer("theta_center",
-                                    torch.zeros(len(self.parameters), dtype=torch.float64))
-        self.module.register_buffer("theta_halfwidth",
-                                    torch.ones(len(self.parameters), dtype=torch.float64))
+        self._init_module(parameter_bounds)
         zuko = _zuko()
         cls = getattr(zuko.flows, kind)
         try:
             self.module.flow = cls(space.dim, len(self.parameters), **flow_kwargs)
         except TypeError as exc:
             raise InputError(f"FlowDensity: bad flow option ({exc})") from None
-        self.parameter_bounds: dict[str, tuple[float, float]] = {}
-        if parameter_bounds is not None:
-            self.set_parameter_bounds(parameter_bounds)
         self._flow64: tuple[Any, nn.Module] | None = None
-
-    # θ bounds and scaling are the GMM's, so both models see identical inputs
-    def set_parameter_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> None:
-        from egmm.density import GMMDensity
-
-        GMMDensity.set_parameter_bounds(self, bounds)  # type: ignore[arg-type]
-
-    def scale_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        center = self.module.theta_center.to(theta)
-        return 2.0 * (theta - center) / self.module.theta_halfwidth.to(theta)
-
-    @property
-    def device(self) -> torch.device:
-        return self.module.theta_center.device
 
     def to(self, device: str | torch.device) -> FlowDensity:
         self.module.to(device)
@@ -197,10 +176,7 @@ class FlowDensity(DensityModel, SavableModel):
     # -- files ---------------------------------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
         return {
-            "space": self.space.to_dict(),
-            "parameters": list(self.parameters),
-            "parameter_bounds": {k: list(v) for k, v in self.parameter_bounds.items()},
-            "projection": self.projection.to_dict(),
+            **self._base_config(),
             "kind": self.kind,
             "flow_kwargs": self.flow_kwargs,
         }
