@@ -43,3 +43,20 @@ def quadrature_nodes(lo: float, hi: float, knots: np.ndarray, order: int = 8,
         nodes.append(0.5 * (a + b) + 0.5 * (b - a) * gl_x)
         weights.append(0.5 * (b - a) * gl_w)
     return np.concatenate(nodes), np.concatenate(weights)
+
+
+def trained_toy_model(dims: int = 2, epochs: int = 3, seed: int = 0):
+    """A SMALL GMMDensity p(a[, b] | c) trained briefly on :func:`toy_2d` (about a second).
+    Returns (model, x, θ)."""
+    import torch
+
+    from egmm import GMMDensity, LatentProjection, Observable, ObservableSpace, train
+
+    x, th = toy_2d()
+    x = x[:, :dims]
+    space = ObservableSpace([Observable(n, 0.0, 1.0) for n in "ab"[:dims]])
+    proj = LatentProjection.fit(space, x[th[:, 0] == 0])
+    torch.manual_seed(seed)
+    model = GMMDensity(space, ["c"], proj, **SMALL)
+    train(model, x, th, max_epochs=epochs, batch_size=200, progress=False)
+    return model, x, th

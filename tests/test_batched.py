@@ -10,13 +10,12 @@ import torch
 from iminuit.cost import LeastSquares, NormalConstraint
 from scipy import stats
 
-from egmm import GMMDensity, LatentProjection, train
 from egmm.errors import InputError, ParameterError
 from egmm.infer import BatchedFitResult, fit, fit_batched, sample_toy, toy_seed
 from egmm.infer.batched import _Batch, _split_costs
 from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity, UnbinnedNLL
 from egmm.observables import Observable, ObservableSpace
-from helpers import SMALL, toy_2d
+from helpers import trained_toy_model
 
 A, B = 0.0, 10.0
 SPACE = ObservableSpace([Observable("x", A, B)])
@@ -153,12 +152,7 @@ def test_toys_that_do_not_converge_fall_back_to_the_plain_fit_and_are_flagged():
 # -- a trained GMMDensity ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gmm_toys():
-    x, th = toy_2d()
-    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
-    proj = LatentProjection.fit(space, x[th[:, 0] == 0])
-    torch.manual_seed(0)
-    model = GMMDensity(space, ["c"], proj, **SMALL)
-    train(model, x, th, max_epochs=3, batch_size=200, progress=False)
+    model, x, _ = trained_toy_model(dims=2)
     template = UnbinnedNLL(x[:300], model)
     return toys(template, {"c": 0.8}, 40, seed=5)
 

@@ -22,29 +22,17 @@ from egmm import (
 )
 from egmm.density import truncated_normal_log_mass
 from egmm.groundtruth import PaperToy
-from helpers import SMALL, quadrature_nodes, toy_2d
+from helpers import SMALL, quadrature_nodes, trained_toy_model
 
 
 @pytest.fixture(scope="module")
 def trained_2d():
-    x, th = toy_2d()
-    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
-    proj = LatentProjection.fit(space, x[th[:, 0] == 0])
-    torch.manual_seed(0)
-    model = GMMDensity(space, ["c"], proj, **SMALL)
-    train(model, x, th, max_epochs=3, batch_size=200, progress=False)
-    return model
+    return trained_toy_model(dims=2)[0]
 
 
 @pytest.fixture(scope="module")
 def trained_1d():
-    x, th = toy_2d()
-    space = ObservableSpace([Observable("a", 0.0, 1.0)])
-    proj = LatentProjection.fit(space, x[:, :1])
-    torch.manual_seed(0)
-    model = GMMDensity(space, ["c"], proj, **SMALL)
-    train(model, x[:, :1], th, max_epochs=3, batch_size=200, progress=False)
-    return model
+    return trained_toy_model(dims=1)[0]
 
 
 def test_paper_table6_weight_counts():
