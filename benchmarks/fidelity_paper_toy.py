@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "fidelity_paper_toy.json")
     ap.add_argument("--redo", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--model-out", type=Path, default=RESULTS / "paper_toy_gmm.egmm",
+                    help="where the trained GMM is saved")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +138,7 @@ def main() -> None:
         wall = hist.wall_time  # summed over epochs, so it survives a resume
         ckpt.unlink()
         if name == "gmm":
-            model.save(args.out.parent / "paper_toy_gmm.egmm")
+            model.save(args.model_out)
         on_grid = kl_table(model, toy, toy.GRID_49, args.eval_events, seed=100)
         off_grid = kl_table(model, toy, OFF_GRID, args.eval_events, seed=200)
         section = {
@@ -147,6 +149,10 @@ def main() -> None:
             "kl_off_grid_mean": float(np.mean([r["kl"] for r in off_grid])),
             "kl_off_grid_max": float(np.max([r["kl"] for r in off_grid])),
             "kl_on_grid": on_grid, "kl_off_grid": off_grid,
+            "seconds_per_epoch_per_million_events": float(
+                np.mean(hist.seconds) / (len(x) / 1e6)),
+            "history": {"train_nll": hist.train_loss, "val_nll": hist.val_loss,
+                        "lr": hist.lr, "seconds": hist.seconds},
         }
         write_section(args.out, name, section)
         print(f"{name}: KL on grid {section['kl_on_grid_mean']:.5f} (max "

@@ -62,7 +62,7 @@ class DensityModel(ABC):
         return self.log_prob_tensor(prepared, theta)
 
     def log_prob(self, x: Any, theta: Any = None, *, allow_outside: bool = False,
-                 dtype: torch.dtype = torch.float64, chunk_size: int = 65536) -> np.ndarray:
+                 dtype: torch.dtype = torch.float64, chunk_size: int = 4096) -> np.ndarray:
         """Data-space log p(x|θ), float64 numpy (N,), evaluated in chunks of ``chunk_size``.
 
         ``x``: (N, D) array or named columns (validated); ``theta``: mapping name → value
@@ -149,7 +149,13 @@ class TrainedModel(DensityModel):
     network input, the device, and the common part of the file config.
 
     Subclasses set ``space``, ``parameters`` and ``projection``, then call
-    :meth:`_init_module` before building their networks into ``self.module``.
+    :meth:`_init_module` before building their networks into ``self.module`` and
+    :meth:`_freeze` after.
+
+    Outside :func:`egmm.train` the weights do not require gradients: a fit differentiates
+    −2 ln L with respect to θ only, and autograd would otherwise also compute the gradient for
+    every weight (most of a backward pass). A hand-written training loop calls
+    ``model.module.requires_grad_(True)`` first.
     """
 
     module: torch.nn.Module
@@ -162,6 +168,9 @@ class TrainedModel(DensityModel):
         self.parameter_bounds = {}
         if parameter_bounds is not None:
             self.set_parameter_bounds(parameter_bounds)
+
+    def _freeze(self) -> None:
+        self.module.requires_grad_(False)
 
     def set_parameter_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> None:
         """Set the trained range of θ (and the map of θ onto [−2, 2] at the network input)."""

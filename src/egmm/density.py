@@ -32,6 +32,7 @@ from egmm.serialization import SavableModel
 __all__ = ["GMMDensity", "truncated_normal_log_mass"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
 #: default knobs: paper Table 6
 GMM_DEFAULTS: dict[str, Any] = {
@@ -41,18 +42,50 @@ GMM_DEFAULTS: dict[str, Any] = {
 }
 
 
+# erfc's vectorised kernels leave their fast path where the result underflows (20-40× slower
+# per element), and a trained mixture has many components far outside the box. Arguments are
+# therefore capped where erfc is still a normal number, and any mass below MASS_FLOOR — which
+# the cap could perturb by more than rounding — is recomputed exactly with log_ndtr.
+_ERFC_CAP = {torch.float64: 26.0, torch.float32: 9.0}          # erfc(cap) ≈ 6e-296, 4e-37
+_MASS_FLOOR = {torch.float64: 1e-280, torch.float32: 1e-28}
+# exp likewise: terms more than 80 below the largest of a logsumexp (relative weight
+# < 2e-35) are evaluated at −80, a change far below float64 rounding.
+_LSE_FLOOR = -80.0
+
+
 def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Φ(b) − Φ(a)) for a < b, accurate in both tails.
+    """log(Φ(b) − Φ(a)) for a ≤ b, accurate in both tails (−inf for an empty interval).
 
     Reflecting so that the interval lies mostly on the negative side keeps Φ away from 1,
-    where Φ(b) − Φ(a) would cancel catastrophically.
+    where Φ(b) − Φ(a) would cancel catastrophically; there Φ(x) = erfc(−x/√2)/2 has full
+    relative precision (torch's ``ndtr`` does not), so the difference of two ``erfc`` values
+    is accurate. Masses that underflow or come near it (an interval far in a tail) are
+    recomputed, for those entries only, with the slower ``log_ndtr`` form.
     """
     flip = (a + b) > 0
     lo = torch.where(flip, -b, a)
     hi = torch.where(flip, -a, b)
-    log_hi = torch.special.log_ndtr(hi)
-    log_lo = torch.special.log_ndtr(lo)
-    return log_hi + torch.log1p(-torch.exp(log_lo - log_hi))
+    cap = _ERFC_CAP.get(a.dtype)
+    if cap is None:  # other precisions: the exact form throughout
+        log_hi = torch.special.log_ndtr(hi)
+        return log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi))
+    mass = 0.5 * (torch.special.erfc((hi * -_SQRT_HALF).clamp(max=cap))
+                  - torch.special.erfc((lo * -_SQRT_HALF).clamp(max=cap)))
+    tiny = mass < _MASS_FLOOR[a.dtype]
+    log_mass = torch.log(torch.where(tiny, torch.ones_like(mass), mass))
+    if not bool(tiny.any()):
+        return log_mass
+    where = tiny.nonzero(as_tuple=True)
+    log_hi = torch.special.log_ndtr(hi[where])
+    log_lo = torch.special.log_ndtr(lo[where])
+    return log_mass.index_put(where, log_hi + torch.log1p(-torch.exp(log_lo - log_hi)))
+
+
+def _logsumexp(t: torch.Tensor) -> torch.Tensor:
+    """log Σ exp(t) over the last axis, with terms below max − 80 evaluated at max − 80."""
+    m = t.detach().amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    return torch.log(torch.exp((t - m).clamp(min=_LSE_FLOOR)).sum(-1)) + m[..., 0]
 
 
 def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -60,16 +93,16 @@ def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.
     """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi]."""
     z = (u.unsqueeze(-1) - mu) / sigma
     log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
-    return torch.logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z, -1)
+    return _logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z)
 
 
 def _truncated_mixture_cdf(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
                            sigma: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """CDF of the truncated mixture at u (the PIT of a sample)."""
-    a = torch.special.ndtr((lo - mu) / sigma)
-    b = torch.special.ndtr((hi - mu) / sigma)
-    c = torch.special.ndtr((u.unsqueeze(-1) - mu) / sigma)
-    return (torch.exp(log_f) * (c - a) / (b - a)).sum(-1).clamp(0.0, 1.0)
+    """CDF of the truncated mixture at u (the PIT of a sample); tail-safe, no 0/0."""
+    a = (lo - mu) / sigma
+    zu = torch.minimum(torch.maximum((u.unsqueeze(-1) - mu) / sigma, a), (hi - mu) / sigma)
+    log_c = truncated_normal_log_mass(a, zu) - truncated_normal_log_mass(a, (hi - mu) / sigma)
+    return torch.exp(log_f + log_c).sum(-1).clamp(0.0, 1.0)
 
 
 def _sample_truncated_normal(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: float,
@@ -163,6 +196,7 @@ class GMMDensity(TrainedModel, SavableModel):
         self.module.register_buffer("input_scale",
                                     torch.as_tensor(4.0 / (hi - lo), dtype=torch.float64),
                                     persistent=False)
+        self._freeze()
 
     # -- parameters ----------------------------------------------------------------------------
     def scale_inputs(self, u: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,7 @@ class FlowDensity(TrainedModel, SavableModel):
         except TypeError as exc:
             raise InputError(f"FlowDensity: bad flow option ({exc})") from None
         self._flow64: tuple[Any, nn.Module] | None = None
+        self._freeze()
 
     def to(self, device: str | torch.device) -> FlowDensity:
         self.module.to(device)

@@ -138,6 +138,14 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _adam_options(device: torch.device) -> dict[str, Any]:
+    """Adam's fused kernel (one kernel for all of a network's tensors) where torch has it for
+    the device: several times faster per step than the per-tensor loop on small networks."""
+    if device.type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {}
+
+
 def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
           validation: float = 0.4, batch_size: int = 500, max_epochs: int = 1000,
           lr: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 2, patience: int = 8,
@@ -192,7 +200,7 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     val_idx, train_idx = split[:n_val], split[n_val:]
     units = model.training_units()
     n_nets = len(units)
-    optims = [torch.optim.Adam(net.parameters(), lr=lr) for net in units]
+    optims = [torch.optim.Adam(net.parameters(), lr=lr, **_adam_options(dev)) for net in units]
     scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(
         o, mode="min", factor=lr_factor, patience=lr_patience, threshold=min_delta,
         threshold_mode="abs") for o in optims]
@@ -242,6 +250,10 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
 
     bar = tqdm(total=max_epochs, initial=state["epoch"], disable=not progress, unit="epoch",
                desc="training")
+    # the weights require gradients only while training (see TrainedModel)
+    grad_flags = [p.requires_grad for net in units for p in net.parameters()]
+    for net in units:
+        net.requires_grad_(True)
     try:
         while state["epoch"] < max_epochs and any(state["active"]):
             t0 = time.perf_counter()
@@ -294,6 +306,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                 callback(epoch, history)
     finally:
         bar.close()
+        for p, flag in zip([p for net in units for p in net.parameters()], grad_flags):
+            p.requires_grad_(flag)
     for i, net in enumerate(units):
         net.load_state_dict(state["best_state"][i])
     history.best_epoch = list(state["best_epoch"])
