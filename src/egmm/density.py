@@ -326,14 +326,19 @@ class GMMDensity(TrainedModel, SavableModel):
 
     # -- sampling ------------------------------------------------------------------------------
     def sample(self, n: int, theta: Any = None, seed: Any = None, *,
-               allow_outside: bool = False, chunk_size: int = 262144,
-               latent: bool = False) -> np.ndarray:
+               allow_outside: bool = False, chunk_size: int = 8192,
+               latent: bool = False, dtype: torch.dtype = torch.float64) -> np.ndarray:
         """Draw ``n`` events at θ, (n, D) float64 in data space (latent space if ``latent``).
 
         Sequential over observables, vectorised over events: one network pass per observable
         and chunk. ``theta`` one point (shared) or (n, P) per event. ``seed``: int,
-        ``numpy.random.Generator``, ``torch.Generator`` or None.
+        ``numpy.random.Generator``, ``torch.Generator`` or None. ``dtype``: precision of the
+        network pass (``torch.float32`` is ~1.5× faster on CPU); the component choice and
+        the truncated-normal inversion are always float64. ``chunk_size``: events per pass
+        (a few thousand keep the layers in cache).
         """
+        if dtype not in (torch.float32, torch.float64):
+            raise InputError(f"sample: dtype must be torch.float32 or torch.float64, got {dtype}")
         n = int(n)
         if n < 0:
             raise InputError(f"sample: n must be ≥ 0, got {n}")
@@ -344,30 +349,33 @@ class GMMDensity(TrainedModel, SavableModel):
             for s in range(0, n, chunk_size):
                 m = min(chunk_size, n - s)
                 tt = th[s:s + m] if th.ndim == 2 else th
-                u = self._sample_latent(m, tt.to(self.device), gen)
+                u = self._sample_latent(m, tt.to(self.device), gen, dtype)
                 x = u if latent else self.projection.inverse(u)
                 out[s:s + m] = x.cpu().numpy()
         return out
 
-    def _sample_latent(self, n: int, theta: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        dtype = torch.float64
-        u = torch.zeros((n, self.space.dim), dtype=dtype, device=self.device)
-        theta_parts = self._theta_parts(self.scale_theta(theta.to(dtype)))
-        inputs = torch.zeros_like(u)
+    def _sample_latent(self, n: int, theta: torch.Tensor, gen: torch.Generator,
+                       dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        f64 = torch.float64
+        u = torch.zeros((n, self.space.dim), dtype=f64, device=self.device)
+        theta_parts = self._theta_parts(self.scale_theta(theta.to(f64)).to(dtype))
+        inputs = torch.zeros((n, self.space.dim), dtype=dtype, device=self.device)
         lo, hi = self.projection.u_lo, self.projection.u_hi
         for i, net in enumerate(self.nets):
             pre = net.input_part(inputs[:, :i]) + theta_parts[i]
             if isinstance(net, CategoricalNet):
                 k = _draw_index(net.log_probs(pre).expand(n, -1), gen)
-                u[:, i] = k.to(dtype) + self.space.lo[i]
+                u[:, i] = k.to(f64) + self.space.lo[i]
             else:
                 log_f, mu, sigma = net.mixture(pre)
                 log_f, mu, sigma = (t.expand(n, -1) for t in (log_f, mu, sigma))
                 pick = _draw_index(log_f, gen)[:, None]
-                r = torch.rand(n, dtype=dtype, generator=gen).to(self.device)
-                u[:, i] = _sample_truncated_normal(mu.gather(1, pick)[:, 0],
-                                                   sigma.gather(1, pick)[:, 0], lo, hi, r)
-            inputs[:, i] = self.scale_inputs(u)[:, i]
+                r = torch.rand(n, dtype=f64, generator=gen).to(self.device)
+                u[:, i] = _sample_truncated_normal(mu.gather(1, pick)[:, 0].to(f64),
+                                                   sigma.gather(1, pick)[:, 0].to(f64),
+                                                   lo, hi, r)
+            scaled = (u[:, i] - self.module.input_lo[i]) * self.module.input_scale[i] - 2.0
+            inputs[:, i] = scaled.to(dtype)
         return u
 
     def pit(self, x: Any, theta: Any = None) -> np.ndarray:
