@@ -944,6 +944,7 @@ def fit_batched(
     strategy: int = 0,
     hesse: bool = False,
     minuit_tol: float | None = None,
+    limits: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> BatchedFitResult:
     r"""Minimise K costs of one model (toys) together: one batched Newton solve for all.
 
@@ -972,6 +973,8 @@ def fit_batched(
             as many as a fit from the generation point.
         minuit_tol: Minuit's ``tol`` for the validation and the fallback fits (the fallback
             is :func:`egmm.infer.fit` with its defaults otherwise: the reference path).
+        limits: name -> (lo, hi) replacing the costs' limits of those parameters (``None``
+            for an open end), as in :func:`egmm.infer.fit`; e.g. μ ≥ 0 for q̃_μ.
 
     Returns:
         :class:`BatchedFitResult`.
@@ -1012,6 +1015,14 @@ def fit_batched(
         lo_k, hi_k = _limits(c, names)
         if not (np.array_equal(lo_k, lo) and np.array_equal(hi_k, hi)):
             raise InputError(f"fit_batched: cost {k} has other parameter limits than cost 0")
+    if limits:
+        _check_names(limits, names, "limits")
+        for n, (a, b) in limits.items():
+            j = names.index(n)
+            lo[j] = -math.inf if a is None else float(a)
+            hi[j] = math.inf if b is None else float(b)
+            if not lo[j] < hi[j]:
+                raise ParameterError(f"limits of {n!r}: ({a}, {b}) is empty")
     per_toy, position = _split_costs(costs, names)
     batch = _Batch(per_toy, position, names)
     theta0 = _start(costs, names, start, lo, hi)
@@ -1029,11 +1040,13 @@ def fit_batched(
     fixed_arg: Any = None
     if fixed_mask.any():
         fixed_arg = [n for n, f in zip(names, fixed_mask) if f]
-    checks = dict(fixed=fixed_arg, strategy=strategy, tol=minuit_tol, hesse=hesse)
+    fit_limits = dict(limits) if limits else None
+    checks = dict(fixed=fixed_arg, strategy=strategy, tol=minuit_tol, hesse=hesse,
+                  limits=fit_limits)
     for k, cost in enumerate(costs):
         if fallback[k]:
             res = fit(cost, dict(zip(names, theta0[k].tolist())), fixed=fixed_arg,
-                      tol=minuit_tol)
+                      tol=minuit_tol, limits=fit_limits)
             values[k] = [res.values[n] for n in names]
             errors[k] = [res.errors[n] for n in names]
             fval[k] = res.fval

@@ -323,6 +323,10 @@ class ToyCalculator(_Calculator):
             hypotheses).
         track_progress: tqdm progress bars.
         start, fixed, limits, strategy, tol: fit options (see :func:`egmm.infer.fit`).
+        batched, batch_size: fit the toys ``batch_size`` at a time with
+            :func:`egmm.infer.fit_batched` instead of two Minuit fits per toy (see
+            :func:`~egmm.infer.toys.toy_teststats`); the observed statistic is always fitted
+            with Minuit.
 
     Attributes:
         toys: the :class:`~egmm.infer.toys.ToyTestStats` of the last :meth:`distributions`,
@@ -345,8 +349,12 @@ class ToyCalculator(_Calculator):
         limits: Limits | None = None,
         strategy: int = 0,
         tol: float = 1e-3,
+        batched: bool = False,
+        batch_size: int = 64,
     ) -> None:
         super().__init__(cost, poi, test_stat, start, fixed, limits, strategy, tol)
+        self.batched = bool(batched)
+        self.batch_size = batch_size
         self.ntoys = check_ntoys(ntoys)
         self.seed = check_seed(seed)
         self.executor = executor
@@ -374,7 +382,8 @@ class ToyCalculator(_Calculator):
                 toys = toy_teststats(
                     self.cost, pars, self.poi, mu, test_stat=self.test_stat, ntoys=self.ntoys,
                     seed=self.seed, stream=stream, executor=self.executor, out=self.out,
-                    progress=progress, **self._fit_options)
+                    progress=progress, batched=self.batched, batch_size=self.batch_size,
+                    **self._fit_options)
                 if toys.n_failed:
                     warnings.warn(f"{toys.n_failed} of {self.ntoys} {name} toys at "
                                   f"{self.poi}={key:.6g} failed and are left out; see "
@@ -400,6 +409,7 @@ class ToyCalculator(_Calculator):
 _ASYMPTOTIC_OPTIONS = {"test_stat", "calc_base_dist", "asimov_size", "asimov_seed", "start",
                        "fixed", "limits", "strategy", "tol"}
 _TOY_OPTIONS = {"test_stat", "ntoys", "seed", "executor", "out", "track_progress", "start",
+                "batched", "batch_size",
                 "fixed", "limits", "strategy", "tol"}
 
 

@@ -129,7 +129,18 @@ def _run_chunk(payload: bytes, indices: list[int]) -> list[dict[str, Any]]:
         _PAYLOADS[digest] = pickle.loads(payload)
     task, job = _PAYLOADS[digest]
     with single_torch_thread():
-        return [_normalise(task(job, i)) for i in indices]
+        return _call(task, job, indices)
+
+
+def _call(task: Callable[..., Any], job: Any, indices: list[int]) -> list[dict[str, Any]]:
+    """Records of the toys ``indices``: one call per toy, or one call for all of them when
+    the task is marked ``batched`` (it then takes the list and returns one record each)."""
+    if getattr(task, "batched", False):
+        records = list(task(job, list(indices)))
+        if sorted(int(r["index"]) for r in records) != sorted(indices):
+            raise EgmmError("a batched toy task returned records for other toys than given")
+        return [_normalise(r) for r in records]
+    return [_normalise(task(job, i)) for i in indices]
 
 
 class ToyStore:
@@ -219,8 +230,10 @@ def run_toys(
     """Run ``task(job, index)`` for every toy index; records in the order of ``indices``.
 
     ``task`` must be a module-level function returning a JSON-able dict with ``index`` and
-    ``seed``; ``job`` everything it needs (pickled once, with cloudpickle when available, and
-    unpickled once per worker). Toys already in ``out`` under ``key`` are not run again.
+    ``seed`` (or, if it has the attribute ``batched = True``, taking a list of indices and
+    returning one such dict per index: toys fitted together); ``job`` everything it needs
+    (pickled once, with cloudpickle when available, and unpickled once per worker). Toys
+    already in ``out`` under ``key`` are not run again.
 
     Arguments:
         executor: ``"serial"``, ``None`` (a :func:`local_executor` for this call), any
@@ -229,7 +242,8 @@ def run_toys(
             :class:`ToyStore`); resumes a killed run.
         progress: show a tqdm progress bar.
         callback: called with every new record, after it is written.
-        chunk_size: toys per task (default: a few tasks per worker, at most 16 toys each).
+        chunk_size: toys per task (default: a few tasks per worker, at most 16 toys each;
+            for a batched task the batch size, serially 64 by default).
         max_resubmits: how often a task whose worker was lost is submitted again.
     """
     indices = [int(i) for i in indices]
@@ -251,9 +265,11 @@ def run_toys(
 
                 ex, owned = resolve_executor(executor)
                 if isinstance(ex, str):
+                    step = (chunk_size or 64) if getattr(task, "batched", False) else 1
                     with single_torch_thread():
-                        for i in todo:
-                            finish(_normalise(task(job, i)))
+                        for k in range(0, len(todo), step):
+                            for record in _call(task, job, todo[k:k + step]):
+                                finish(record)
                 else:
                     _run_parallel(task, job, todo, ex, owned, finish, chunk_size,
                                   max_resubmits)

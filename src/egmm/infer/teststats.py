@@ -163,14 +163,20 @@ def _fits(
     return TestStatFits(conditional, unconditional)
 
 
-def _value(name: str, mu: float, poi: str, fits: TestStatFits) -> float:
-    t = max(fits.conditional.fval - fits.unconditional.fval, 0.0)
-    muhat = fits.unconditional.values[poi]
+def statistic_value(name: str, mu: float, delta: float, muhat: float) -> float:
+    """The test statistic ``name`` at ``mu`` from Δ = −2 ln L(μ, θ̂̂) − (−2 ln L(μ̂, θ̂)) and μ̂
+    (one-sided variants are 0 on the other side; Δ < 0, a rounding effect, counts as 0)."""
+    t = max(delta, 0.0)
     if name in ("q", "qtilde"):
         return 0.0 if muhat > mu else t
     if name == "q0":
         return 0.0 if muhat < mu else t
     return t
+
+
+def _value(name: str, mu: float, poi: str, fits: TestStatFits) -> float:
+    return statistic_value(name, mu, fits.conditional.fval - fits.unconditional.fval,
+                           fits.unconditional.values[poi])
 
 
 def evaluate(
