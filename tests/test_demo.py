@@ -10,6 +10,7 @@ import pytest
 import torch
 from iminuit.cost import NormalConstraint
 
+from egmm import GMMDensity, LatentProjection, Observable, ObservableSpace
 from egmm.cli import build_parser, main
 from egmm.demo import (
     LEVELS,
@@ -21,7 +22,7 @@ from egmm.demo import (
     run_demo,
     true_density,
 )
-from egmm.errors import InputError
+from egmm.errors import InputError, ModelFileError
 from egmm.groundtruth import PaperToy
 from egmm.infer import wilks_threshold
 from egmm.likelihood import UnbinnedNLL
@@ -232,3 +233,22 @@ def test_quick_demo_reuses_a_matching_model(quick_run, tmp_path):
     assert _load_matching_model(out, key) is not None
     assert _load_matching_model(out, demo_config(quick=True, seed=1).model_key()) is None
     assert _load_matching_model(tmp_path, key) is None
+
+
+def test_demo_analyses_a_given_model_file(quick_run, tmp_path):
+    from egmm.demo import load_paper_toy_model
+
+    out, _ = quick_run
+    model = load_paper_toy_model(out / "model.egmm")
+    assert model.parameters == ("cx", "cy")
+    # a model of another space or parameters is refused with a message naming the mismatch
+    space = ObservableSpace([Observable("z", 0.0, 1.0)])
+    z = np.random.default_rng(0).uniform(size=(300, 1))
+    other = GMMDensity(space, ["c"], LatentProjection.fit(space, z),
+                       parameter_bounds={"c": (-1.0, 1.0)}, n_gauss=2, A1=4, B1=4, B2=2, C=1,
+                       D=1)
+    other.save(tmp_path / "other.egmm")
+    with pytest.raises(InputError, match="paper toy"):
+        load_paper_toy_model(tmp_path / "other.egmm")
+    with pytest.raises(ModelFileError):
+        load_paper_toy_model(tmp_path / "missing.egmm")

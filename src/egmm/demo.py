@@ -468,9 +468,36 @@ def _load_matching_model(out: Path, key: Mapping[str, Any]) -> tuple[GMMDensity,
         return None
 
 
+def load_paper_toy_model(path: str | os.PathLike) -> GMMDensity:
+    """A trained model file for the paper toy: its observables and parameters must be the
+    toy's (x, y, a, b; cx, cy) and its trained range must hold the nine datasets' c."""
+    try:
+        model = GMMDensity.load(path)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # e.g. a FlowDensity file
+        raise ModelFileError(f"{path}: not a GMMDensity model file ({exc})") from None
+    toy = PaperToy()
+    if list(model.space.names) != list(toy.space.names) or model.parameters != ("cx", "cy"):
+        raise InputError(f"{path}: a model of {list(model.space.names)} with parameters "
+                         f"{list(model.parameters)}; the demo needs the paper toy's "
+                         f"{list(toy.space.names)} with ('cx', 'cy')")
+    for name in ("cx", "cy"):
+        lo, hi = model.parameter_bounds[name]
+        if not (lo <= -0.8 and hi >= 0.8):
+            raise InputError(f"{path}: trained range of {name} [{lo}, {hi}] does not hold "
+                             "the datasets' values ±0.8")
+    return model
+
+
 def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bool,
-                 clock: _Clock) -> tuple[GMMDensity, dict[str, Any]]:
+                 clock: _Clock, model_path: str | os.PathLike | None = None
+                 ) -> tuple[GMMDensity, dict[str, Any]]:
     """Stages 1-2: training data, projection, model (trained, or reused if it matches)."""
+    if model_path is not None:
+        say(f"[1-2/4] using the trained model {model_path} (no training)")
+        return load_paper_toy_model(model_path), {"source": str(model_path), "epochs": "?",
+                                                   "reused": True}
     key = cfg.model_key()
     found = _load_matching_model(out, key)
     if found is not None:
@@ -669,9 +696,10 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
     return "\n".join([
         "# egmm demo: the paper's inference test (Fig. 16)",
         "",
-        f"Model: {cfg.events_per_point:,} training events per grid point (49 points), "
-        f"{meta.get('epochs', '?')} epochs"
-        f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}.",
+        (f"Model: {meta['source']} (trained elsewhere); seed {cfg.seed}." if "source" in meta
+         else f"Model: {cfg.events_per_point:,} training events per grid point (49 points), "
+              f"{meta.get('epochs', '?')} epochs"
+              f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}."),
         "",
         format_table(rows),
         "",
@@ -691,7 +719,8 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
 
 def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = False,
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
-             max_epochs: int | None = None, threads: int = 1) -> dict[str, Any]:
+             max_epochs: int | None = None, threads: int = 1,
+             model: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -704,6 +733,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         threads: torch threads while training (0: torch's default). Fits always use one:
             they are latency-bound (N = 400), and on a busy machine torch's thread pool
             stalls them.
+        model: a trained paper-toy model file to analyse instead of training one (e.g. the
+            fidelity benchmark's, ``benchmarks/results/paper_toy_gmm.egmm``).
 
     Returns:
         the content of ``results.json``: ``config``, ``model``, ``datasets`` (per dataset the
@@ -723,13 +754,16 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
 
     say(f"egmm demo ({cfg.mode}): output in {out.resolve()}")
     toy = PaperToy()
-    model, meta = _train_model(out, cfg, toy, say, progress, clock)
+    model_path = model
+    model, meta = _train_model(out, cfg, toy, say, progress, clock, model_path)
     with clock.stage("fits"):
         rows = _fit_datasets(model, cfg, toy, say, progress)
     say("[4/4] writing fig16.png, table.md and results.json")
     with clock.stage("figure"):
         subtitle = (f"model: {cfg.events_per_point:,} events per training point, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
+        if model_path is not None:
+            subtitle = f"model: {Path(model_path).name} (trained elsewhere)"
         plot_fig16(rows, out / "fig16.png", subtitle=subtitle)
 
     notes = [
