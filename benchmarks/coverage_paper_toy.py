@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
-import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
-import egmm
 from egmm import GMMDensity, TorchDensity, UnbinnedNLL
 from egmm.groundtruth import PaperToy
 from egmm.infer import CoverageResult, coverage, local_executor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from _common import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODEL = RESULTS / "paper_toy_gmm.egmm"
@@ -189,31 +190,6 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def machine() -> dict[str, Any]:
-    """What the timings were taken on."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-            "torch": torch.__version__, "egmm": egmm.__version__}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the studies (command-line arguments as in the module docstring); returns the
     summary that is written to ``coverage_paper_toy.json``."""
@@ -242,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                else os.cpu_count() or 1) if args.workers is None else args.workers
     results = args.results
     summary: dict[str, Any] = {
-        "machine": machine(),
+        "machine": machine_info(),
         "settings": {"ntoys": args.ntoys, "seed": args.seed, "n_events": PaperToy.N_EVENTS,
                      "hypotheses": [list(h) for h in HYPOTHESES], "cl": list(CL),
                      "bounds": BOUNDS, "workers": workers},

@@ -34,10 +34,9 @@ load; nothing here passes or fails on them.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -57,6 +56,9 @@ from scipy import stats
 
 import egmm
 from egmm import Component, ExtendedUnbinnedNLL, Observable, ObservableSpace, TorchDensity, Yield
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from _common import cpu_model, load_average, usable_cpus, write_json
 
 RESULTS = Path(__file__).parent / "results"
 M_LO, M_HI = 100.0, 160.0
@@ -229,18 +231,9 @@ def run_pyhf(data: np.ndarray, ntoys: int, seed: int) -> dict[str, Any]:
 
 # -- driver -----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu": cpu_model(), "usable_cpus": usable_cpus(),
+            "load_average_at_start": load_average(),
             "versions": {"egmm": egmm.__version__, "torch": torch.__version__,
                          "numpy": np.__version__, "scipy": scipy.__version__,
                          "iminuit": iminuit.__version__, "pyhf": pyhf.__version__}}
@@ -296,16 +289,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "hypotest_error" in r:
             print(f"    pyhf.infer.hypotest raised: {r['hypotest_error']}\n"
                   f"    (timed: {r['what']})")
-    info["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    info["load_average_at_end"] = load_average()
     result = {"machine": info, "settings": {"ntoys_per_hypothesis": args.ntoys,
                                             "mu_test": MU_TEST, "test_stat": "qtilde",
                                             "workers": args.workers, "seed": args.seed,
                                             "n_observed": len(data), "pyhf_bins": N_BINS},
               "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(f"\n{args.out}")
     return result
 

@@ -1,0 +1,424 @@
+"""Regenerate ``benchmarks/README.md`` from the JSON files in ``benchmarks/results/``.
+
+Reads whichever of throughput*.json, fit_speed.json, toys_speed.json, toys_vectorised.json,
+fidelity_paper_toy.json and coverage_paper_toy.json exist (a missing or unreadable file gets a
+line saying so) and writes how to run each script, the goals of issue #7 with the measured
+figures, and the key figures of every benchmark.
+
+    python benchmarks/make_table.py
+    python benchmarks/make_table.py --results /tmp/results --out /tmp/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from _common import RESULTS
+
+README = Path(__file__).parent / "README.md"
+
+HOW_TO_RUN = [
+    ("throughput.py", "log_prob / sample events/s of the GMM vs zuko MAF and NSF, fp32 and "
+     "fp64, by chunk size, against the measured matmul roofline",
+     "python benchmarks/throughput.py", "~4 min per thread count"),
+    ("fit_speed.py", "one N = 400 fit of the paper toy vs its FLOP floor, with and without "
+     "caching, the true pdf, a 2-D contour", "python benchmarks/fit_speed.py", "~1 min"),
+    ("toys_speed.py", "toys/s of a toy-based CLs test: egmm, a plain iminuit loop, pyhf",
+     "python benchmarks/toys_speed.py --ntoys 500 --workers 2", "~1 min"),
+    ("toys_vectorised.py", "batched toy fits (fit_batched) vs one Minuit fit per toy",
+     "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5 min"),
+    ("fidelity_paper_toy.py", "KL(true ‖ model) of the GMM and zuko flows trained on the paper "
+     "toy", "python benchmarks/fidelity_paper_toy.py --models gmm,nsf,maf", "~2 h"),
+    ("coverage_paper_toy.py", "coverage of MLE and Wilks regions, true pdf and trained model",
+     "python benchmarks/coverage_paper_toy.py --ntoys 1000", "~1 h"),
+    ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
+     "instant"),
+]
+
+
+# -- formatting --------------------------------------------------------------------------------
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}".replace(",", " ")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–"
+        if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.0f} %"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def load_avg(value: Any) -> str:
+    return "–" if not value else " / ".join(f"{v:.2f}" for v in value)
+
+
+def verdict(values: Sequence[float], ok: Callable[[float], bool]) -> str:
+    if not values:
+        return "not measured"
+    met = [ok(v) for v in values]
+    return "yes" if all(met) else ("no" if not any(met) else "partly")
+
+
+# -- sections ----------------------------------------------------------------------------------
+def throughput_runs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, run) for every thread count of a throughput file."""
+    return [(f"{data.get('device', '?')}, {r['threads']} thread(s)", r)
+            for r in data.get("runs", [])]
+
+
+def throughput_section(name: str, data: dict[str, Any]) -> str:
+    out = [f"### {name}", ""]
+    machine = data.get("machine", {})
+    models = data.get("models", {})
+    gmm_sample = {r.get("dtype_effective") for run in data.get("runs", [])
+                  for r in run.get("results", []) if r["model"] == "gmm" and r["op"] == "sample"}
+    out.append(f"Device {data.get('device')} ({data.get('gpu') or machine.get('cpu')}), torch "
+               f"{machine.get('torch')}, load average at start "
+               f"{load_avg(machine.get('load_average'))}. Events/s: the best chunk size of each "
+               f"model, best of repeated calls after a warm-up; % = achieved GFLOP/s (useful "
+               f"FLOPs/event × events/s) of the layer-shaped matmul roofline, same run."
+               + (" GMMDensity samples in float64 whatever dtype is asked."
+                  if gmm_sample == {"float64"} else ""))
+    out.append("")
+    out.append(table(["model", "weights", "FLOPs/event log_prob", "FLOPs/event sample"],
+                     [[m, fmt(d.get("weights")),
+                       fmt(d.get("flops_per_event", {}).get("log_prob", {}).get("analytic")),
+                       fmt(d.get("flops_per_event", {}).get("sample", {}).get("analytic"))]
+                      for m, d in models.items()]))
+    for label, run in throughput_runs(data):
+        out += ["", f"**{label}** (load average {load_avg(run.get('load_average_start'))} → "
+                    f"{load_avg(run.get('load_average_end'))})", ""]
+        summary = run.get("summary", {})
+        header = ["model"]
+        cols = []
+        for dtype in summary:
+            for op in ("log_prob", "sample"):
+                if op in summary[dtype]:
+                    header += [f"{op} {dtype} events/s", "% roofline"]
+                    cols.append((dtype, op))
+        rows = []
+        for m in models:
+            r = [m]
+            for dtype, op in cols:
+                e = summary[dtype][op].get(m)
+                r += ([f"{fmt(e['events_per_second'])} (chunk {e['chunk']})",
+                       pct(e.get("fraction_of_roofline"))] if e else ["–", "–"])
+            rows.append(r)
+        for peer in ("maf", "nsf"):
+            r = [f"GMM / {peer.upper()}"]
+            for dtype, op in cols:
+                v = summary[dtype][op].get(f"ratio_gmm_{peer}")
+                r += [f"{v:.2f}×" if v is not None else "–", ""]
+            rows.append(r)
+        out.append(table(header, rows))
+        roof = run.get("roofline", {})
+        parts = []
+        for dtype, per_chunk in roof.items():
+            peak = max((v.get("peak_gflops", 0) for v in per_chunk.values()), default=0)
+            gmm = [v.get("model_gflops", {}).get("gmm", {}).get("log_prob")
+                   for v in per_chunk.values()]
+            gmm = [g for g in gmm if g is not None]
+            parts.append(f"{dtype}: peak {peak:.1f} GFLOP/s"
+                         + (f", GMM layer mix {min(gmm):.1f}–{max(gmm):.1f}" if gmm else ""))
+        if parts:
+            out += ["", "Roofline (torch.matmul, layer shapes, same run): " + "; ".join(parts)
+                    + "."]
+        chunk_rows = []
+        results = run.get("results", [])
+        chunks = sorted({r["chunk"] for r in results})
+        for dtype in summary:
+            for chunk in chunks:
+                r = [dtype, chunk]
+                for op in ("log_prob", "sample"):
+                    for m in models:
+                        hit = [x for x in results if x["model"] == m and x["op"] == op
+                               and x["dtype"] == dtype and x["chunk"] == chunk]
+                        r.append(fmt(hit[0]["events_per_second"]) if hit else "–")
+                chunk_rows.append(r)
+        if chunk_rows:
+            out += ["", "Events/s by chunk size:", "",
+                    table(["dtype", "chunk", *[f"log_prob {m}" for m in models],
+                           *[f"sample {m}" for m in models]], chunk_rows)]
+    return "\n".join(out)
+
+
+def fit_section(data: dict[str, Any]) -> str:
+    fits = data.get("fits", {})
+    settings = data.get("settings", {})
+    rows = []
+    for key, r in fits.items():
+        fl = r.get("floor", {})
+        rows.append([r.get("name", key), fmt(r.get("wall_seconds_median")), r.get("nfcn"),
+                     r.get("ngrad"),
+                     f"{r.get('forward_passes')} + {r.get('backward_passes')}",
+                     fmt(1e3 * r["seconds_per_call"]) if r.get("seconds_per_call") else "–",
+                     fmt(1e3 * r["value_seconds_best"]) if "value_seconds_best" in r else "–",
+                     fmt(1e3 * fl["floor_seconds"]) if fl else "–",
+                     f"{fl['wall_over_floor']:.1f}" if fl else "–"])
+    flops = data.get("flops", {})
+    roof = data.get("roofline", {})
+    contour = data.get("contour", {})
+    out = [f"{settings.get('n_events')} events, {settings.get('threads')} thread(s), "
+           f"{settings.get('repeats')} fits per row, model: {settings.get('model')}; load "
+           f"average {load_avg(data.get('machine', {}).get('load_average'))}.", "",
+           table(["fit", "wall s (median)", "nfcn", "ngrad", "passes fwd + bwd", "ms/call",
+                  "value call ms", "FLOP floor ms", "wall / floor"], rows), "",
+           f"Floor: {fmt(flops.get('per_event_forward_prepared'))} FLOPs/event per forward "
+           f"pass (cached; {fmt(flops.get('per_event_forward_uncached'))} uncached), backward "
+           f"= 2 × forward, at {fmt(roof.get('gflops'))} GFLOP/s ({roof.get('dtype')} matmul, "
+           f"{roof.get('rows')} rows, same run). Caching θ-independent work: "
+           f"{fmt(data.get('caching_speedup'))}× faster fits. One value + gradient call "
+           f"executes {fmt(flops.get('value_and_gradient_over_forward'))} × the forward "
+           f"FLOPs (FlopCounterMode)."]
+    if contour:
+        out += ["", f"2-D profile contour (cx, cy) at {contour.get('cl')}, "
+                    f"{contour.get('size')} points, cached cost: "
+                    f"{fmt(contour.get('wall_seconds'))} s ({contour.get('forward_passes')} "
+                    f"forward + {contour.get('backward_passes')} backward passes)."]
+    return "\n".join(out)
+
+
+def toys_speed_section(data: dict[str, Any]) -> str:
+    rows = [[name, fmt(r.get("seconds")), fmt(r.get("toys_per_second")),
+             f"{r.get('cls', math.nan):.4f} ± {r.get('cls_error', math.nan):.4f}"]
+            for name, r in data.get("rows", {}).items()]
+    s = data.get("settings", {})
+    return (f"{s.get('ntoys_per_hypothesis')} toys per hypothesis, load average "
+            f"{load_avg(data.get('machine', {}).get('load_average_at_start'))}.\n\n"
+            + table(["implementation", "seconds", "toys/s", "CLs"], rows))
+
+
+def toys_vectorised_section(data: dict[str, Any]) -> str:
+    rows = []
+    for name, r in data.get("results", {}).items():
+        rate, speed = r.get("toys_per_second", {}), r.get("speedup", {})
+        rows.append([name, fmt(rate.get("batched")), fmt(rate.get("batched_validated")),
+                     fmt(rate.get("plain_minuit")), f"{fmt(speed.get('batched'))}×",
+                     f"{fmt(speed.get('batched_validated'))}×"])
+    c = data.get("config", {})
+    return (f"{c.get('toys')} toys of {c.get('events')} events, "
+            f"{c.get('torch_threads')} thread(s).\n\n"
+            + table(["model", "batched toys/s", "+ validation", "Minuit loop", "speed-up",
+                     "+ validation"], rows))
+
+
+def fidelity_section(data: dict[str, Any]) -> str:
+    rows = []
+    for name in ("gmm", "nsf", "maf"):
+        r = data.get(name)
+        if not r:
+            continue
+        rows.append([name, fmt(r.get("weights")),
+                     f"{r.get('kl_on_grid_mean', math.nan):.4f} "
+                     f"({r.get('kl_on_grid_max', math.nan):.4f})",
+                     f"{r.get('kl_off_grid_mean', math.nan):.4f} "
+                     f"({r.get('kl_off_grid_max', math.nan):.4f})",
+                     fmt(r.get("train_seconds", math.nan) / 60), r.get("epochs")])
+    s = data.get("setup", {})
+    return (f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}, "
+            f"≤ {s.get('max_epochs')} epochs. KL in nats/event, mean (max).\n\n"
+            + table(["model", "weights", "KL on grid", "KL off grid", "train min", "epochs"],
+                    rows))
+
+
+def coverage_section(data: dict[str, Any]) -> str:
+    rows = []
+    studies = [("true pdf", data.get("true_pdf") or [])]
+    model = data.get("model", {})
+    if isinstance(model, dict) and model.get("rows"):
+        studies.append((f"model {model.get('sha256_12', '')}", model["rows"]))
+    for label, study in studies:
+        for r in study:
+            cov = {(tuple(c["parameters"]), c["cl"]): c for c in r.get("coverage", [])}
+            cells = []
+            for key in ((("cx", "cy"), 0.6827), (("cx", "cy"), 0.9545)):
+                c = cov.get(key)
+                cells.append(f"{c['fraction']:.3f} ± {c['error']:.3f}" if c else "–")
+            pulls = r.get("parameters", {})
+            rows.append([label, f"({r.get('cx')}, {r.get('cy')})", r.get("ntoys"),
+                         r.get("n_failed"), *cells,
+                         ", ".join(f"{p} {v.get('pull_width', math.nan):.2f}"
+                                   for p, v in pulls.items())])
+    return table(["density", "truth", "toys", "failed", "2-D 68.27 %", "2-D 95.45 %",
+                  "pull widths"], rows)
+
+
+# -- goals -------------------------------------------------------------------------------------
+def goals(results: dict[str, Any]) -> str:
+    rows = []
+    runs = [(label, run) for name, data in results.items() if name.startswith("throughput")
+           for label, run in throughput_runs(data)]
+
+    def collect(dtype: str, op: str, key: str) -> list[tuple[str, float]]:
+        out = []
+        for label, run in runs:
+            entry = run.get("summary", {}).get(dtype, {}).get(op, {})
+            if key.startswith("ratio"):
+                v = entry.get(key)
+            else:
+                v = entry.get("gmm", {}).get(key)
+            if v is not None:
+                out.append((label, v))
+        return out
+
+    def row(goal: str, values: list[tuple[str, float]], ok: Callable[[float], bool],
+            show: Callable[[float], str]) -> list[str]:
+        measured = "; ".join(f"{show(v)} ({label})" for label, v in values) or "–"
+        return [goal, measured, verdict([v for _, v in values], ok)]
+
+    for dtype in ("float32", "float64"):
+        rows.append(row(f"log_prob ≥ 1.0 × zuko MAF, equal weights, {dtype}",
+                        collect(dtype, "log_prob", "ratio_gmm_maf"), lambda v: v >= 1.0,
+                        lambda v: f"{v:.2f}×"))
+    for dtype in ("float32", "float64"):
+        rows.append(row(f"sample ≥ 4 × zuko MAF, {dtype}",
+                        collect(dtype, "sample", "ratio_gmm_maf"), lambda v: v >= 4.0,
+                        lambda v: f"{v:.2f}×"))
+    for op in ("log_prob", "sample"):
+        for dtype in ("float32", "float64"):
+            rows.append(row(f"GMM {op} ≥ 50 % of the roofline, {dtype}",
+                            collect(dtype, op, "fraction_of_roofline"), lambda v: v >= 0.5,
+                            pct))
+    fit = results.get("fit_speed")
+    if fit:
+        ratio = fit.get("fits", {}).get("model_cached", {}).get("floor", {}).get(
+            "wall_over_floor")
+        rows.append(["one N = 400 fit within 2 × its FLOP floor",
+                     f"{ratio:.1f} × floor" if ratio is not None else "–",
+                     verdict([ratio] if ratio is not None else [], lambda v: v <= 2.0)])
+    else:
+        rows.append(["one N = 400 fit within 2 × its FLOP floor", "–", "not measured"])
+    h100 = []
+    for name, data in results.items():
+        if name.startswith("throughput") and "H100" in str(data.get("gpu") or ""):
+            for _, run in throughput_runs(data):
+                for dtype, per_op in run.get("summary", {}).items():
+                    v = per_op.get("log_prob", {}).get("gmm", {}).get("events_per_second")
+                    if v is not None:
+                        h100.append((dtype, v))
+    rows.append(["H100: ≥ 1e8 log_prob events/s, paper-size model",
+                 "; ".join(f"{v:.3g}/s ({d})" for d, v in h100) or "no H100 run yet",
+                 verdict([v for _, v in h100], lambda v: v >= 1e8)])
+    return table(["goal (issue #7)", "measured", "met?"], rows)
+
+
+# -- driver ------------------------------------------------------------------------------------
+def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
+    results, problems = {}, []
+    names = ["fit_speed", "toys_speed", "toys_vectorised", "fidelity_paper_toy",
+             "coverage_paper_toy"]
+    names += sorted(p.stem for p in folder.glob("throughput*.json"))
+    for name in names:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            continue
+        try:
+            results[name] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path.name}: unreadable ({exc})")
+    return results, problems
+
+
+def section(title: str, name: str, results: dict[str, Any],
+            render: Callable[[dict[str, Any]], str], script: str) -> str:
+    data = results.get(name)
+    if data is None:
+        body = f"No results yet: `python benchmarks/{script}`."
+    else:
+        try:
+            body = render(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            body = f"`{name}.json` has an unexpected layout ({type(exc).__name__}: {exc})."
+    return f"## {title}\n\n{body}\n"
+
+
+def render(folder: Path) -> str:
+    results, problems = read_results(folder)
+    parts = [
+        "# Benchmarks",
+        "",
+        "Scripts that measure side by side in one run and store JSON in `results/`; this page "
+        "is generated by `python benchmarks/make_table.py` from the files there. Wall times "
+        "depend on the machine and its load (both recorded with every result); nothing "
+        "passes or fails on them.",
+        "",
+        "## How to run",
+        "",
+        table(["script", "measures", "command", "time"],
+              [[f"`{s}`", what, f"`{cmd}`", t] for s, what, cmd, t in HOW_TO_RUN]),
+        "",
+        "Options: `--help` of each script; `--quick` runs `throughput.py` and `fit_speed.py` "
+        "in seconds, `--out` redirects their JSON, `--profile` prints torch.profiler tables. "
+        "On a machine with CUDA, `throughput.py` runs on the GPU and writes "
+        "`throughput_cuda.json` with the GPU's name.",
+        "",
+        "## Goals",
+        "",
+        _safe(lambda: goals(results), "goals"),
+        "",
+    ]
+    tp = [n for n in results if n.startswith("throughput")]
+    body = "\n\n".join(_safe(lambda n=n: throughput_section(f"{n}.json", results[n]), n)
+                       for n in tp) or "No results yet: `python benchmarks/throughput.py`."
+    parts += ["## Throughput: log_prob and sample", "", body, ""]
+    parts.append(section("One N = 400 fit", "fit_speed", results, fit_section,
+                         "fit_speed.py"))
+    parts.append(section("Toy-based CLs test", "toys_speed", results, toys_speed_section,
+                         "toys_speed.py"))
+    parts.append(section("Batched toy fits", "toys_vectorised", results,
+                         toys_vectorised_section, "toys_vectorised.py"))
+    parts.append(section("Fidelity on the paper toy", "fidelity_paper_toy", results,
+                         fidelity_section, "fidelity_paper_toy.py"))
+    parts.append(section("Coverage on the paper toy", "coverage_paper_toy", results,
+                         coverage_section, "coverage_paper_toy.py"))
+    if problems:
+        parts += ["## Unreadable files", "", *[f"- {p}" for p in problems], ""]
+    return "\n".join(parts)
+
+
+def _safe(fn: Callable[[], str], name: str) -> str:
+    try:
+        return fn()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"`{name}.json` has an unexpected layout ({type(exc).__name__}: {exc})."
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=README)
+    args = ap.parse_args(argv)
+    text = render(args.results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(f"{args.out}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

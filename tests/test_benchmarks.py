@@ -1,0 +1,151 @@
+"""The speed benchmarks (benchmarks/throughput.py, fit_speed.py, make_table.py) in a smoke mode:
+tiny sizes into a temporary folder, checking what they store, never how fast anything ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Quick runs of throughput.py and fit_speed.py, then make_table.py on their files."""
+    folder = tmp_path_factory.mktemp("results")
+    throughput = _load("throughput").main([
+        "--quick", "--device", "cpu", "--threads", "1", "--chunks", "256,512",
+        "--events", "512", "--seconds", "0.01", "--out", str(folder / "throughput.json")])
+    fit_speed = _load("fit_speed").main([
+        "--quick", "--repeats", "1", "--contour-size", "6",
+        "--out", str(folder / "fit_speed.json")])
+    text = _load("make_table").main(["--results", str(folder), "--out",
+                                     str(folder / "README.md")])
+    return folder, throughput, fit_speed, text
+
+
+def test_throughput_json(results):
+    folder, returned, _, _ = results
+    data = json.loads((folder / "throughput.json").read_text())
+    assert data["settings"]["chunks"] == [256, 512]
+    assert data["machine"]["load_average"] is not None
+    assert set(data["models"]) == {"gmm", "maf", "nsf"}
+    gmm = data["models"]["gmm"]
+    for peer in ("maf", "nsf"):
+        assert abs(data["models"][peer]["weights"] / gmm["weights"] - 1) < 0.05
+    (run,) = data["runs"]
+    assert run["threads"] == 1
+    ops = {(r["model"], r["op"], r["dtype"], r["chunk"]) for r in run["results"]}
+    for model in ("gmm", "maf", "nsf"):
+        for dtype in ("float32", "float64"):
+            for chunk in (256, 512):
+                assert {(model, "log_prob", dtype, chunk), (model, "sample", dtype, chunk)} <= ops
+    for r in run["results"]:
+        assert r["events_per_second"] > 0
+        assert r["gflops"] == pytest.approx(r["flops_per_event"] * r["events_per_second"] / 1e9)
+        assert r["fraction_of_roofline"] == pytest.approx(r["gflops"] / r["roofline_gflops"])
+    for dtype in ("float32", "float64"):
+        for op in ("log_prob", "sample"):
+            entry = run["summary"][dtype][op]
+            assert {"gmm", "maf", "nsf", "ratio_gmm_maf", "ratio_gmm_nsf"} <= set(entry)
+        assert run["roofline"][dtype]["256"]["peak_gflops"] > 0
+    assert returned["runs"][0]["summary"] == run["summary"]
+
+
+def test_flops_per_event_of_the_paper_model(results):
+    """Table 6 model: networks 2-4 run per event, 2·in·out per product (the first network's
+    trunk runs once per θ); a flow samples with one pass per observable."""
+    folder, _, _, _ = results
+    models = json.loads((folder / "throughput.json").read_text())["models"]
+    per_net = [2 * i * (50 + 20 * i) + 2 * (50 + 20 * i) * w + 2 * w * w + 2 * w * 180
+               + 3 * 2 * 60 * 20 for i, w in ((1, 120), (2, 140), (3, 160))]
+    assert models["gmm"]["flops_per_event"]["log_prob"]["analytic"] == sum(per_net) == 370360
+    assert models["gmm"]["flops_per_event"]["log_prob_prepared"]["analytic"] == 292000
+    for peer in ("maf", "nsf"):
+        f = models[peer]["flops_per_event"]
+        assert f["sample"]["analytic"] == 4 * f["log_prob"]["analytic"]
+        assert f["log_prob"]["measured"] == pytest.approx(f["log_prob"]["analytic"], rel=1e-6)
+
+
+def test_fit_speed_json(results):
+    folder, _, _, _ = results
+    data = json.loads((folder / "fit_speed.json").read_text())
+    fits = data["fits"]
+    assert set(fits) == {"model_cached", "model_uncached", "true_pdf"}
+    cached, uncached = fits["model_cached"], fits["model_uncached"]
+    # caching changes where the work is done, not the likelihood
+    assert cached["fval"] == pytest.approx(uncached["fval"], rel=1e-10)
+    assert (cached["nfcn"], cached["ngrad"]) == (uncached["nfcn"], uncached["ngrad"])
+    for r in (cached, uncached):
+        assert 0 < r["forward_passes"] <= r["nfcn"] + r["ngrad"]
+        assert r["backward_passes"] <= r["ngrad"]
+        fl = r["floor"]
+        assert fl["forward_equivalents"] == r["forward_passes"] + 2 * r["backward_passes"]
+        assert fl["wall_over_floor"] == pytest.approx(r["wall_seconds_median"]
+                                                      / fl["floor_seconds"])
+    assert data["flops"]["per_event_forward_prepared"] == 292000
+    assert data["roofline"]["gflops"] > 0
+    assert len(data["contour"]["points"]) == 7
+
+
+def test_table(results):
+    folder, _, _, text = results
+    assert (folder / "README.md").read_text() == text
+    for heading in ("## How to run", "## Goals", "### throughput.json", "## One N = 400 fit",
+                    "No results yet: `python benchmarks/toys_speed.py`"):
+        assert heading in text
+    assert "log_prob ≥ 1.0 × zuko MAF, equal weights, float32" in text
+    assert "no H100 run yet" in text
+
+
+def test_table_without_results(tmp_path):
+    text = _load("make_table").main(["--results", str(tmp_path / "none"),
+                                     "--out", str(tmp_path / "README.md")])
+    assert "No results yet: `python benchmarks/throughput.py`" in text
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "fit_speed.json").write_text("{")
+    (tmp_path / "bad" / "toys_speed.json").write_text('{"rows": 3}')
+    text = _load("make_table").main(["--results", str(tmp_path / "bad"),
+                                     "--out", str(tmp_path / "README.md")])
+    assert "fit_speed.json: unreadable" in text
+    assert "`toys_speed.json` has an unexpected layout" in text
+
+
+def test_timed_counts_calls():
+    common = _load("_common")
+    calls = []
+    t = common.timed(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and t["repeats"] == 3 and len(t["seconds"]) == 3
+    assert t["best"] <= t["median"]
+    calls.clear()
+    t = common.timed(lambda: calls.append(1), repeats=10, warmup=0, max_seconds=0.0)
+    assert len(calls) == 1 and t["repeats"] == 1
+
+
+def test_write_json_is_atomic(tmp_path):
+    common = _load("_common")
+    path = tmp_path / "a" / "b.json"
+    common.write_json(path, {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_older_benchmarks_keep_their_machine_keys():
+    info = _load("toys_speed").machine()
+    assert set(info) == {"platform", "python", "cpu", "usable_cpus", "load_average_at_start",
+                         "versions"}
+    assert {"platform", "python", "cpu", "usable_cpus", "load_average", "torch", "egmm"} <= set(
+        _load("_common").machine_info())
