@@ -228,13 +228,16 @@ class GMMDensity(TrainedModel, SavableModel):
     def conditional(self, i: int, u: torch.Tensor, theta_part: torch.Tensor,
                     input_part: torch.Tensor) -> torch.Tensor:
         """(N,) log p_i(u_i | u_<i, θ) of network ``i`` from its precomputed branch parts."""
+        return self._conditional_pre(i, u, input_part + theta_part)
+
+    def _conditional_pre(self, i: int, u: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """As :meth:`conditional` from the whole (temporary) first joint pre-activation."""
         net = self.nets[i]
-        pre = input_part + theta_part
         if isinstance(net, CategoricalNet):
-            logp = net.log_probs(pre)
+            logp = net.log_probs(pre, fresh=True)
             k = (u[:, i] - self.space.lo[i]).round().long()
             return logp.expand(u.shape[0], -1).gather(1, k[:, None])[:, 0]
-        log_f, mu, sigma = net.mixture(pre)
+        log_f, mu, sigma = net.mixture(pre, fresh=True)
         return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma,
                                            self.projection.u_lo, self.projection.u_hi)
 
@@ -252,8 +255,11 @@ class GMMDensity(TrainedModel, SavableModel):
         """
         theta = theta.to(u.dtype)
         theta_s = theta if theta_scaled else self.scale_theta(theta)
-        return self._conditionals(u, self._theta_parts(theta_s),
-                                  self._input_parts(self.scale_inputs(u)))
+        theta_parts = self._theta_parts(theta_s)
+        inputs = self.scale_inputs(u)
+        # θ's part folded into each first joint product (nothing here is cached for reuse)
+        return torch.stack([self._conditional_pre(i, u, net.input_part(inputs[:, :i], tp))
+                            for i, (net, tp) in enumerate(zip(self.nets, theta_parts))], dim=1)
 
     def log_prob_latent(self, u: Any, theta: Any = None) -> Any:
         """log p(u|θ) in latent space, (N,).

@@ -106,17 +106,28 @@ class _BranchedNet(nn.Module):
         h = _act_fresh(_linear(self.theta_branch, theta_scaled))
         return _linear_no_bias(self.joint, h, slice(0, self.width_theta))
 
-    def input_part(self, inputs_scaled: torch.Tensor) -> torch.Tensor:
+    def input_part(self, inputs_scaled: torch.Tensor,
+                   theta_part: torch.Tensor | None = None) -> torch.Tensor:
         """Input (u_<i) contribution plus bias: (N, i) → (N, first_out); θ-independent.
 
         The first network of the chain has no inputs: its part is the bias alone, (1,
         first_out), so that everything after it is computed once per θ, not once per event.
+        With ``theta_part`` (one row, or one per event) the result is the whole first joint
+        pre-activation, with θ's part folded into the product's bias (one memory pass fewer
+        than adding it afterwards); always a new tensor then.
         """
         bias = self.joint.bias.to(inputs_scaled.dtype)
+        if theta_part is not None:
+            bias = bias + theta_part
         if self.input_branch is None:
-            return bias.unsqueeze(0)
+            return bias if bias.ndim == 2 else bias.unsqueeze(0)
         h = _act_fresh(_linear(self.input_branch, inputs_scaled))
-        return _linear_no_bias(self.joint, h, slice(self.width_theta, None)) + bias
+        weight = self.joint.weight[:, self.width_theta:].to(h.dtype)
+        if bias.ndim == 2 and bias.shape[0] == 1:
+            bias = bias[0]
+        if bias.ndim == 1:
+            return F.linear(h, weight, bias)
+        return torch.addmm(bias, h, weight.t())
 
 
 class ConditionalGMMNet(_BranchedNet):
@@ -165,9 +176,12 @@ class ConditionalGMMNet(_BranchedNet):
             "centers", torch.linspace(u_lo, u_hi, n_gauss, dtype=torch.float64), persistent=False
         )
 
-    def mixture(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """First joint pre-activation (..., first_out) → (log amplitudes, means, widths)."""
-        h = _act(pre)
+    def mixture(self, pre: torch.Tensor, fresh: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """First joint pre-activation (..., first_out) → (log amplitudes, means, widths).
+
+        ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place)."""
+        h = _act_fresh(pre) if fresh else _act(pre)
         for layer in self.trunk:
             h = _act_fresh(_linear(layer, h))
         if self.head_hidden is not None:
@@ -201,9 +215,11 @@ class CategoricalNet(_BranchedNet):
             init_linear(layer, first=False)
         self.n_classes = n_classes
 
-    def log_probs(self, pre: torch.Tensor) -> torch.Tensor:
-        """First joint pre-activation (..., hidden[0]) → log class probabilities (..., K)."""
-        h = _act(pre)
+    def log_probs(self, pre: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        """First joint pre-activation (..., hidden[0]) → log class probabilities (..., K).
+
+        ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place)."""
+        h = _act_fresh(pre) if fresh else _act(pre)
         for layer in self.hidden:
             h = _act_fresh(_linear(layer, h))
         return torch.log_softmax(_linear(self.out, h), dim=-1)
