@@ -158,6 +158,8 @@ def test_cli_parses_demo_options():
     assert (args.seed, args.events_per_point, args.threads) == (3, 700, 0)
     defaults = build_parser().parse_args(["demo", "--out", "d"])
     assert (defaults.events_per_point, defaults.threads, defaults.seed) == (None, 1, 0)
+    assert defaults.model is None
+    assert build_parser().parse_args(["demo", "--out", "d", "--model", "m.egmm"]).model == "m.egmm"
 
 
 @pytest.mark.parametrize("argv", [

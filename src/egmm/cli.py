@@ -1,12 +1,17 @@
 """The ``egmm`` command.
 
 Subcommands:
-    demo   the paper's inference test (Fig. 16) end to end: train, fit, compare, plot
-           (:func:`egmm.demo.run_demo`).
+    demo       the paper's inference test (Fig. 16) end to end: train, fit, compare, plot
+               (:func:`egmm.demo.run_demo`).
+    validate   the validation report of a trained model against held-out data: figures,
+               metrics.json, summary.md with pass/fail checks (:func:`egmm.validation.report`);
+               exit status 0 when every check passes, 1 when one fails.
 
 Example:
     $ egmm demo --out demo-output            # about 15 minutes on two CPU cores
     $ egmm demo --out quick --quick          # smoke test, under a minute
+    $ egmm validate model.egmm --data heldout.npz --out report    # x (N, D), theta (N, P)
+    $ egmm validate toy.egmm --paper-toy --events 5000 --out report   # PaperToy held-out data
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -69,6 +75,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "always use one thread")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or stage messages (the table is still printed)")
+    p.add_argument("--model", metavar="FILE",
+                   help="analyse this trained paper-toy model (e.g. the fidelity benchmark's "
+                        "benchmarks/results/paper_toy_gmm.egmm) instead of training one")
     p.set_defaults(handler=_run_demo)
 
 
@@ -77,13 +86,174 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     results = run_demo(args.out, full=args.full, quick=args.quick, seed=args.seed,
                        progress=not args.no_progress, events_per_point=args.events_per_point,
-                       max_epochs=args.max_epochs, threads=args.threads)
+                       max_epochs=args.max_epochs, threads=args.threads, model=args.model)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])
     print(f"{results['passed']} of {n} datasets pass; total wall time "
           f"{results['wall_time_s']:.0f} s; outputs in {args.out}")
     return 0
+
+
+def _point(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 0.8,-0.8, got {text!r}") from None
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got {value}")
+    return value
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="validation report of a model against held-out data (figures, metrics, checks)",
+        description=(
+            "Compare a trained model with held-out data at each parameter point: 1-D and 2-D "
+            "marginals with ratio and pull panels, 2-D pull maps with the pull-frequency "
+            "table, double ratios, PIT of every conditional, KS / Cramér-von Mises / "
+            "Anderson-Darling, binned χ², KL, JS and a classifier two-sample test, each next "
+            "to its data-vs-data floor. Writes PNGs, metrics.json and summary.md to --out. "
+            "Exit status 0 when every check passes, 1 when one fails, 2 on bad input."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="model file (.egmm)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", metavar="FILE",
+                        help=".npz with the events as 'x' (N, D) in the model's observable "
+                             "order or one array per observable name, and their parameters "
+                             "as 'theta' (N, P) or one array per parameter name; events are "
+                             "grouped by their θ")
+    source.add_argument("--paper-toy", action="store_true",
+                        help="held-out events of the paper's toy (egmm.groundtruth.PaperToy) "
+                             "at its nine true hypotheses (or --theta), with the toy as the "
+                             "truth of the floors")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--theta", type=_point, action="append", metavar="V,V",
+                   help="only this θ point (repeatable), values in the model's parameter "
+                        "order; write --theta=-0.8,0.8 when the first value is negative")
+    p.add_argument("--theta-ref", type=_point, metavar="V,V",
+                   help="reference point of the double ratios, one of the θ points "
+                        "(default: the central one)")
+    p.add_argument("--events", type=_positive_int, default=5000, metavar="N",
+                   help="--paper-toy: events per θ point (default 5000)")
+    p.add_argument("--n-model", type=_positive_int, default=50_000, metavar="N",
+                   help="model events per θ point (default 50000)")
+    p.add_argument("--bins", type=_positive_int, default=40, metavar="N",
+                   help="bins of the 1-D histograms (default 40; 2-D: half)")
+    p.add_argument("--alpha", type=_probability, default=0.0027, metavar="P",
+                   help="family-wise false-alarm probability of each check (default 0.0027)")
+    p.add_argument("--reweight", choices=("auto", "always", "never"), default="auto",
+                   help="model ratio of the double ratios from importance weights "
+                        "(default auto: where their effective sample size allows)")
+    p.add_argument("--corner", choices=("ref", "all", "none"), default="ref",
+                   help="2-D marginal corner plots at the reference point, all points, none")
+    p.add_argument("--seed", type=int, default=0, help="seed of samples and classifiers")
+    p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
+                   help="torch and BLAS/OpenMP threads (default 1; 0: leave the defaults)")
+    p.add_argument("--no-figures", action="store_true", help="metrics and summary only")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_validate)
+
+
+def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
+    """Events of ``path`` grouped by θ: {θ tuple: (n, D) array}."""
+    import numpy as np
+
+    from egmm.errors import InputError
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such data file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    names, params = model.space.names, model.parameters
+    x = arrays["x"] if "x" in arrays else ({n: arrays[n] for n in names}
+                                            if all(n in arrays for n in names) else None)
+    if x is None:
+        raise InputError(f"{path}: needs an array 'x' (N, {len(names)}) or one array per "
+                         f"observable {list(names)}; has {sorted(arrays)}")
+    x = model.space.validate(x, what=f"{path}: events")
+    if "theta" in arrays:
+        theta = np.asarray(arrays["theta"], dtype=np.float64).reshape(len(x), -1)
+    elif all(p in arrays for p in params):
+        theta = np.stack([np.asarray(arrays[p], dtype=np.float64) for p in params], axis=1)
+    else:
+        raise InputError(f"{path}: needs an array 'theta' (N, {len(params)}) or one array "
+                         f"per parameter {list(params)}; has {sorted(arrays)}")
+    if theta.shape != (len(x), len(params)):
+        raise InputError(f"{path}: theta has shape {theta.shape}, expected "
+                         f"({len(x)}, {len(params)}) for parameters {list(params)}")
+    points, index = np.unique(theta, axis=0, return_inverse=True)
+    index = np.asarray(index).ravel()
+    return {tuple(float(v) for v in pt): x[index == k] for k, pt in enumerate(points)}
+
+
+def _paper_toy_data(model: Any, thetas: list[tuple[float, ...]] | None, events: int,
+                    seed: int) -> tuple[dict[tuple[float, ...], Any], Any]:
+    import numpy as np
+
+    from egmm.errors import InputError
+    from egmm.groundtruth import PaperToy
+
+    toy = PaperToy()
+    if tuple(model.parameters) != toy.parameters or model.space.names != toy.space.names:
+        raise InputError(f"--paper-toy needs a model of the paper toy (observables "
+                         f"{list(toy.space.names)}, parameters {list(toy.parameters)}); this "
+                         f"one has {list(model.space.names)}, {list(model.parameters)}")
+    points = thetas or [tuple(float(v) for v in pt) for pt in toy.TRUE_HYPOTHESES]
+    # held-out: a seed path of its own, so these are never the training events
+    return {pt: toy.sample(events, *pt, seed=np.random.SeedSequence([seed, 7919, k]))
+            for k, pt in enumerate(points)}, toy
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from egmm.errors import InputError
+    from egmm.serialization import load_model
+    from egmm.validation import report
+
+    model = load_model(args.model)
+    for pt in (args.theta or []) + ([args.theta_ref] if args.theta_ref else []):
+        if len(pt) != len(model.parameters):
+            raise InputError(f"θ point {pt}: expected {len(model.parameters)} values "
+                             f"{list(model.parameters)}")
+    truth = None
+    if args.paper_toy:
+        data, truth = _paper_toy_data(model, args.theta, args.events, args.seed)
+    else:
+        data = _load_npz(args.data, model)
+        if args.theta:
+            keep = {}
+            for pt in args.theta:
+                match = [k for k in data if np.allclose(k, pt)]
+                if not match:
+                    raise InputError(f"--theta {pt}: no events at this point in {args.data}; "
+                                     f"it has {[list(k) for k in data]}")
+                keep[match[0]] = data[match[0]]
+            data = keep
+    result = report(model, data, args.out, truth=truth, theta_ref=args.theta_ref,
+                    n_model=args.n_model, bins=args.bins, bins_2d=max(args.bins // 2, 1),
+                    alpha=args.alpha, reweight=args.reweight, seed=args.seed,
+                    figures=not args.no_figures, corner=args.corner,
+                    progress=not args.no_progress, threads=args.threads or None)
+    for name, check in result["checks"].items():
+        print(f"{name:>13}: {check['status']}")
+    print(f"{'PASS' if result['passed'] else 'FAIL'}: {len(result['points'])} θ points; "
+          f"summary in {Path(args.out, 'summary.md')}")
+    return 0 if result["passed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"egmm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
+    _add_validate(sub)
     return parser
 
 
