@@ -7,6 +7,8 @@ with q̃_μ from ``--ntoys`` signal-plus-background and ``--ntoys`` background-o
 nuisance parameter at its conditional MLE on the observed data (the LHC convention), each toy
 fitted twice (μ free with μ ≥ 0, and μ fixed). Implementations:
 
+* ``egmm serial, batched fits``: the same with ``batched=True`` (the toys' fits done by
+  ``fit_batched``, 64 toys at a time);
 * ``egmm serial`` / ``egmm process pool``: ``egmm.infer.hypotest(calctype="toybased")`` on an
   ``ExtendedUnbinnedNLL`` of two ``TorchDensity`` pdfs + ``iminuit.cost.NormalConstraint``
   (log p cached: the shapes have no parameters), in this process or on ``--workers``
@@ -115,11 +117,13 @@ def observed_data(seed: int) -> np.ndarray:
     return _BACKGROUND.rvs(size=rng.poisson(BKG_EVENTS), random_state=rng)
 
 
-def run_egmm(cost: Any, ntoys: int, seed: int, executor: Any) -> dict[str, Any]:
+def run_egmm(cost: Any, ntoys: int, seed: int, executor: Any, batched: bool = False
+             ) -> dict[str, Any]:
     start = time.perf_counter()
     cls, (clsb, clb), calc = egmm.infer.hypotest(
         MU_TEST, cost, "mu", calctype="toybased", ntoys=ntoys, seed=seed, executor=executor,
-        track_progress=False, return_tail_probs=True, return_calculator=True)
+        track_progress=False, return_tail_probs=True, return_calculator=True,
+        batched=batched)
     seconds = time.perf_counter() - start
     failed = sum(t.n_failed for t in calc.toys.values())
     return {"seconds": seconds, "cls": cls, "clsb": clsb, "clb": clb, "failed_toys": failed}
@@ -246,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2, help="processes of the egmm pool (2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: "
-                    "egmm-serial, egmm-pool, iminuit, egmm-binned, pyhf")
+                    "egmm-serial, egmm-batched, egmm-pool, iminuit, egmm-binned, pyhf")
     ap.add_argument("--out", type=Path, default=RESULTS / "toys_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -259,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cost = egmm_cost(data[:, None])
     if "egmm-serial" not in skip:
         rows["egmm serial"] = run_egmm(cost, args.ntoys, args.seed, "serial")
+    if "egmm-batched" not in skip:
+        rows["egmm serial, batched fits"] = run_egmm(cost, args.ntoys, args.seed, "serial",
+                                                     batched=True)
     if "egmm-pool" not in skip:
         t0 = time.perf_counter()
         with egmm.infer.local_executor(args.workers) as pool:
