@@ -184,9 +184,18 @@ class ConditionalGMMNet(_BranchedNet):
         h = _act_fresh(pre) if fresh else _act(pre)
         for layer in self.trunk:
             h = _act_fresh(_linear(layer, h))
-        if self.head_hidden is not None:
-            h = _act_fresh(_linear(self.head_hidden, h))
-        zs = h.split(self.head_width, dim=-1)
+        if self.head_hidden is None:
+            zs = h.split(self.head_width, dim=-1)
+        elif torch.is_grad_enabled() and h.requires_grad:
+            zs = _act_fresh(_linear(self.head_hidden, h)).split(self.head_width, dim=-1)
+        else:
+            # without a graph: the shared hidden layer as one product per head (row blocks of
+            # its weight), so each head reads a contiguous tensor instead of a strided slice
+            # that BLAS would copy first (training keeps the single product: fewer ops)
+            w = self.head_hidden.weight.to(h.dtype)
+            b = self.head_hidden.bias.to(h.dtype)
+            zs = [_act_fresh(F.linear(h, w[k:k + self.head_width], b[k:k + self.head_width]))
+                  for k in range(0, 3 * self.head_width, self.head_width)]
         z_f, z_mu, z_sigma = (_linear(head, z) for head, z in zip(self.heads, zs))
         log_f = torch.log_softmax(self.s_f * z_f, dim=-1)
         mu = self.s_mu * z_mu + self.centers.to(h.dtype)
