@@ -258,3 +258,16 @@ def test_bad_input(trained_2d):
         trained_2d.log_prob_latent([[0.0, 7.0]], {"c": 0.0})
     with pytest.raises(InputError, match="n must be"):
         trained_2d.sample(-1, {"c": 0.0})
+
+
+def test_capped_logsumexp_equals_torch_logsumexp():
+    # terms more than 80 below the largest are evaluated at −80: a change below float64
+    # rounding of the result; rows of −inf stay −inf
+    from egmm.density import _logsumexp
+
+    rng = np.random.default_rng(3)
+    t = torch.as_tensor(rng.normal(0.0, 300.0, (2000, 20)))
+    t[0] = -math.inf
+    t[1, 5] = -math.inf
+    np.testing.assert_allclose(_logsumexp(t).numpy(), torch.logsumexp(t, -1).numpy(),
+                               rtol=1e-15, atol=0)

@@ -82,10 +82,13 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _logsumexp(t: torch.Tensor) -> torch.Tensor:
-    """log Σ exp(t) over the last axis, with terms below max − 80 evaluated at max − 80."""
-    m = t.detach().amax(-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return torch.log(torch.exp((t - m).clamp(min=_LSE_FLOOR)).sum(-1)) + m[..., 0]
+    """log Σ exp(t) over the last axis, with terms below max − 80 evaluated at max − 80
+    (rows whose largest term is ±inf give that value, as ``torch.logsumexp``)."""
+    top = t.detach().amax(-1, keepdim=True)
+    finite = torch.isfinite(top)
+    m = torch.where(finite, top, torch.zeros_like(top))
+    out = torch.log(torch.exp((t - m).clamp(min=_LSE_FLOOR)).sum(-1)) + m[..., 0]
+    return torch.where(finite[..., 0], out, top[..., 0])
 
 
 def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -339,7 +342,7 @@ class GMMDensity(TrainedModel, SavableModel):
         Sequential over observables, vectorised over events: one network pass per observable
         and chunk. ``theta`` one point (shared) or (n, P) per event. ``seed``: int,
         ``numpy.random.Generator``, ``torch.Generator`` or None. ``dtype``: precision of the
-        network pass (``torch.float32`` is ~1.5× faster on CPU); the component choice and
+        network pass (``torch.float32`` is ~2× faster on CPU); the component choice and
         the truncated-normal inversion are always float64. ``chunk_size``: events per pass
         (a few thousand keep the layers in cache).
         """
