@@ -326,7 +326,6 @@ class _TeststatJob:
     limits: Any
     strategy: int
     tol: float
-    batched: bool = False
 
 
 def _teststat_task(job: _TeststatJob, index: int) -> dict[str, Any]:
@@ -486,7 +485,7 @@ def toy_teststats(
             raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         _check_batchable(cost, values)
     job = _TeststatJob(cost, values, poi, float(mu), test_stat, seed, int(stream),
-                       fixed, limits, int(strategy), float(tol), batched)
+                       fixed, limits, int(strategy), float(tol))
     fields = [test_stat, poi, float(mu), seed, int(stream),
               {n: float(f"{v:.9g}") for n, v in values.items()},
               _fixed_key(fixed), limits, int(strategy), float(tol)]
