@@ -270,6 +270,8 @@ def neyman_interval(
     limits: Limits | None = None,
     strategy: int = 0,
     tol: float = 1e-3,
+    batched: bool = False,
+    batch_size: int = 64,
 ) -> NeymanInterval:
     r"""Two-sided confidence interval for one POI by a Neyman construction with toys.
 
@@ -286,6 +288,7 @@ def neyman_interval(
         test_stat: ``"t"`` or ``"ttilde"`` (any of :data:`~egmm.infer.TEST_STATISTICS`).
         ntoys, seed, executor, out, track_progress: toys (see :class:`~egmm.infer.ToyCalculator`).
         start, fixed, limits, strategy, tol: fit options.
+        batched, batch_size: fit the toys together (see :func:`~egmm.infer.toy_teststats`).
 
     Example:
         >>> from iminuit.cost import NormalConstraint
@@ -296,7 +299,8 @@ def neyman_interval(
         (-0.7, 1.3)
     """
     return _neyman(cost, poi, grid, cl, test_stat, ntoys, seed, executor, out, track_progress,
-                   start, fixed, limits, strategy, tol)
+                   start, fixed, limits, strategy, tol, {"batched": batched,
+                                                         "batch_size": batch_size})
 
 
 def feldman_cousins(
@@ -322,7 +326,7 @@ def feldman_cousins(
 
 def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: int, seed: int,
             executor: Any, out: Any, progress: bool, start: Any, fixed: Any, limits: Any,
-            strategy: int, tol: float) -> NeymanInterval:
+            strategy: int, tol: float, toy_options: dict[str, Any]) -> NeymanInterval:
     prob = _probability(cl)
     check_poi(cost, poi, fixed)
     ntoys, seed = check_ntoys(ntoys), check_seed(seed)
@@ -337,7 +341,7 @@ def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: in
         free = fits.unconditional
         tt = toy_teststats(cost, fits.conditional.values, poi, float(mu), test_stat=test_stat,
                            ntoys=ntoys, seed=seed, stream=2, executor=executor, out=out,
-                           progress=progress, **options)
+                           progress=progress, **toy_options, **options)
         values = tt.values[~np.isnan(tt.values)]
         p = float(np.mean(values >= t_obs))
         observed.append(t_obs)
