@@ -37,6 +37,13 @@ def test_training_lowers_validation_loss_and_sets_bounds():
     first, best = np.sum(hist.val_loss[0]), hist.total_best_val_loss
     assert best < first
     assert hist.to_dict()["observables"] == ["a", "b"]
+    # weights require gradients only inside train(): a θ gradient afterwards (as in a fit)
+    # leaves them untouched
+    assert not any(p.requires_grad for p in model.module.parameters())
+    theta = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    model.log_prob_tensor(torch.as_tensor(x[:50]), theta).sum().backward()
+    assert theta.grad is not None
+    assert all(p.grad is None for p in model.module.parameters())
 
 
 def test_early_stopping_and_restore_best():
