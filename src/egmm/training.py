@@ -308,6 +308,7 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         bar.close()
         for p, flag in zip([p for net in units for p in net.parameters()], grad_flags):
             p.requires_grad_(flag)
+            p.grad = None  # the last batch's gradients are training state, not the model's
     for i, net in enumerate(units):
         net.load_state_dict(state["best_state"][i])
     history.best_epoch = list(state["best_epoch"])
