@@ -33,6 +33,7 @@ __all__ = ["GMMDensity", "truncated_normal_log_mass"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
+_LOG_2 = math.log(2.0)
 
 #: default knobs: paper Table 6
 GMM_DEFAULTS: dict[str, Any] = {
@@ -81,22 +82,68 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return log_mass.index_put(where, log_hi + torch.log1p(-torch.exp(log_lo - log_hi)))
 
 
-def _logsumexp(t: torch.Tensor) -> torch.Tensor:
+def _logsumexp(t: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """log Σ exp(t) over the last axis, with terms below max − 80 evaluated at max − 80
-    (rows whose largest term is ±inf give that value, as ``torch.logsumexp``)."""
+    (rows whose largest term is ±inf give that value, as ``torch.logsumexp``).
+    ``overwrite``: ``t`` is a temporary that may be used as scratch (when no graph is
+    recorded)."""
     top = t.detach().amax(-1, keepdim=True)
     finite = torch.isfinite(top)
     m = torch.where(finite, top, torch.zeros_like(top))
-    out = torch.log(torch.exp((t - m).clamp(min=_LSE_FLOOR)).sum(-1)) + m[..., 0]
+    if not overwrite or _graph(t):
+        e = torch.exp((t - m).clamp(min=_LSE_FLOOR))
+    else:
+        e = t.sub_(m).clamp_(min=_LSE_FLOOR).exp_()
+    out = torch.log(e.sum(-1)) + m[..., 0]
     return torch.where(finite[..., 0], out, top[..., 0])
+
+
+def _graph(t: torch.Tensor) -> bool:
+    """Whether operations on ``t`` are recorded by autograd (then nothing is done in place)."""
+    return torch.is_grad_enabled() and t.requires_grad
 
 
 def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
                                 sigma: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi]."""
+    """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi].
+
+    The same quantity as ``truncated_normal_log_mass`` gives, in fewer passes over the (N, G)
+    tensors (this is most of the elementwise work of a density evaluation): with
+    a = (lo − μ)/σ, b = (hi − μ)/σ and c = ±1/√2 chosen so that the interval lies mostly where
+    erfc(c·x) is small and accurate (c = −1/√2 for μ above the box centre, where a + b ≤ 0),
+    2 Z = |erfc(c·b) − erfc(c·a)|, and every constant is added once per event at the end.
+    Masses near underflow are recomputed exactly, for those components only.
+    """
+    cap = _ERFC_CAP.get(mu.dtype)
+    if cap is None:  # other precisions: the general form throughout
+        z = (u.unsqueeze(-1) - mu) / sigma
+        log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
+        return _logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z)
+    graph = any(_graph(t) for t in (log_f, mu, sigma))
+    k = torch.copysign(_SQRT_HALF / sigma, 0.5 * (lo + hi) - mu)       # c / σ
+    ea = (lo - mu) * k                                                  # c·a
+    eb = torch.add(ea, k, alpha=hi - lo)                                # c·b
+    if graph:
+        ea, eb = ea.clamp(max=cap), eb.clamp(max=cap)
+    else:
+        ea.clamp_(max=cap)
+        eb.clamp_(max=cap)
+    two_mass = (torch.special.erfc(eb) - torch.special.erfc(ea)).abs()
+    tiny = two_mass < 2.0 * _MASS_FLOOR[mu.dtype]
+    any_tiny = bool(tiny.any())
+    if any_tiny and graph:  # keep log's gradient finite where the value is replaced below
+        two_mass = torch.where(tiny, torch.ones_like(two_mass), two_mass)
+    # log(σ · 2Z): one log for the normalisation of every component
+    log_norm = torch.log(two_mass * sigma)
+    if any_tiny:
+        where = tiny.nonzero(as_tuple=True)
+        mu_t, sigma_t = (t.expand(tiny.shape)[where] for t in (mu, sigma))
+        exact = truncated_normal_log_mass((lo - mu_t) / sigma_t, (hi - mu_t) / sigma_t)
+        log_norm = log_norm.index_put(where, exact + torch.log(2.0 * sigma_t))
     z = (u.unsqueeze(-1) - mu) / sigma
-    log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
-    return _logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z)
+    t = torch.addcmul(log_f, z, z, value=-0.5)
+    t = t - log_norm if graph else t.sub_(log_norm)
+    return _logsumexp(t, overwrite=True) + (_LOG_2 - _LOG_SQRT_2PI)
 
 
 def _truncated_mixture_cdf(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -371,12 +418,13 @@ class GMMDensity(TrainedModel, SavableModel):
         inputs = torch.zeros((n, self.space.dim), dtype=dtype, device=self.device)
         lo, hi = self.projection.u_lo, self.projection.u_hi
         for i, net in enumerate(self.nets):
-            pre = net.input_part(inputs[:, :i]) + theta_parts[i]
+            # θ's part folded into the first joint product; a temporary, activated in place
+            pre = net.input_part(inputs[:, :i], theta_parts[i])
             if isinstance(net, CategoricalNet):
-                k = _draw_index(net.log_probs(pre).expand(n, -1), gen)
+                k = _draw_index(net.log_probs(pre, fresh=True).expand(n, -1), gen)
                 u[:, i] = k.to(f64) + self.space.lo[i]
             else:
-                log_f, mu, sigma = net.mixture(pre)
+                log_f, mu, sigma = net.mixture(pre, fresh=True)
                 log_f, mu, sigma = (t.expand(n, -1) for t in (log_f, mu, sigma))
                 pick = _draw_index(log_f, gen)[:, None]
                 r = torch.rand(n, dtype=f64, generator=gen).to(self.device)

@@ -32,6 +32,8 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+import weakref
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,14 +56,40 @@ def init_linear(layer: nn.Linear, first: bool) -> None:
         layer.weight.uniform_(-bound, bound)
 
 
+# Frozen weights cast to another dtype (float64 evaluation of float32 weights), per layer:
+# (dtype, device, weight version, bias version) -> (weight, bias). Tensor versions change with
+# every in-place update (optimiser steps, load_state_dict), which invalidates an entry.
+_CAST_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _frozen(*tensors: torch.Tensor) -> bool:
+    return not any(t.requires_grad for t in tensors)
+
+
+def _cast(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's (weight, bias) in ``dtype``. Weights live in float32 for training and a
+    likelihood may run in float64: trainable weights are cast per call (inside autograd),
+    frozen ones once and cached until they change."""
+    w, b = layer.weight, layer.bias
+    if w.dtype == dtype:
+        return w, b
+    if not _frozen(w, b):
+        return w.to(dtype), b.to(dtype)
+    key = (dtype, w.device, w._version, b._version)
+    hit = _CAST_CACHE.get(layer)
+    if hit is None or hit[0] != key:
+        hit = (key, w.to(dtype), b.to(dtype))
+        _CAST_CACHE[layer] = hit
+    return hit[1], hit[2]
+
+
 def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    # Weights live in float32 for training; likelihood evaluation may run in float64. Casting
-    # the (small) weights per call keeps one set of parameters and stays inside autograd.
-    return F.linear(h, layer.weight.to(h.dtype), layer.bias.to(h.dtype))
+    w, b = _cast(layer, h.dtype)
+    return F.linear(h, w, b)
 
 
 def _linear_no_bias(layer: nn.Linear, h: torch.Tensor, columns: slice) -> torch.Tensor:
-    return F.linear(h, layer.weight[:, columns].to(h.dtype))
+    return F.linear(h, _cast(layer, h.dtype)[0][:, columns])
 
 
 def _act(h: torch.Tensor) -> torch.Tensor:
@@ -116,13 +144,13 @@ class _BranchedNet(nn.Module):
         pre-activation, with θ's part folded into the product's bias (one memory pass fewer
         than adding it afterwards); always a new tensor then.
         """
-        bias = self.joint.bias.to(inputs_scaled.dtype)
+        weight, bias = _cast(self.joint, inputs_scaled.dtype)
         if theta_part is not None:
             bias = bias + theta_part
         if self.input_branch is None:
             return bias if bias.ndim == 2 else bias.unsqueeze(0)
         h = _act_fresh(_linear(self.input_branch, inputs_scaled))
-        weight = self.joint.weight[:, self.width_theta:].to(h.dtype)
+        weight = weight[:, self.width_theta:]
         if bias.ndim == 2 and bias.shape[0] == 1:
             bias = bias[0]
         if bias.ndim == 1:
@@ -176,6 +204,28 @@ class ConditionalGMMNet(_BranchedNet):
             "centers", torch.linspace(u_lo, u_hi, n_gauss, dtype=torch.float64), persistent=False
         )
 
+    def _folded_heads(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The three heads as one batched product, their output maps folded in: weights
+        (3, D·N_G, N_G) and biases (3, 1, N_G) such that ``baddbmm(b, z, w)`` gives the
+        pre-activations of log f = log_softmax(·), μ = (·) and σ = softplus(·) + ε directly
+        (W' = s·W; b' = s·b, plus the evenly spaced centres for μ and softplus⁻¹(w0) for σ).
+        For frozen weights only: cached until they change."""
+        params = [t for head in self.heads for t in (head.weight, head.bias)]
+        key = (dtype, params[0].device, *(t._version for t in params))
+        hit = _CAST_CACHE.get(self)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        head_f, head_mu, head_s = self.heads
+        scales = (self.s_f, self.s_mu, self.s_sigma)
+        weight = torch.stack([head.weight.to(dtype).t() * scale
+                              for head, scale in zip(self.heads, scales)])
+        bias = torch.stack([head_f.bias.to(dtype) * self.s_f,
+                            head_mu.bias.to(dtype) * self.s_mu + self.centers.to(dtype),
+                            head_s.bias.to(dtype) * self.s_sigma + self.sigma_offset])
+        folded = (weight, bias.unsqueeze(1))
+        _CAST_CACHE[self] = (key, folded)
+        return folded
+
     def mixture(self, pre: torch.Tensor, fresh: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """First joint pre-activation (..., first_out) → (log amplitudes, means, widths).
@@ -184,23 +234,27 @@ class ConditionalGMMNet(_BranchedNet):
         h = _act_fresh(pre) if fresh else _act(pre)
         for layer in self.trunk:
             h = _act_fresh(_linear(layer, h))
-        if self.head_hidden is None:
-            zs = h.split(self.head_width, dim=-1)
-        elif torch.is_grad_enabled() and h.requires_grad:
-            zs = _act_fresh(_linear(self.head_hidden, h)).split(self.head_width, dim=-1)
-        else:
-            # without a graph: the shared hidden layer as one product per head (row blocks of
-            # its weight), so each head reads a contiguous tensor instead of a strided slice
-            # that BLAS would copy first (training keeps the single product: fewer ops)
-            w = self.head_hidden.weight.to(h.dtype)
-            b = self.head_hidden.bias.to(h.dtype)
-            zs = [_act_fresh(F.linear(h, w[k:k + self.head_width], b[k:k + self.head_width]))
-                  for k in range(0, 3 * self.head_width, self.head_width)]
-        z_f, z_mu, z_sigma = (_linear(head, z) for head, z in zip(self.heads, zs))
-        log_f = torch.log_softmax(self.s_f * z_f, dim=-1)
-        mu = self.s_mu * z_mu + self.centers.to(h.dtype)
-        sigma = F.softplus(self.s_sigma * z_sigma + self.sigma_offset) + self.eps
-        return log_f, mu, sigma
+        if self.head_hidden is not None:
+            h = _act_fresh(_linear(self.head_hidden, h))
+        if not _frozen(*(t for head in self.heads for t in (head.weight, head.bias))):
+            # training: three products and the output maps as written (fewer autograd nodes
+            # than folding the maps into the weights at every step)
+            z_f, z_mu, z_sigma = (_linear(head, z) for head, z in
+                                  zip(self.heads, h.split(self.head_width, dim=-1)))
+            log_f = torch.log_softmax(self.s_f * z_f, dim=-1)
+            mu = self.s_mu * z_mu + self.centers.to(h.dtype)
+            sigma = F.softplus(self.s_sigma * z_sigma + self.sigma_offset) + self.eps
+            return log_f, mu, sigma
+        # frozen weights: the three heads read column blocks of h, as one batched product
+        # over strided views, with the output maps folded into the (cached) weights
+        lead = h.shape[:-1]
+        z = h.reshape(-1, 3, self.head_width).transpose(0, 1)
+        weight, bias = self._folded_heads(h.dtype)
+        out = torch.baddbmm(bias, z, weight).reshape(3, *lead, self.n_gauss)
+        log_f = torch.log_softmax(out[0], dim=-1)
+        sigma = F.softplus(out[2])
+        sigma = sigma + self.eps if sigma.requires_grad else sigma.add_(self.eps)
+        return log_f, out[1], sigma
 
 
 class CategoricalNet(_BranchedNet):
