@@ -133,3 +133,23 @@ def test_unbinned_plus_constraint_plus_pyhf_in_one_fit(workspace):
     alone = fit(nll + NormalConstraint("n_bkg", 690.0, 30.0))
     assert res.values["mu"] == pytest.approx(1.2, abs=3 * res.errors["mu"])
     assert res.errors["mu"] < alone.errors["mu"]
+
+
+def test_negative_auxiliary_data_of_gaussian_constraints(workspace):
+    # a Gaussian constraint's auxiliary datum measures its parameter and may be negative (a
+    # normsys measured at α = −0.7); the cost is still exactly pyhf's logpdf. A Poisson
+    # constraint's (shapesys) is a count and must be ≥ 0.
+    model, data = workspace
+    aux = np.array(data[model.config.nmaindata:], dtype=float)
+    order = model.config.auxdata_order
+    i = sum(model.config.param_set(n).n_parameters for n in order[:order.index("bkg_norm")])
+    aux[i] = -0.7
+    full = np.concatenate([data[:model.config.nmaindata], aux])
+    cost = PyhfCost(model, full)
+    args = [cost.init_values()[n] for n in describe(cost)]
+    expected = -2.0 * float(model.logpdf(cost.pyhf_parameters(args), full)[0])
+    assert cost(*args) == pytest.approx(expected, rel=1e-12)
+    shapesys = pyhf.simplemodels.uncorrelated_background([5.0, 10.0], [50.0, 60.0], [5.0, 12.0])
+    bad = [50.0, 60.0, 100.0, -1.0]  # main counts, then the two shapesys aux counts
+    with pytest.raises(InputError, match=r"auxiliary datum 1 \(of a Poisson constraint\) is -1"):
+        PyhfCost(shapesys, bad)

@@ -25,6 +25,16 @@ from egmm.training import TrainingHistory, train
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # egmm.validation needs matplotlib, mplhep and scikit-learn: imported on first use, so
+    # that ``import egmm`` stays light
+    if name == "validation":
+        import importlib
+
+        return importlib.import_module("egmm.validation")
+    raise AttributeError(f"module 'egmm' has no attribute {name!r}")
+
 __all__ = [
     "Component",
     "CrossSection",
@@ -49,4 +59,5 @@ __all__ = [
     "__version__",
     "infer",
     "train",
+    "validation",
 ]

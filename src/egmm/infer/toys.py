@@ -189,9 +189,8 @@ def _pyhf_pars(item: PyhfCost, values: dict[str, float]) -> np.ndarray:
 
 
 def _with_pyhf_data(item: PyhfCost, data: np.ndarray) -> PyhfCost:
-    # PyhfCost refuses negative numbers in its data, but auxiliary data of Gaussian
-    # constraints (normsys, histosys: centred at 0) are negative in half of all toys; the
-    # data come from the model itself here, so they are set directly on a copy
+    # the data come from the model itself (valid by construction): set directly on a copy,
+    # without PyhfCost's validation per toy
     new = copy.copy(item)
     new._data = np.asarray(data, dtype=np.float64).reshape(-1)
     return new

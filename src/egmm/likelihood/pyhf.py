@@ -92,11 +92,28 @@ class PyhfCost(Cost):
                 f"PyhfCost: expected {nmain} main + {naux} auxiliary data = {nmain + naux} "
                 f"numbers (or the {nmain} main ones), got {len(arr)}"
             )
-        bad = ~np.isfinite(arr) | (arr < 0)
+        bad = ~np.isfinite(arr)
         if bad.any():
             i = int(np.argmax(bad))
             part = f"main bin {i}" if i < nmain else f"auxiliary datum {i - nmain}"
-            raise InputError(f"PyhfCost: data {part} is {arr[i]}; counts must be finite, ≥ 0")
+            raise InputError(f"PyhfCost: data {part} is {arr[i]}; data must be finite")
+        # counts must be ≥ 0: the main bins and the auxiliary data of Poisson constraints
+        # (shapesys); a Gaussian constraint's auxiliary datum (normsys, histosys, staterror,
+        # lumi) is a measurement of its parameter and may be negative
+        counts = np.zeros(len(arr), dtype=bool)
+        counts[:nmain] = True
+        start = nmain
+        for name in config.auxdata_order:
+            pset = config.param_set(name)
+            if getattr(pset, "pdf_type", "normal") == "poisson":
+                counts[start:start + pset.n_parameters] = True
+            start += pset.n_parameters
+        negative = counts & (arr < 0)
+        if negative.any():
+            i = int(np.argmax(negative))
+            part = (f"main bin {i}" if i < nmain else
+                    f"auxiliary datum {i - nmain} (of a Poisson constraint)")
+            raise InputError(f"PyhfCost: data {part} is {arr[i]}; counts must be ≥ 0")
         return arr
 
     # -- Cost protocol -------------------------------------------------------------------------
