@@ -6,6 +6,7 @@ The public names; see DESIGN.md for the contract.
 from egmm import infer
 from egmm.base import DensityModel
 from egmm.density import GMMDensity
+from egmm.ensemble import EnsembleDensity
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError
 from egmm.flows import FlowDensity
 from egmm.latent import LatentProjection
@@ -40,6 +41,7 @@ __all__ = [
     "CrossSection",
     "DensityModel",
     "EgmmError",
+    "EnsembleDensity",
     "ExtendedUnbinnedNLL",
     "FlowDensity",
     "GMMDensity",

@@ -194,6 +194,9 @@ class TorchDensity(DensityModel):
                 f"TorchDensity {self.name!r} has no sampler: pass sampler=... to generate events"
             )
         th = self.theta_tensor(theta)
+        if th.ndim != 1:
+            raise InputError(f"TorchDensity {self.name!r}: its sampler draws at one θ point; "
+                             f"got θ per event, shape {tuple(th.shape)}")
         values = {name: float(th[j]) for j, name in enumerate(self.parameters)}
         out = self._sampler(int(n), values, np.random.default_rng(seed))
         return self.space.validate(out, what=f"events sampled by {self.name!r}")
