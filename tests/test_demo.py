@@ -159,7 +159,10 @@ def test_cli_parses_demo_options():
     defaults = build_parser().parse_args(["demo", "--out", "d"])
     assert (defaults.events_per_point, defaults.threads, defaults.seed) == (None, 1, 0)
     assert defaults.model is None
-    assert build_parser().parse_args(["demo", "--out", "d", "--model", "m.egmm"]).model == "m.egmm"
+    assert build_parser().parse_args(["demo", "--out", "d", "--model", "m.egmm"]).model == [
+        "m.egmm"]
+    assert build_parser().parse_args(["demo", "--out", "d", "--model", "a.egmm", "--model",
+                                      "b.egmm"]).model == ["a.egmm", "b.egmm"]
 
 
 @pytest.mark.parametrize("argv", [
@@ -254,3 +257,21 @@ def test_demo_analyses_a_given_model_file(quick_run, tmp_path):
         load_paper_toy_model(tmp_path / "other.egmm")
     with pytest.raises(ModelFileError):
         load_paper_toy_model(tmp_path / "missing.egmm")
+
+
+def test_demo_averages_several_model_files(quick_run, tmp_path):
+    from egmm import EnsembleDensity
+    from egmm.demo import _train_model, demo_config, load_paper_toy_model
+
+    out, _ = quick_run
+    model, meta = _train_model(tmp_path, demo_config(quick=True), PaperToy(), lambda m: None,
+                               False, None, [out / "model.egmm", out / "model.egmm"])
+    assert isinstance(model, EnsembleDensity) and len(model.members) == 2
+    assert meta["ensemble"] == 2
+    x = PaperToy().sample(50, 0.3, -0.3, seed=1)
+    single = load_paper_toy_model(out / "model.egmm")
+    np.testing.assert_allclose(model.log_prob(x, [0.3, -0.3]), single.log_prob(x, [0.3, -0.3]),
+                               rtol=1e-12)  # the average of a model with itself
+    with pytest.raises(ModelFileError):  # every file is checked like a single one
+        _train_model(tmp_path, demo_config(quick=True), PaperToy(), lambda m: None, False,
+                     None, [out / "model.egmm", tmp_path / "missing.egmm"])

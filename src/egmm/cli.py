@@ -75,9 +75,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "always use one thread")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or stage messages (the table is still printed)")
-    p.add_argument("--model", metavar="FILE",
+    p.add_argument("--model", metavar="FILE", action="append",
                    help="analyse this trained paper-toy model (e.g. the fidelity benchmark's "
-                        "benchmarks/results/paper_toy_gmm.egmm) instead of training one")
+                        "benchmarks/results/paper_toy_gmm.egmm) instead of training one; "
+                        "repeat it to analyse the average of several models "
+                        "(egmm.EnsembleDensity)")
     p.set_defaults(handler=_run_demo)
 
 

@@ -39,7 +39,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,9 @@ from scipy.optimize import brentq
 from scipy.stats import chi2
 from tqdm.auto import tqdm
 
+from egmm.base import DensityModel
 from egmm.density import GMMDensity
+from egmm.ensemble import EnsembleDensity
 from egmm.errors import EgmmError, InputError, ModelFileError
 from egmm.groundtruth import PaperToy
 from egmm.infer import FitResult, contour, fit, wilks_threshold
@@ -490,14 +492,30 @@ def load_paper_toy_model(path: str | os.PathLike) -> GMMDensity:
     return model
 
 
+def _model_paths(model: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One model file, or several (averaged by :class:`~egmm.EnsembleDensity`)."""
+    paths = [Path(model)] if isinstance(model, (str, os.PathLike)) else [Path(q) for q in model]
+    if not paths:
+        raise InputError("model: give at least one model file")
+    return paths
+
+
 def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bool,
-                 clock: _Clock, model_path: str | os.PathLike | None = None
-                 ) -> tuple[GMMDensity, dict[str, Any]]:
+                 clock: _Clock,
+                 model_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+                 ) -> tuple[DensityModel, dict[str, Any]]:
     """Stages 1-2: training data, projection, model (trained, or reused if it matches)."""
     if model_path is not None:
-        say(f"[1-2/4] using the trained model {model_path} (no training)")
-        return load_paper_toy_model(model_path), {"source": str(model_path), "epochs": "?",
-                                                   "reused": True}
+        paths = _model_paths(model_path)
+        if len(paths) == 1:
+            say(f"[1-2/4] using the trained model {paths[0]} (no training)")
+            return load_paper_toy_model(paths[0]), {"source": str(paths[0]), "epochs": "?",
+                                                    "reused": True}
+        say(f"[1-2/4] using the average of {len(paths)} trained models (no training): "
+            + ", ".join(str(q) for q in paths))
+        ensemble = EnsembleDensity([load_paper_toy_model(q) for q in paths])
+        return ensemble, {"source": [str(q) for q in paths], "ensemble": len(paths),
+                          "epochs": "?", "reused": True}
     key = cfg.model_key()
     found = _load_matching_model(out, key)
     if found is not None:
@@ -568,7 +586,7 @@ def fig16_datasets(seed: int = 0, toy: PaperToy | None = None
     return out
 
 
-def _fit_datasets(model: GMMDensity, cfg: DemoConfig, toy: PaperToy, say: Any,
+def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
                   progress: bool) -> list[dict[str, Any]]:
     """Stage 3: MLE and regions of the true pdf and of the model on the nine datasets."""
     truth_pdf = true_density(toy)
@@ -720,7 +738,8 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
 def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = False,
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
              max_epochs: int | None = None, threads: int = 1,
-             model: str | os.PathLike | None = None) -> dict[str, Any]:
+             model: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+             ) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -734,7 +753,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
             they are latency-bound (N = 400), and on a busy machine torch's thread pool
             stalls them.
         model: a trained paper-toy model file to analyse instead of training one (e.g. the
-            fidelity benchmark's, ``benchmarks/results/paper_toy_gmm.egmm``).
+            fidelity benchmark's, ``benchmarks/results/paper_toy_gmm.egmm``), or several
+            files, analysed as their average (:class:`~egmm.EnsembleDensity`).
 
     Returns:
         the content of ``results.json``: ``config``, ``model``, ``datasets`` (per dataset the
@@ -763,7 +783,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         subtitle = (f"model: {cfg.events_per_point:,} events per training point, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
         if model_path is not None:
-            subtitle = f"model: {Path(model_path).name} (trained elsewhere)"
+            names = ", ".join(q.name for q in _model_paths(model_path))
+            kind = "average of " if len(_model_paths(model_path)) > 1 else ""
+            subtitle = f"model: {kind}{names} (trained elsewhere)"
         plot_fig16(rows, out / "fig16.png", subtitle=subtitle)
 
     notes = [
