@@ -11,6 +11,11 @@ without improvement of its validation loss), its own early stopping (``patience`
 without an improvement larger than ``min_delta``) and its own best-weights restore — as if it
 had been trained alone, which is what the paper does, in one pass over the data.
 
+For the same reason the networks can be trained in separate processes (``workers=``): groups
+of about equal weight count, one spawned process and one torch thread each, every group on the
+same split and the same seeded batches. The merged weights and history are bit-identical to a
+serial run with one torch thread.
+
 Negative event weights (NLO generators) are supported: each batch's loss is
 −Σ_b w log p / (n_b · w̄) with w̄ the mean weight of the whole training set, an unbiased
 estimate of −V that does not blow up when a batch's weights happen to cancel. Σw must be > 0.
@@ -18,9 +23,13 @@ estimate of −V that does not blow up when a batch's weights happen to cancel. 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
+import glob
 import math
+import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -68,8 +77,10 @@ class TrainingHistory:
 
     ``train_loss``/``val_loss`` are per-observable weighted mean negative log-likelihoods in
     latent space (nats/event), ``lr`` the learning rate of each network, ``active`` which
-    networks were still training. ``best_epoch``/``best_val_loss`` per network are what was
-    restored.
+    networks were still training. A network that has stopped has no training loss (NaN) and
+    keeps its last validation loss and learning rate. ``best_epoch``/``best_val_loss`` per
+    network are what was restored. ``seconds``: wall time of each epoch (with workers, that of
+    the slowest group).
     """
 
     observables: list[str]
@@ -146,13 +157,39 @@ def _adam_options(device: torch.device) -> dict[str, Any]:
     return {}
 
 
+@dataclass(frozen=True)
+class _LoopSettings:
+    """The knobs of the epoch loop: what a worker process needs besides the model and data."""
+
+    batch_size: int
+    max_epochs: int
+    lr: float
+    lr_factor: float
+    lr_patience: int
+    patience: int
+    min_delta: float
+    seed: int
+    eval_batch_size: int
+
+
+@dataclass
+class _TrainingData:
+    """The θ-independent per-event tensors, the weights (mean 1) and the seeded split."""
+
+    tensors: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+
 def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
           validation: float = 0.4, batch_size: int = 500, max_epochs: int = 1000,
           lr: float = 1e-3, lr_factor: float = 0.5, lr_patience: int = 2, patience: int = 8,
           min_delta: float = 1e-6, seed: int = 0, device: str | torch.device | None = None,
           dtype: torch.dtype = torch.float32, checkpoint: str | os.PathLike | None = None,
           resume: bool = False, progress: bool = True, eval_batch_size: int = 65536,
-          callback: Callable[[int, TrainingHistory], None] | None = None) -> TrainingHistory:
+          callback: Callable[[int, TrainingHistory], None] | None = None,
+          workers: int = 1) -> TrainingHistory:
     """Fit ``model`` to weighted events by maximum likelihood, in place; returns the history.
 
     Arguments:
@@ -171,9 +208,24 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
             is continued exactly where it stopped: the final weights equal those of an
             uninterrupted run.
         progress: tqdm bar with the losses; callback(epoch, history) after each epoch.
+        workers: processes to train in. With ``workers > 1`` the training units (one network
+            per observable) are split into that many groups of about equal weight count, and
+            each group is trained in its own "spawn" process with one torch thread, on the same
+            split and the same batches; the weights and history are then merged here. As the
+            networks share nothing, the result is bit-identical to ``workers=1`` run with one
+            torch thread (``history.seconds`` excepted: per epoch, the slowest group's time).
+            More workers than units means one per unit; a single unit (a flow) trains in this
+            process. Each group has its own checkpoint, ``<checkpoint>.group<g>of<workers>``,
+            resumed with the same ``workers``. ``callback`` needs ``workers=1`` (the epochs
+            run elsewhere); ``progress`` shows groups finishing, not epochs. Scripts calling
+            this with ``workers > 1`` need the ``if __name__ == "__main__":`` guard.
 
     If the model has no ``parameter_bounds`` yet they are set to the (min, max) of ``theta``.
     """
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+        raise InputError(f"workers must be an int ≥ 1, got {workers!r}")
+    if workers < 1:
+        raise InputError(f"workers must be ≥ 1, got {workers}")
     if not 0.0 < validation < 1.0:
         raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
     if batch_size < 1 or max_epochs < 0 or patience < 1:
@@ -190,6 +242,11 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     n_val = round(validation * n)
     if n_val < 1 or n - n_val < 1:
         raise InputError(f"too few events ({n}) for a validation fraction of {validation}")
+    units = model.training_units()
+    n_workers = min(int(workers), len(units))
+    if n_workers > 1 and callback is not None:
+        raise InputError("callback needs workers=1: with workers > 1 the epochs run in other "
+                         "processes")
 
     # θ-independent preprocessing, once (latent values, scaled network inputs, ...)
     with torch.no_grad():
@@ -197,12 +254,87 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     wt = torch.as_tensor(w / w.mean(), dtype=dtype, device=dev)  # mean weight 1
 
     split = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
-    val_idx, train_idx = split[:n_val], split[n_val:]
-    units = model.training_units()
+    data = _TrainingData(tensors=tensors, weights=wt, train_idx=split[n_val:],
+                         val_idx=split[:n_val])
+    settings = _LoopSettings(batch_size=batch_size, max_epochs=max_epochs, lr=lr,
+                             lr_factor=lr_factor, lr_patience=lr_patience, patience=patience,
+                             min_delta=min_delta, seed=seed, eval_batch_size=eval_batch_size)
+    fingerprint = {"n": n, "validation": validation, "batch_size": batch_size, "seed": seed,
+                   "weights": [sum(p.numel() for p in u.parameters()) for u in units],
+                   "x_sum": float(xv.sum()),
+                   "theta_sum": float(th.sum())}
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    groups = _partition(fingerprint["weights"], n_workers)
+    ckpt_paths = _checkpoint_paths(ckpt_path, len(groups), resume)
+    if len(groups) == 1:
+        return _train_units(model, data, groups[0], settings, fingerprint=fingerprint,
+                            checkpoint=ckpt_paths[0], resume=resume, progress=progress,
+                            callback=callback)
+    return _train_in_processes(model, data, groups, settings, fingerprint=fingerprint,
+                               checkpoints=ckpt_paths, resume=resume, progress=progress)
+
+
+def _partition(weights: list[int], n_groups: int) -> list[list[int]]:
+    """Unit indices split into ``n_groups`` non-empty groups of about equal Σ weights.
+
+    Greedy longest-processing-time: the heaviest unit not yet placed goes to the lightest group
+    (the emptier one on a tie), which is within 4/3 of the best split. The time of an epoch is
+    about proportional to a network's weights, and the slowest group sets the wall time.
+    """
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    load = [0] * n_groups
+    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
+        g = min(range(n_groups), key=lambda g: (load[g], len(groups[g]), g))
+        groups[g].append(i)
+        load[g] += weights[i]
+    return sorted(sorted(group) for group in groups)
+
+
+def _checkpoint_paths(path: Path | None, n_groups: int, resume: bool) -> list[Path | None]:
+    """The checkpoint file of each group: ``path`` itself for one group, else
+    ``<path>.group<g>of<n>``. Resuming from files of the same name written with another number
+    of workers is refused rather than silently starting afresh."""
+    if path is None:
+        return [None] * n_groups
+    if n_groups == 1:
+        paths = [path]
+    else:
+        paths = [path.with_name(f"{path.name}.group{g + 1}of{n_groups}")
+                 for g in range(n_groups)]
+    if resume and not any(p.exists() for p in paths):
+        others = [p for p in [path, *path.parent.glob(glob.escape(path.name) + ".group*of*")]
+                  if p.exists() and p not in paths]
+        if others:
+            raise ModelFileError(f"{others[0]}: checkpoint written with another number of "
+                                 f"workers; resume with the same workers= (this run has "
+                                 f"{n_groups} group(s))")
+    return paths
+
+
+def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[int],
+                 settings: _LoopSettings, *, fingerprint: dict[str, Any],
+                 checkpoint: Path | None, resume: bool, progress: bool,
+                 callback: Callable[[int, TrainingHistory], None] | None) -> TrainingHistory:
+    """The epoch loop for the training units ``unit_ids`` (all of them when serial).
+
+    Units outside ``unit_ids`` are neither evaluated nor trained. The history's per-network
+    columns are those of ``unit_ids``, in that order. Nothing random depends on which units
+    are trained: the split comes with ``data`` and each epoch's shuffle is seeded by
+    (seed, epoch), so any group sees exactly the batches of a serial run.
+    """
+    s = settings
+    all_units = model.training_units()
+    units = [all_units[i] for i in unit_ids]
     n_nets = len(units)
-    optims = [torch.optim.Adam(net.parameters(), lr=lr, **_adam_options(dev)) for net in units]
+    dev = model.device
+    tensors, wt = data.tensors, data.weights
+    train_idx, val_idx = data.train_idx, data.val_idx
+    if len(unit_ids) != len(all_units):
+        fingerprint = {**fingerprint, "group": list(unit_ids)}
+    optims = [torch.optim.Adam(net.parameters(), lr=s.lr, **_adam_options(dev))
+              for net in units]
     scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(
-        o, mode="min", factor=lr_factor, patience=lr_patience, threshold=min_delta,
+        o, mode="min", factor=s.lr_factor, patience=s.lr_patience, threshold=s.min_delta,
         threshold_mode="abs") for o in optims]
     history = TrainingHistory(observables=list(model.space.names))
     state = {
@@ -213,93 +345,92 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         "best_epoch": [0] * n_nets,
         "best_state": [copy.deepcopy(net.state_dict()) for net in units],
     }
-    fingerprint = {"n": n, "validation": validation, "batch_size": batch_size, "seed": seed,
-                   "weights": [sum(p.numel() for p in u.parameters()) for u in units],
-                   "x_sum": float(xv.sum()),
-                   "theta_sum": float(th.sum())}
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
+    if resume and checkpoint is not None and checkpoint.exists():
         try:
-            ck = torch.load(ckpt_path, map_location=dev, weights_only=True)
+            ck = torch.load(checkpoint, map_location=dev, weights_only=True)
         except Exception as exc:
-            raise ModelFileError(f"{ckpt_path}: cannot read checkpoint ({exc})") from None
+            raise ModelFileError(f"{checkpoint}: cannot read checkpoint ({exc})") from None
         if ck.get("version") != _CHECKPOINT_VERSION or ck.get("fingerprint") != fingerprint:
-            raise ModelFileError(f"{ckpt_path}: checkpoint belongs to a different training "
-                                 "(data, split, batch size, seed or model differ)")
+            raise ModelFileError(f"{checkpoint}: checkpoint belongs to a different training "
+                                 "(data, split, batch size, seed, model or workers differ)")
         model.module.load_state_dict(ck["module"])
-        for o, s in zip(optims, ck["optims"]):
-            o.load_state_dict(s)
-        for sc, s in zip(scheds, ck["scheds"]):
-            sc.load_state_dict(s)
+        for o, sd in zip(optims, ck["optims"]):
+            o.load_state_dict(sd)
+        for sc, sd in zip(scheds, ck["scheds"]):
+            sc.load_state_dict(sd)
         state = ck["state"]
         history = TrainingHistory.from_dict(ck["history"])
 
     def batch_loss(idx: torch.Tensor, nets: list[int]) -> list[torch.Tensor]:
         batch = {k: v[idx] for k, v in tensors.items()}
         wb = wt[idx]
-        return [-(wb * model.training_log_prob(i, batch)).sum() / len(idx) for i in nets]
+        return [-(wb * model.training_log_prob(unit_ids[k], batch)).sum() / len(idx)
+                for k in nets]
 
-    def evaluate(idx: torch.Tensor) -> list[float]:
-        totals = torch.zeros(n_nets, dtype=torch.float64)
+    def evaluate(idx: torch.Tensor, nets: list[int]) -> list[float]:
+        totals = torch.zeros(len(nets), dtype=torch.float64)
         with torch.no_grad():
-            for s in range(0, len(idx), eval_batch_size):
-                chunk = idx[s:s + eval_batch_size]
-                for i, loss in enumerate(batch_loss(chunk, list(range(n_nets)))):
-                    totals[i] += loss.double().cpu() * len(chunk)
+            for start in range(0, len(idx), s.eval_batch_size):
+                chunk = idx[start:start + s.eval_batch_size]
+                for j, loss in enumerate(batch_loss(chunk, nets)):
+                    totals[j] += loss.double().cpu() * len(chunk)
         return (totals / len(idx)).tolist()
 
-    bar = tqdm(total=max_epochs, initial=state["epoch"], disable=not progress, unit="epoch",
+    bar = tqdm(total=s.max_epochs, initial=state["epoch"], disable=not progress, unit="epoch",
                desc="training")
     # the weights require gradients only while training (see TrainedModel)
     grad_flags = [p.requires_grad for net in units for p in net.parameters()]
     for net in units:
         net.requires_grad_(True)
     try:
-        while state["epoch"] < max_epochs and any(state["active"]):
+        while state["epoch"] < s.max_epochs and any(state["active"]):
             t0 = time.perf_counter()
             epoch = state["epoch"]
-            active = [i for i in range(n_nets) if state["active"][i]]
+            active = [k for k in range(n_nets) if state["active"][k]]
             # shuffles seeded by (seed, epoch): a resumed run sees the same batches
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+            gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch + 1)
             order = train_idx[torch.randperm(len(train_idx), generator=gen).to(dev)]
             sums = torch.zeros(n_nets, dtype=torch.float64)
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
+            for start in range(0, len(order), s.batch_size):
+                idx = order[start:start + s.batch_size]
                 losses = batch_loss(idx, active)
-                for i in active:
-                    optims[i].zero_grad(set_to_none=True)
+                for k in active:
+                    optims[k].zero_grad(set_to_none=True)
                 torch.stack(losses).sum().backward()
-                for k, i in enumerate(active):
-                    optims[i].step()
-                    sums[i] += losses[k].detach().double().cpu() * len(idx)
-            val = evaluate(val_idx)
-            for i in active:
-                scheds[i].step(val[i])
-                if val[i] < state["best_val"][i] - min_delta:
-                    state["best_val"][i] = val[i]
-                    state["best_epoch"][i] = epoch
-                    state["best_state"][i] = copy.deepcopy(units[i].state_dict())
-                    state["bad_epochs"][i] = 0
+                for j, k in enumerate(active):
+                    optims[k].step()
+                    sums[k] += losses[j].detach().double().cpu() * len(idx)
+            # a stopped network's weights no longer change: it keeps its last validation loss
+            val = list(history.val_loss[-1]) if history.val_loss else [math.nan] * n_nets
+            for k, v in zip(active, evaluate(val_idx, active)):
+                val[k] = v
+            for k in active:
+                scheds[k].step(val[k])
+                if val[k] < state["best_val"][k] - s.min_delta:
+                    state["best_val"][k] = val[k]
+                    state["best_epoch"][k] = epoch
+                    state["best_state"][k] = copy.deepcopy(units[k].state_dict())
+                    state["bad_epochs"][k] = 0
                 else:
-                    state["bad_epochs"][i] += 1
-                    if state["bad_epochs"][i] >= patience:
-                        state["active"][i] = False
+                    state["bad_epochs"][k] += 1
+                    if state["bad_epochs"][k] >= s.patience:
+                        state["active"][k] = False
             train_mean = (sums / len(order)).tolist()
             history.epochs.append(epoch)
-            history.train_loss.append([train_mean[i] if i in active else math.nan
-                                       for i in range(n_nets)])
+            history.train_loss.append([train_mean[k] if k in active else math.nan
+                                       for k in range(n_nets)])
             history.val_loss.append(val)
             history.lr.append([o.param_groups[0]["lr"] for o in optims])
             history.active.append(list(state["active"]))
             history.seconds.append(time.perf_counter() - t0)
             state["epoch"] = epoch + 1
-            if ckpt_path is not None:
+            if checkpoint is not None:
                 _atomic_torch_save({
                     "version": _CHECKPOINT_VERSION, "fingerprint": fingerprint,
                     "module": model.module.state_dict(),
                     "optims": [o.state_dict() for o in optims],
                     "scheds": [sc.state_dict() for sc in scheds],
-                    "state": state, "history": history.to_dict()}, ckpt_path)
+                    "state": state, "history": history.to_dict()}, checkpoint)
             bar.update(1)
             bar.set_postfix(val=f"{sum(val):.5f}", active=sum(state["active"]))
             if callback is not None:
@@ -309,9 +440,104 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         for p, flag in zip([p for net in units for p in net.parameters()], grad_flags):
             p.requires_grad_(flag)
             p.grad = None  # the last batch's gradients are training state, not the model's
-    for i, net in enumerate(units):
-        net.load_state_dict(state["best_state"][i])
+    for k, net in enumerate(units):
+        net.load_state_dict(state["best_state"][k])
     history.best_epoch = list(state["best_epoch"])
     history.best_val_loss = list(state["best_val"])
     history.stopped = not any(state["active"])
     return history
+
+
+def _init_worker() -> None:
+    """Process-pool initializer: one torch thread per worker (the workers run side by side,
+    and one thread is the fastest setting for these small batches anyway)."""
+    torch.set_num_threads(1)
+
+
+def _train_group(payload: bytes, unit_ids: list[int], fingerprint: dict[str, Any],
+                 checkpoint: Path | None, resume: bool) -> bytes:
+    """Worker side: train the units ``unit_ids`` of the pickled (model, data, settings).
+
+    Returns the pickled (history dict, best-restored state dicts of those units). Results and
+    arguments travel as plain pickles: ``multiprocessing``'s own pickler would move tensors
+    through shared memory, which is not needed for these sizes.
+    """
+    model, data, settings = pickle.loads(payload)
+    history = _train_units(model, data, unit_ids, settings, fingerprint=fingerprint,
+                           checkpoint=checkpoint, resume=resume, progress=False, callback=None)
+    units = model.training_units()
+    return pickle.dumps((history.to_dict(), [units[i].state_dict() for i in unit_ids]))
+
+
+def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: list[list[int]],
+                        settings: _LoopSettings, *, fingerprint: dict[str, Any],
+                        checkpoints: list[Path | None], resume: bool,
+                        progress: bool) -> TrainingHistory:
+    """Each group of units trained in its own spawned process; weights and history merged."""
+    try:
+        payload = pickle.dumps((model, data, settings))
+    except Exception as exc:
+        raise InputError(f"workers > 1: the model cannot be pickled for the worker processes "
+                         f"({exc})") from None
+    results: list[tuple[dict[str, Any], list[dict[str, torch.Tensor]]] | None] = [None] * len(
+        groups)
+    bar = tqdm(total=sum(map(len, groups)), disable=not progress, unit="network",
+               desc=f"training in {len(groups)} processes")
+    try:
+        with cf.ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_init_worker) as pool:
+            futures = {pool.submit(_train_group, payload, group, fingerprint, path, resume): g
+                       for g, (group, path) in enumerate(zip(groups, checkpoints))}
+            for fut in cf.as_completed(futures):
+                g = futures[fut]
+                results[g] = pickle.loads(fut.result())
+                bar.update(len(groups[g]))
+    finally:
+        bar.close()
+    units = model.training_units()
+    histories = []
+    for group, result in zip(groups, results):
+        assert result is not None  # every future has completed
+        hist, states = result
+        histories.append(TrainingHistory.from_dict(hist))
+        for i, sd in zip(group, states):
+            units[i].load_state_dict(sd)
+    return _merge_histories(list(model.space.names), groups, histories)
+
+
+def _merge_histories(observables: list[str], groups: list[list[int]],
+                     histories: list[TrainingHistory]) -> TrainingHistory:
+    """One history over all units from the histories of groups of units, as a serial run
+    records it: a group that stopped early contributes, for its remaining epochs, what a
+    stopped network shows serially (no training loss, its last validation loss and learning
+    rate, inactive). ``seconds`` per epoch is that of the slowest group."""
+    n_units = sum(map(len, groups))
+    longest = max(histories, key=lambda h: len(h.epochs))
+    merged = TrainingHistory(observables=observables, epochs=list(longest.epochs))
+    for e in range(len(merged.epochs)):
+        train_loss, val_loss = [math.nan] * n_units, [math.nan] * n_units
+        lr, active = [math.nan] * n_units, [False] * n_units
+        seconds = 0.0
+        for group, h in zip(groups, histories):
+            ran = e < len(h.epochs)
+            row = e if ran else -1
+            if ran:
+                seconds = max(seconds, h.seconds[e])
+            elif not h.stopped:  # only resumed checkpoints beyond max_epochs can do this
+                raise ModelFileError("the groups' checkpoints cover different numbers of "
+                                     f"epochs ({len(h.epochs)} and {len(longest.epochs)})")
+            for k, i in enumerate(group):
+                val_loss[i], lr[i] = h.val_loss[row][k], h.lr[row][k]
+                if ran:
+                    train_loss[i], active[i] = h.train_loss[e][k], h.active[e][k]
+        merged.train_loss.append(train_loss)
+        merged.val_loss.append(val_loss)
+        merged.lr.append(lr)
+        merged.active.append(active)
+        merged.seconds.append(seconds)
+    merged.best_epoch, merged.best_val_loss = [0] * n_units, [math.inf] * n_units
+    for group, h in zip(groups, histories):
+        for k, i in enumerate(group):
+            merged.best_epoch[i], merged.best_val_loss[i] = h.best_epoch[k], h.best_val_loss[k]
+    merged.stopped = all(h.stopped for h in histories)
+    return merged

@@ -1,0 +1,180 @@
+"""train(workers=N): networks trained in worker processes give exactly the serial result.
+
+Each spawned worker imports torch (a few seconds), so the process-pool runs here are few and
+small; what can be checked in this process (the partition, that a group touches only its own
+networks, the history merge) is checked here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import egmm.training
+from egmm import (
+    GMMDensity,
+    InputError,
+    LatentProjection,
+    ModelFileError,
+    Observable,
+    ObservableSpace,
+    train,
+)
+from egmm.training import TrainingHistory, _merge_histories, _partition, _train_units
+from helpers import SMALL, toy_2d
+
+# network 1 stops one epoch before network 0 (after epochs 3 and 4): see the first test
+EARLY_STOP = {"max_epochs": 60, "batch_size": 50, "lr": 0.05, "patience": 2,
+              "lr_patience": 100, "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Bitwise equality holds against a serial run with one torch thread (as the workers)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(x, seed=0):
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(seed)
+    return GMMDensity(space, ["c"], proj, **SMALL)
+
+
+def _assert_same_history(a: TrainingHistory, b: TrainingHistory) -> None:
+    """Field by field, NaN equal to NaN; ``seconds`` are timings and differ."""
+    da, db = a.to_dict(), b.to_dict()
+    assert da.keys() == db.keys()
+    for name in da:
+        if name != "seconds":
+            np.testing.assert_equal(da[name], db[name], err_msg=name)
+    assert len(a.seconds) == len(b.seconds)
+
+
+def _assert_same_weights(a: GMMDensity, b: GMMDensity) -> None:
+    sa, sb = a.module.state_dict(), b.module.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def test_workers_equal_serial_bitwise(capfd):
+    x, th = toy_2d(200)
+    serial = _model(x)
+    h1 = train(serial, x, th, **EARLY_STOP)
+    # the networks stop at different epochs: the merge must fill in the earlier one's rows
+    assert h1.stopped and h1.active[3] == [True, False] and h1.active[4] == [False, False]
+    capfd.readouterr()
+    parallel = _model(x)
+    h2 = train(parallel, x, th, workers=2, **EARLY_STOP)
+    assert capfd.readouterr() == ("", "")  # progress=False: nothing, workers included
+    _assert_same_weights(serial, parallel)
+    _assert_same_history(h1, h2)
+    assert all(math.isnan(v) for v in h2.train_loss[4][1:])  # network 1 no longer trained
+    # trained weights no longer require gradients, as after a serial run
+    assert not any(p.requires_grad or p.grad is not None for p in parallel.module.parameters())
+
+
+def test_group_trains_and_evaluates_only_its_networks(monkeypatch):
+    """The loop a worker runs, here in this process for the group [1]."""
+    x, th = toy_2d(200)
+    serial = _model(x)
+    h_all = train(serial, x, th, **EARLY_STOP)
+    group = _model(x)
+    untouched = {k: v.clone() for k, v in group.nets[0].state_dict().items()}
+    seen = []
+    original = GMMDensity.training_log_prob
+
+    def spy(self, i, batch):
+        seen.append(i)
+        return original(self, i, batch)
+
+    monkeypatch.setattr(GMMDensity, "training_log_prob", spy)
+    captured = {}
+
+    def run_group_1(model, data, unit_ids, settings, **kwargs):
+        captured["history"] = _train_units(model, data, [1], settings, **kwargs)
+        return captured["history"]
+
+    monkeypatch.setattr(egmm.training, "_train_units", run_group_1)
+    train(group, x, th, **EARLY_STOP)
+    assert set(seen) == {1}
+    for k, v in group.nets[0].state_dict().items():
+        assert torch.equal(v, untouched[k])
+    for k, v in group.nets[1].state_dict().items():
+        assert torch.equal(v, serial.nets[1].state_dict()[k])
+    h1 = captured["history"]
+    assert len(h1.epochs) == 4  # network 1 stopped after epoch 3
+    for e in range(4):
+        np.testing.assert_equal([row[1] for row in (h_all.train_loss[e], h_all.val_loss[e],
+                                                    h_all.lr[e], h_all.active[e])],
+                                [row[0] for row in (h1.train_loss[e], h1.val_loss[e],
+                                                    h1.lr[e], h1.active[e])])
+
+
+def test_partition_balances_weights():
+    assert _partition([10, 10], 2) == [[0], [1]]
+    # heaviest first onto the lighter group: 15 vs 13 (the optimum is 14 vs 14)
+    assert _partition([5, 9, 4, 3, 7], 2) == [[0, 3, 4], [1, 2]]
+    groups = _partition([7, 1, 1, 1, 1, 1, 1, 1], 3)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    assert all(groups) and [0] in groups
+    assert _partition([0, 0, 0], 3) == [[0], [1], [2]]  # no empty group
+
+
+def test_merge_fills_stopped_groups_as_serial():
+    early = TrainingHistory(observables=[], epochs=[0, 1], train_loss=[[1.0], [0.9]],
+                            val_loss=[[2.0], [2.1]], lr=[[0.1], [0.05]],
+                            active=[[True], [False]], seconds=[1.0, 3.0], best_epoch=[0],
+                            best_val_loss=[2.0], stopped=True)
+    late = TrainingHistory(observables=[], epochs=[0, 1, 2],
+                           train_loss=[[5.0, 6.0], [4.0, 5.0], [3.0, 4.0]],
+                           val_loss=[[5.5, 6.5], [4.5, 5.5], [3.5, 4.5]],
+                           lr=[[0.1, 0.1]] * 3, active=[[True, True]] * 3,
+                           seconds=[2.0, 2.0, 2.0], best_epoch=[2, 2],
+                           best_val_loss=[3.5, 4.5], stopped=False)
+    m = _merge_histories(["a", "b", "c"], [[1], [0, 2]], [early, late])
+    assert m.epochs == [0, 1, 2] and m.observables == ["a", "b", "c"]
+    np.testing.assert_equal(m.train_loss, [[5.0, 1.0, 6.0], [4.0, 0.9, 5.0],
+                                           [3.0, math.nan, 4.0]])
+    assert m.val_loss[2] == [3.5, 2.1, 4.5] and m.lr[2] == [0.1, 0.05, 0.1]
+    assert m.active[2] == [True, False, True] and m.seconds == [2.0, 3.0, 2.0]
+    assert m.best_epoch == [2, 0, 2] and m.best_val_loss == [3.5, 2.0, 4.5]
+    assert not m.stopped
+
+
+def test_bad_workers():
+    x, th = toy_2d(50)
+    for bad in (0, -2):
+        with pytest.raises(InputError, match="workers must be ≥ 1"):
+            train(_model(x), x, th, workers=bad, progress=False)
+    for bad in (1.5, "2", True, None):
+        with pytest.raises(InputError, match="workers must be an int"):
+            train(_model(x), x, th, workers=bad, progress=False)
+    with pytest.raises(InputError, match="callback needs workers=1"):
+        train(_model(x), x, th, workers=2, callback=lambda e, h: None, progress=False)
+
+
+def test_checkpoint_per_worker_resumes_exactly(tmp_path):
+    x, th = toy_2d(200)
+    reference = _model(x)
+    h_ref = train(reference, x, th, **EARLY_STOP)
+
+    ckpt = tmp_path / "run.ckpt"
+    # as if killed after epoch 2; 3 workers for 2 networks: 2 processes, one file each
+    train(_model(x), x, th, workers=3, checkpoint=ckpt, **{**EARLY_STOP, "max_epochs": 2})
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["run.ckpt.group1of2", "run.ckpt.group2of2"]
+    # the serial run refuses the workers' files instead of silently starting afresh
+    with pytest.raises(ModelFileError, match="another number of workers"):
+        train(_model(x), x, th, checkpoint=ckpt, resume=True, **EARLY_STOP)
+    resumed = _model(x, seed=123)  # different init: everything must come from the checkpoints
+    h = train(resumed, x, th, workers=2, checkpoint=ckpt, resume=True, **EARLY_STOP)
+    _assert_same_weights(reference, resumed)
+    _assert_same_history(h_ref, h)
