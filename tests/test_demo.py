@@ -158,7 +158,14 @@ def test_cli_parses_demo_options():
     assert (args.seed, args.events_per_point, args.threads) == (3, 700, 0)
     defaults = build_parser().parse_args(["demo", "--out", "d"])
     assert (defaults.events_per_point, defaults.threads, defaults.seed) == (None, 1, 0)
-    assert defaults.model is None
+    assert defaults.model is None and defaults.workers is None
+    assert build_parser().parse_args(["demo", "--out", "d", "--workers", "3"]).workers == 3
+    import os
+    assert demo_config().train_workers == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    assert demo_config(quick=True).train_workers == 1
+    assert demo_config(train_workers=3).model_key() == demo_config().model_key()
+    with pytest.raises(InputError, match="workers"):
+        demo_config(train_workers=0)
     assert build_parser().parse_args(["demo", "--out", "d", "--model", "m.egmm"]).model == [
         "m.egmm"]
     assert build_parser().parse_args(["demo", "--out", "d", "--model", "a.egmm", "--model",

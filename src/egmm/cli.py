@@ -73,6 +73,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                   help="processes the networks are trained in (default 2 on a machine with "
+                        "two or more cores; the model does not depend on it)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or stage messages (the table is still printed)")
     p.add_argument("--model", metavar="FILE", action="append",
@@ -88,7 +91,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     results = run_demo(args.out, full=args.full, quick=args.quick, seed=args.seed,
                        progress=not args.no_progress, events_per_point=args.events_per_point,
-                       max_epochs=args.max_epochs, threads=args.threads, model=args.model)
+                       max_epochs=args.max_epochs, threads=args.threads, model=args.model,
+                       workers=args.workers)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])
