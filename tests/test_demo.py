@@ -282,3 +282,18 @@ def test_demo_averages_several_model_files(quick_run, tmp_path):
     with pytest.raises(ModelFileError):  # every file is checked like a single one
         _train_model(tmp_path, demo_config(quick=True), PaperToy(), lambda m: None, False,
                      None, [out / "model.egmm", tmp_path / "missing.egmm"])
+
+
+def test_demo_restarts_training_from_an_unusable_checkpoint(tmp_path, capsys):
+    # a checkpoint this version cannot resume (another format, a corrupt file) is reported and
+    # replaced, not a dead end
+    import hashlib
+
+    key = demo_config(quick=True).model_key()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    (tmp_path / f"train-{digest}.ckpt").write_bytes(b"not a checkpoint")
+    results = run_demo(tmp_path, quick=True, progress=True)
+    captured = capsys.readouterr()
+    assert "training from the start" in captured.out + captured.err
+    assert (tmp_path / "model.egmm").is_file() and not list(tmp_path.glob("train-*.ckpt*"))
+    assert len(results["datasets"]) == 9

@@ -95,6 +95,16 @@ def test_resume_gives_identical_weights(tmp_path):
     with pytest.raises(ModelFileError, match="different training"):
         train(_model(x), x, th, checkpoint=ckpt, resume=True, max_epochs=4, batch_size=32,
               progress=False)
+    # ... so is one of the same data trained with another learning rate, or of other data
+    # with the same sums (two events swapped between θ points)
+    with pytest.raises(ModelFileError, match="different training"):
+        train(_model(x), x, th, checkpoint=ckpt, resume=True, **{**kwargs, "lr": 2e-3})
+    swapped = th.copy()
+    i, j = 0, int(np.argmax(th[:, 0] != th[0, 0]))
+    swapped[[i, j]] = swapped[[j, i]]
+    assert swapped.sum() == th.sum() and not np.array_equal(swapped, th)
+    with pytest.raises(ModelFileError, match="different training"):
+        train(_model(x), x, swapped, checkpoint=ckpt, resume=True, **kwargs)
 
 
 def test_bad_training_input():

@@ -567,10 +567,19 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
     say(f"[2/4] training {model!r} on {len(x):,} events: at most {cfg.max_epochs} epochs "
         f"(early stopping after 8 without improvement), {where}; "
         f"checkpoint {ckpt.name} (Ctrl-C safe: rerun to resume)")
+    def run() -> TrainingHistory:
+        return train(model, x, theta, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
+                     seed=cfg.seed, checkpoint=ckpt, resume=True, progress=progress,
+                     workers=cfg.train_workers)
+
     with clock.stage("training"), _torch_threads(cfg.train_threads):
-        history = train(model, x, theta, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
-                        seed=cfg.seed, checkpoint=ckpt, resume=True, progress=progress,
-                        workers=cfg.train_workers)
+        try:
+            history = run()
+        except ModelFileError as exc:  # a checkpoint this version cannot resume: start afresh
+            say(f"      {exc}; training from the start")
+            for old in out.glob(ckpt.name + "*"):
+                old.unlink()
+            history = run()
     (out / "model.json").unlink(missing_ok=True)  # a model.egmm without it is never reused
     model.save(out / "model.egmm")
     _write_json(out / "history.json", history.to_dict())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import copy
 import glob
+import hashlib
 import math
 import multiprocessing
 import os
@@ -68,7 +69,7 @@ class TrainableDensity(Protocol):
     @property
     def device(self) -> torch.device: ...
 
-_CHECKPOINT_VERSION = 1
+_CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
 
 
 @dataclass
@@ -259,10 +260,17 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     settings = _LoopSettings(batch_size=batch_size, max_epochs=max_epochs, lr=lr,
                              lr_factor=lr_factor, lr_patience=lr_patience, patience=patience,
                              min_delta=min_delta, seed=seed, eval_batch_size=eval_batch_size)
+    # what a checkpoint must match to be resumed: the data (a digest of events, θ and
+    # weights), the split, the optimisation settings and the model's shape (max_epochs may
+    # change: a finished run can be continued for more epochs)
+    digest = hashlib.sha256()
+    for arr in (xv, th, w):
+        digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
     fingerprint = {"n": n, "validation": validation, "batch_size": batch_size, "seed": seed,
                    "weights": [sum(p.numel() for p in u.parameters()) for u in units],
-                   "x_sum": float(xv.sum()),
-                   "theta_sum": float(th.sum())}
+                   "data_sha256": digest.hexdigest(), "lr": lr, "lr_factor": lr_factor,
+                   "lr_patience": lr_patience, "patience": patience, "min_delta": min_delta,
+                   "dtype": str(dtype)}
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     groups = _partition(fingerprint["weights"], n_workers)
     ckpt_paths = _checkpoint_paths(ckpt_path, len(groups), resume)
@@ -352,7 +360,8 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             raise ModelFileError(f"{checkpoint}: cannot read checkpoint ({exc})") from None
         if ck.get("version") != _CHECKPOINT_VERSION or ck.get("fingerprint") != fingerprint:
             raise ModelFileError(f"{checkpoint}: checkpoint belongs to a different training "
-                                 "(data, split, batch size, seed, model or workers differ)")
+                                 "(data, split, batch size, seed, learning-rate or stopping "
+                                 "settings, dtype, model or workers differ)")
         model.module.load_state_dict(ck["module"])
         for o, sd in zip(optims, ck["optims"]):
             o.load_state_dict(sd)
