@@ -84,9 +84,9 @@ def analytic_model(events: int) -> tuple[Any, dict[str, float], str]:
     return cost, truth, "Gaussian (μ, σ) on flat, extended, free yields, constraint on n_bkg"
 
 
-def gmm_model(events: int, seed: int) -> tuple[Any, dict[str, float], str]:
+def gmm_model(events: int, seed: int, path: Path = RESULTS / "paper_toy_gmm.egmm"
+              ) -> tuple[Any, dict[str, float], str]:
     toy = PaperToy()
-    path = RESULTS / "paper_toy_gmm.egmm"
     if path.exists():
         model = GMMDensity.load(path)
         origin = f"loaded {path.name}"
@@ -221,6 +221,9 @@ def main() -> None:
     parser.add_argument("--toys", type=int, default=200)
     parser.add_argument("--events", type=int, default=400)
     parser.add_argument("--models", default="analytic,gmm")
+    parser.add_argument("--gmm-model", type=Path, default=RESULTS / "paper_toy_gmm.egmm",
+                        help="the paper-toy model file of the gmm case (trained briefly here "
+                             "if missing)")
     parser.add_argument("--reference-toys", type=int, default=None,
                         help="toys fitted by the plain loop (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -237,7 +240,7 @@ def main() -> None:
         if name == "analytic":
             cost, truth, description = analytic_model(args.events)
         elif name == "gmm":
-            cost, truth, description = gmm_model(args.events, args.seed)
+            cost, truth, description = gmm_model(args.events, args.seed, args.gmm_model)
         else:
             raise SystemExit(f"unknown model {name!r} (analytic, gmm)")
         results[name] = measure(name, cost, truth, description, args.toys, n_reference,

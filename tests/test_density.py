@@ -315,3 +315,36 @@ def test_truncated_mixture_log_prob_against_scipy(dtype):
         fd = [(total(m0 + h * np.eye(6)[g]) - total(m0 - h * np.eye(6)[g])) / (2 * h)
               for g in range(6)]
         np.testing.assert_allclose(mu_d.grad.sum(0).numpy(), fd, rtol=1e-5, atol=1e-7)
+
+
+def test_smooth_activation_option(tmp_path):
+    # activation="silu": a different, smooth network; kept in the model file; files without
+    # the knob (older models) load as the paper's LeakyReLU; an unknown name is refused
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    x = np.random.default_rng(0).uniform(size=(400, 2))
+    proj = LatentProjection.fit(space, x)
+    torch.manual_seed(0)
+    silu = GMMDensity(space, ["c"], proj, parameter_bounds={"c": (-1.0, 1.0)},
+                      activation="silu", **SMALL)
+    torch.manual_seed(0)
+    leaky = GMMDensity(space, ["c"], proj, parameter_bounds={"c": (-1.0, 1.0)}, **SMALL)
+    assert all(net.activation == "silu" for net in silu.nets)
+    a, b = silu.log_prob(x[:50], {"c": 0.3}), leaky.log_prob(x[:50], {"c": 0.3})
+    assert np.all(np.isfinite(a)) and not np.allclose(a, b)
+    # smooth in θ: the θ-gradient is continuous (central differences converge to it)
+    xt = torch.as_tensor(x[:50])
+    th = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    silu.log_prob_tensor(xt, th).sum().backward()
+    h = 1e-5
+    up = silu.log_prob(x[:50], {"c": 0.3 + h}).sum()
+    down = silu.log_prob(x[:50], {"c": 0.3 - h}).sum()
+    assert float(th.grad[0]) == pytest.approx((up - down) / (2 * h), rel=1e-5)
+    silu.save(tmp_path / "silu.egmm")
+    loaded = GMMDensity.load(tmp_path / "silu.egmm")
+    assert loaded.config["activation"] == "silu"
+    np.testing.assert_array_equal(loaded.log_prob(x[:50], {"c": 0.3}), a)
+    old = leaky.to_config()
+    del old["knobs"]["activation"]
+    assert GMMDensity.from_config(old).config["activation"] == "leaky_relu"
+    with pytest.raises(InputError, match="activation must be one of"):
+        GMMDensity(space, ["c"], proj, activation="tanh")

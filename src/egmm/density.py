@@ -25,7 +25,7 @@ from torch import nn
 from egmm.base import TrainedModel
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
-from egmm.networks import CategoricalNet, ConditionalGMMNet
+from egmm.networks import ACTIVATIONS, CategoricalNet, ConditionalGMMNet
 from egmm.observables import ObservableSpace
 from egmm.serialization import SavableModel
 
@@ -40,6 +40,8 @@ GMM_DEFAULTS: dict[str, Any] = {
     "n_gauss": 20, "A1": 50, "A2": 0, "B1": 50, "B2": 20, "C": 2, "D": 3,
     "s_f": 0.01, "s_mu": 0.01, "s_sigma": 0.01, "f_sigma": 0.25, "eps": 1e-4,
     "categorical_hidden": (300, 200),
+    # not in the paper: "silu" makes the likelihood smooth in θ (see egmm.networks.ACTIVATIONS)
+    "activation": "leaky_relu",
 }
 
 
@@ -191,6 +193,8 @@ class GMMDensity(TrainedModel, SavableModel):
             training θ (min, max).
         n_gauss, A1, A2, B1, B2, C, D, s_f, s_mu, s_sigma, f_sigma, eps: paper Table 6 knobs
             (defaults = Table 6). categorical_hidden: hidden widths of discrete networks.
+        activation: hidden-layer activation, "leaky_relu" (the paper's, slope 0.2) or "silu"
+            (smooth: the likelihood is then infinitely differentiable in θ).
 
     Example:
         >>> from egmm import Observable, ObservableSpace, LatentProjection
@@ -221,6 +225,9 @@ class GMMDensity(TrainedModel, SavableModel):
         if len(set(self.parameters)) != len(self.parameters):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
+        if self.config["activation"] not in ACTIVATIONS:
+            raise InputError(f"GMMDensity: activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.config['activation']!r}")
         self.config["categorical_hidden"] = tuple(self.config["categorical_hidden"])
         # the trainable networks and buffers live in one nn.Module (``model.module``): the
         # density itself is not a Module, whose ``parameters()`` would clash with θ's names
@@ -231,12 +238,14 @@ class GMMDensity(TrainedModel, SavableModel):
         for i, obs in enumerate(space):
             if obs.discrete:
                 nets.append(CategoricalNet(n_theta, i, obs.n_categories, A1=c["A1"], A2=c["A2"],
-                                           B1=c["B1"], B2=c["B2"], hidden=c["categorical_hidden"]))
+                                           B1=c["B1"], B2=c["B2"], hidden=c["categorical_hidden"],
+                                           activation=c["activation"]))
             else:
                 nets.append(ConditionalGMMNet(
                     n_theta, i, u_lo=projection.u_lo, u_hi=projection.u_hi,
                     **{k: c[k] for k in ("n_gauss", "A1", "A2", "B1", "B2", "C", "D", "s_f",
-                                         "s_mu", "s_sigma", "f_sigma", "eps")}))
+                                         "s_mu", "s_sigma", "f_sigma", "eps",
+                                         "activation")}))
         self.module.nets = nn.ModuleList(nets)
         # latent value u_j → network input in [−2, 2]
         lo = np.where(space.discrete, space.lo, projection.u_lo)

@@ -92,24 +92,29 @@ def _linear_no_bias(layer: nn.Linear, h: torch.Tensor, columns: slice) -> torch.
     return F.linear(h, _cast(layer, h.dtype)[0][:, columns])
 
 
-def _act(h: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(h, NEGATIVE_SLOPE)
+#: hidden-layer activations: name -> (out of place, in place). "leaky_relu" (slope 0.2) is the
+#: paper's; "silu" (x·sigmoid(x)) is smooth, so the likelihood is infinitely differentiable
+#: in θ (no kinks for Newton steps, HESSE or MNCONTOUR to trip over).
+ACTIVATIONS: dict[str, tuple[Any, Any]] = {
+    "leaky_relu": (lambda h: F.leaky_relu(h, NEGATIVE_SLOPE),
+                   lambda h: F.leaky_relu_(h, NEGATIVE_SLOPE)),
+    "silu": (F.silu, lambda h: F.silu(h, inplace=True)),
+}
 
 
-def _act_fresh(h: torch.Tensor) -> torch.Tensor:
-    """LeakyReLU of a tensor nobody else holds (a layer's fresh output): in place when no
-    graph is recorded, which saves an allocation and a memory pass per layer."""
-    if torch.is_grad_enabled() and h.requires_grad:
-        return F.leaky_relu(h, NEGATIVE_SLOPE)
-    return F.leaky_relu_(h, NEGATIVE_SLOPE)
+def check_activation(name: Any) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return str(name)
 
 
 class _BranchedNet(nn.Module):
     """θ branch + input branch + the first linear layer after their concatenation."""
 
     def __init__(self, n_theta: int, n_inputs: int, width_theta: int, width_inputs: int,
-                 first_out: int) -> None:
+                 first_out: int, activation: str = "leaky_relu") -> None:
         super().__init__()
+        self.activation = check_activation(activation)
         self.n_theta = n_theta
         self.n_inputs = n_inputs
         self.theta_branch = nn.Linear(n_theta, width_theta) if n_theta > 0 else None
@@ -127,11 +132,22 @@ class _BranchedNet(nn.Module):
                 init_linear(layer, first=True)
         init_linear(self.joint, first=False)
 
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.activation][0](h)
+
+    def _act_fresh(self, h: torch.Tensor) -> torch.Tensor:
+        """The activation of a tensor nobody else holds (a layer's fresh output): in place
+        when no graph is recorded, which saves an allocation and a memory pass per layer."""
+        out_of_place, in_place = ACTIVATIONS[self.activation]
+        if torch.is_grad_enabled() and h.requires_grad:
+            return out_of_place(h)
+        return in_place(h)
+
     def theta_part(self, theta_scaled: torch.Tensor) -> torch.Tensor:
         """θ contribution to the first joint pre-activation: (M, P) → (M, first_out)."""
         if self.theta_branch is None:
             return theta_scaled.new_zeros((*theta_scaled.shape[:-1], self.joint.out_features))
-        h = _act_fresh(_linear(self.theta_branch, theta_scaled))
+        h = self._act_fresh(_linear(self.theta_branch, theta_scaled))
         return _linear_no_bias(self.joint, h, slice(0, self.width_theta))
 
     def input_part(self, inputs_scaled: torch.Tensor,
@@ -149,7 +165,7 @@ class _BranchedNet(nn.Module):
             bias = bias + theta_part
         if self.input_branch is None:
             return bias if bias.ndim == 2 else bias.unsqueeze(0)
-        h = _act_fresh(_linear(self.input_branch, inputs_scaled))
+        h = self._act_fresh(_linear(self.input_branch, inputs_scaled))
         weight = weight[:, self.width_theta:]
         if bias.ndim == 2 and bias.shape[0] == 1:
             bias = bias[0]
@@ -177,7 +193,8 @@ class ConditionalGMMNet(_BranchedNet):
     def __init__(self, n_theta: int, n_inputs: int, *, u_lo: float, u_hi: float,
                  n_gauss: int = 20, A1: int = 50, A2: int = 0, B1: int = 50, B2: int = 20,
                  C: int = 2, D: int = 3, s_f: float = 0.01, s_mu: float = 0.01,
-                 s_sigma: float = 0.01, f_sigma: float = 0.25, eps: float = 1e-4) -> None:
+                 s_sigma: float = 0.01, f_sigma: float = 0.25, eps: float = 1e-4,
+                 activation: str = "leaky_relu") -> None:
         width_theta = A1 + A2 * n_theta
         width_inputs = B1 + B2 * n_inputs
         width = (width_theta if n_theta > 0 else 0) + (width_inputs if n_inputs > 0 else 0)
@@ -187,7 +204,7 @@ class ConditionalGMMNet(_BranchedNet):
             width = A1
         head_width = D * n_gauss
         first_out = width if C > 0 else 3 * head_width
-        super().__init__(n_theta, n_inputs, width_theta, width_inputs, first_out)
+        super().__init__(n_theta, n_inputs, width_theta, width_inputs, first_out, activation)
         self.trunk = nn.ModuleList(nn.Linear(width, width) for _ in range(max(C - 1, 0)))
         self.head_hidden = nn.Linear(width, 3 * head_width) if C > 0 else None
         self.heads = nn.ModuleList(nn.Linear(head_width, n_gauss) for _ in range(3))
@@ -231,11 +248,11 @@ class ConditionalGMMNet(_BranchedNet):
         """First joint pre-activation (..., first_out) → (log amplitudes, means, widths).
 
         ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place)."""
-        h = _act_fresh(pre) if fresh else _act(pre)
+        h = self._act_fresh(pre) if fresh else self._act(pre)
         for layer in self.trunk:
-            h = _act_fresh(_linear(layer, h))
+            h = self._act_fresh(_linear(layer, h))
         if self.head_hidden is not None:
-            h = _act_fresh(_linear(self.head_hidden, h))
+            h = self._act_fresh(_linear(self.head_hidden, h))
         if not _frozen(*(t for head in self.heads for t in (head.weight, head.bias))):
             # training: three products and the output maps as written (fewer autograd nodes
             # than folding the maps into the weights at every step)
@@ -266,12 +283,12 @@ class CategoricalNet(_BranchedNet):
 
     def __init__(self, n_theta: int, n_inputs: int, n_classes: int, *, A1: int = 50,
                  A2: int = 0, B1: int = 50, B2: int = 20,
-                 hidden: tuple[int, ...] = (300, 200)) -> None:
+                 hidden: tuple[int, ...] = (300, 200), activation: str = "leaky_relu") -> None:
         if not hidden:
             raise ValueError("a categorical network needs at least one hidden layer")
         width_theta = A1 + A2 * n_theta
         width_inputs = B1 + B2 * n_inputs
-        super().__init__(n_theta, n_inputs, width_theta, width_inputs, hidden[0])
+        super().__init__(n_theta, n_inputs, width_theta, width_inputs, hidden[0], activation)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(hidden))
         self.out = nn.Linear(hidden[-1], n_classes)
         for layer in [*self.hidden, self.out]:
@@ -282,7 +299,7 @@ class CategoricalNet(_BranchedNet):
         """First joint pre-activation (..., hidden[0]) → log class probabilities (..., K).
 
         ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place)."""
-        h = _act_fresh(pre) if fresh else _act(pre)
+        h = self._act_fresh(pre) if fresh else self._act(pre)
         for layer in self.hidden:
-            h = _act_fresh(_linear(layer, h))
+            h = self._act_fresh(_linear(layer, h))
         return torch.log_softmax(_linear(self.out, h), dim=-1)
