@@ -297,3 +297,17 @@ def test_demo_restarts_training_from_an_unusable_checkpoint(tmp_path, capsys):
     assert "training from the start" in captured.out + captured.err
     assert (tmp_path / "model.egmm").is_file() and not list(tmp_path.glob("train-*.ckpt*"))
     assert len(results["datasets"]) == 9
+
+
+def test_cli_accepts_a_negative_first_theta_value():
+    from egmm.cli import _join_negative_points
+
+    argv = ["validate", "m.egmm", "--paper-toy", "--out", "r", "--theta", "-0.8,0.8",
+            "--theta", "0.8,-0.8", "--theta-ref", "-.5,0", "--seed", "-1"]
+    joined = _join_negative_points(argv)
+    assert joined == ["validate", "m.egmm", "--paper-toy", "--out", "r", "--theta=-0.8,0.8",
+                      "--theta", "0.8,-0.8", "--theta-ref=-.5,0", "--seed", "-1"]
+    args = build_parser().parse_args(joined)
+    assert args.theta == [(-0.8, 0.8), (0.8, -0.8)] and args.theta_ref == (-0.5, 0.0)
+    # an option after --theta is left alone (argparse reports the missing value)
+    assert _join_negative_points(["--theta", "--out"]) == ["--theta", "--out"]

@@ -146,7 +146,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--theta", type=_point, action="append", metavar="V,V",
                    help="only this θ point (repeatable), values in the model's parameter "
-                        "order; write --theta=-0.8,0.8 when the first value is negative")
+                        "order (a negative first value works: --theta -0.8,0.8)")
     p.add_argument("--theta-ref", type=_point, metavar="V,V",
                    help="reference point of the double ratios, one of the θ points "
                         "(default: the central one)")
@@ -277,6 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_POINT_OPTIONS = ("--theta", "--theta-ref")
+
+
+def _join_negative_points(argv: Sequence[str]) -> list[str]:
+    """``--theta -0.8,0.8`` → ``--theta=-0.8,0.8``: argparse would read a value that starts
+    with '-' and is not a plain number as an option."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        nxt = items[i + 1] if i + 1 < len(items) else None
+        if item in _POINT_OPTIONS and nxt is not None and nxt.startswith("-") and \
+                len(nxt) > 1 and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{item}={nxt}")
+            i += 2
+            continue
+        out.append(item)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``egmm`` command; returns the exit status.
 
@@ -285,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from egmm.errors import EgmmError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_points(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return 2
