@@ -330,8 +330,10 @@ def goals(results: dict[str, Any]) -> str:
         err = math.sqrt(sum(e * e for e in errors)) / len(errors) if errors else math.nan
         seconds = g.get("train_call_seconds", g.get("train_seconds", math.nan))
         setup = data.get("setup", {})
-        label = (f"{setup.get('events_per_point')}/point, {setup.get('workers', 1)} worker(s): "
-                 f"KL {g['kl_on_grid_mean']:.4f} ± {err:.4f}")
+        act = setup.get("activation", "leaky_relu")
+        label = (f"{setup.get('events_per_point')}/point, {setup.get('workers', 1)} worker(s)"
+                 + ("" if act == "leaky_relu" else f", {act}")
+                 + f": KL {g['kl_on_grid_mean']:.4f} ± {err:.4f}")
         reached = g["kl_on_grid_mean"] - 2 * err <= 0.005
         trained.append((label, seconds / 60, reached))
     if trained:
