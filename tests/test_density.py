@@ -193,6 +193,11 @@ def test_save_load_bit_identical(trained_2d, tmp_path):
                                   trained_2d.sample(50, {"c": 0.5}, seed=2))
     assert loaded.parameter_bounds == trained_2d.parameter_bounds
     assert not list(tmp_path.glob("*.tmp*"))
+    # the file gets the permissions of any file the user writes (umask), not owner-only
+    import os
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_model_file_errors(trained_2d, tmp_path):

@@ -47,10 +47,18 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     try:
         save_file(tensors, str(tmp), metadata={"format": "egmm", "schema": str(SCHEMA_VERSION),
                                                "config": json.dumps(config)})
+        os.chmod(tmp, _file_mode())  # safetensors creates it owner-only; use the umask
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give: 0o666 less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
