@@ -25,7 +25,7 @@ from torch import nn
 from egmm.base import TrainedModel
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
-from egmm.networks import ACTIVATIONS, CategoricalNet, ConditionalGMMNet
+from egmm.networks import CategoricalNet, ConditionalGMMNet, check_activation, records_graph
 from egmm.observables import ObservableSpace
 from egmm.serialization import SavableModel
 
@@ -92,17 +92,12 @@ def _logsumexp(t: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     top = t.detach().amax(-1, keepdim=True)
     finite = torch.isfinite(top)
     m = torch.where(finite, top, torch.zeros_like(top))
-    if not overwrite or _graph(t):
+    if not overwrite or records_graph(t):
         e = torch.exp((t - m).clamp(min=_LSE_FLOOR))
     else:
         e = t.sub_(m).clamp_(min=_LSE_FLOOR).exp_()
     out = torch.log(e.sum(-1)) + m[..., 0]
     return torch.where(finite[..., 0], out, top[..., 0])
-
-
-def _graph(t: torch.Tensor) -> bool:
-    """Whether operations on ``t`` are recorded by autograd (then nothing is done in place)."""
-    return torch.is_grad_enabled() and t.requires_grad
 
 
 def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -121,7 +116,7 @@ def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.
         z = (u.unsqueeze(-1) - mu) / sigma
         log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
         return _logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z)
-    graph = any(_graph(t) for t in (log_f, mu, sigma))
+    graph = any(records_graph(t) for t in (log_f, mu, sigma))
     k = torch.copysign(_SQRT_HALF / sigma, 0.5 * (lo + hi) - mu)       # c / σ
     ea = (lo - mu) * k                                                  # c·a
     eb = torch.add(ea, k, alpha=hi - lo)                                # c·b
@@ -225,9 +220,7 @@ class GMMDensity(TrainedModel, SavableModel):
         if len(set(self.parameters)) != len(self.parameters):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
-        if self.config["activation"] not in ACTIVATIONS:
-            raise InputError(f"GMMDensity: activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {self.config['activation']!r}")
+        check_activation(self.config["activation"])
         self.config["categorical_hidden"] = tuple(self.config["categorical_hidden"])
         # the trainable networks and buffers live in one nn.Module (``model.module``): the
         # density itself is not a Module, whose ``parameters()`` would clash with θ's names

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from egmm.errors import InputError
+
 __all__ = ["CategoricalNet", "ConditionalGMMNet", "init_linear"]
 
 NEGATIVE_SLOPE = 0.2
@@ -66,6 +68,23 @@ def _frozen(*tensors: torch.Tensor) -> bool:
     return not any(t.requires_grad for t in tensors)
 
 
+def records_graph(t: torch.Tensor) -> bool:
+    """Whether autograd records operations on ``t`` (then nothing may be done in place)."""
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _cached(owner: nn.Module, tensors: list[torch.Tensor], dtype: torch.dtype,
+            build: Any) -> Any:
+    """``build()`` for frozen ``tensors`` of ``owner``, kept until one of them changes (its
+    version), or the dtype or device asked for does."""
+    key = (dtype, tensors[0].device, *(t._version for t in tensors))
+    hit = _CAST_CACHE.get(owner)
+    if hit is None or hit[0] != key:
+        hit = (key, build())
+        _CAST_CACHE[owner] = hit
+    return hit[1]
+
+
 def _cast(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's (weight, bias) in ``dtype``. Weights live in float32 for training and a
     likelihood may run in float64: trainable weights are cast per call (inside autograd),
@@ -75,12 +94,7 @@ def _cast(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
         return w, b
     if not _frozen(w, b):
         return w.to(dtype), b.to(dtype)
-    key = (dtype, w.device, w._version, b._version)
-    hit = _CAST_CACHE.get(layer)
-    if hit is None or hit[0] != key:
-        hit = (key, w.to(dtype), b.to(dtype))
-        _CAST_CACHE[layer] = hit
-    return hit[1], hit[2]
+    return _cached(layer, [w, b], dtype, lambda: (w.to(dtype), b.to(dtype)))
 
 
 def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
@@ -103,8 +117,9 @@ ACTIVATIONS: dict[str, tuple[Any, Any]] = {
 
 
 def check_activation(name: Any) -> str:
+    """``name`` if it is one of :data:`ACTIVATIONS`, else :class:`~egmm.InputError`."""
     if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        raise InputError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return str(name)
 
 
@@ -139,9 +154,7 @@ class _BranchedNet(nn.Module):
         """The activation of a tensor nobody else holds (a layer's fresh output): in place
         when no graph is recorded, which saves an allocation and a memory pass per layer."""
         out_of_place, in_place = ACTIVATIONS[self.activation]
-        if torch.is_grad_enabled() and h.requires_grad:
-            return out_of_place(h)
-        return in_place(h)
+        return out_of_place(h) if records_graph(h) else in_place(h)
 
     def theta_part(self, theta_scaled: torch.Tensor) -> torch.Tensor:
         """θ contribution to the first joint pre-activation: (M, P) → (M, first_out)."""
@@ -227,21 +240,20 @@ class ConditionalGMMNet(_BranchedNet):
         pre-activations of log f = log_softmax(·), μ = (·) and σ = softplus(·) + ε directly
         (W' = s·W; b' = s·b, plus the evenly spaced centres for μ and softplus⁻¹(w0) for σ).
         For frozen weights only: cached until they change."""
-        params = [t for head in self.heads for t in (head.weight, head.bias)]
-        key = (dtype, params[0].device, *(t._version for t in params))
-        hit = _CAST_CACHE.get(self)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        head_f, head_mu, head_s = self.heads
-        scales = (self.s_f, self.s_mu, self.s_sigma)
-        weight = torch.stack([head.weight.to(dtype).t() * scale
-                              for head, scale in zip(self.heads, scales)])
-        bias = torch.stack([head_f.bias.to(dtype) * self.s_f,
-                            head_mu.bias.to(dtype) * self.s_mu + self.centers.to(dtype),
-                            head_s.bias.to(dtype) * self.s_sigma + self.sigma_offset])
-        folded = (weight, bias.unsqueeze(1))
-        _CAST_CACHE[self] = (key, folded)
-        return folded
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            head_f, head_mu, head_s = self.heads
+            scales = (self.s_f, self.s_mu, self.s_sigma)
+            weight = torch.stack([head.weight.to(dtype).t() * scale
+                                  for head, scale in zip(self.heads, scales)])
+            bias = torch.stack([head_f.bias.to(dtype) * self.s_f,
+                                head_mu.bias.to(dtype) * self.s_mu + self.centers.to(dtype),
+                                head_s.bias.to(dtype) * self.s_sigma + self.sigma_offset])
+            return weight, bias.unsqueeze(1)
+
+        return _cached(self, self._head_tensors(), dtype, build)
+
+    def _head_tensors(self) -> list[torch.Tensor]:
+        return [t for head in self.heads for t in (head.weight, head.bias)]
 
     def mixture(self, pre: torch.Tensor, fresh: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -253,7 +265,7 @@ class ConditionalGMMNet(_BranchedNet):
             h = self._act_fresh(_linear(layer, h))
         if self.head_hidden is not None:
             h = self._act_fresh(_linear(self.head_hidden, h))
-        if not _frozen(*(t for head in self.heads for t in (head.weight, head.bias))):
+        if not _frozen(*self._head_tensors()):
             # training: three products and the output maps as written (fewer autograd nodes
             # than folding the maps into the weights at every step)
             z_f, z_mu, z_sigma = (_linear(head, z) for head, z in
@@ -270,7 +282,7 @@ class ConditionalGMMNet(_BranchedNet):
         out = torch.baddbmm(bias, z, weight).reshape(3, *lead, self.n_gauss)
         log_f = torch.log_softmax(out[0], dim=-1)
         sigma = F.softplus(out[2])
-        sigma = sigma + self.eps if sigma.requires_grad else sigma.add_(self.eps)
+        sigma = sigma + self.eps if records_graph(sigma) else sigma.add_(self.eps)
         return log_f, out[1], sigma
 
 
