@@ -161,16 +161,16 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         train_workers = 2 if (os.cpu_count() or 1) >= 2 and not quick else 1
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
+    common = {"seed": seed, "train_threads": train_threads,
+              "train_workers": int(train_workers)}
     if full:
-        cfg = DemoConfig("full", 50_000, 1000, seed=seed, train_threads=train_threads,
-                         train_workers=int(train_workers))
+        cfg = DemoConfig("full", 50_000, 1000, **common)
     elif quick:
-        cfg = DemoConfig("quick", 300, 1, contour_size=12, seed=seed,
+        cfg = DemoConfig("quick", 300, 1, contour_size=12,
                          network={"n_gauss": 4, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2},
-                         train_threads=train_threads, train_workers=int(train_workers))
+                         **common)
     else:
-        cfg = DemoConfig("default", 10_000, 30, seed=seed, train_threads=train_threads,
-                         train_workers=int(train_workers))
+        cfg = DemoConfig("default", 10_000, 30, **common)
     changes: dict[str, Any] = {}
     if events_per_point is not None:
         if int(events_per_point) < 50:
@@ -559,7 +559,7 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
     ckpt = out / f"train-{digest}.ckpt"
     # (with workers, each group checkpoints to <ckpt>.group<g>of<n>)
     for stale in out.glob("train-*.ckpt*"):
-        if not stale.name.startswith(ckpt.name + ".group") and stale != ckpt:
+        if not stale.name.startswith(ckpt.name):
             stale.unlink()
     threads = cfg.train_threads or torch.get_num_threads()
     where = (f"{threads} torch thread(s)" if cfg.train_workers == 1 else
@@ -820,9 +820,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         subtitle = (f"model: {cfg.events_per_point:,} events per training point, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
         if model_path is not None:
-            names = ", ".join(q.name for q in _model_paths(model_path))
-            kind = "average of " if len(_model_paths(model_path)) > 1 else ""
-            subtitle = f"model: {kind}{names} (trained elsewhere)"
+            paths = _model_paths(model_path)
+            kind = "average of " if len(paths) > 1 else ""
+            subtitle = f"model: {kind}{', '.join(q.name for q in paths)} (trained elsewhere)"
         plot_fig16(rows, out / "fig16.png", subtitle=subtitle)
 
     notes = [
