@@ -45,20 +45,19 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
+        # safetensors creates its file owner-only: keep the permissions an ordinary open()
+        # gets under the user's umask (read off a file made that way, without touching the
+        # process-wide umask)
+        with open(tmp, "wb"):
+            pass
+        mode = tmp.stat().st_mode & 0o777
         save_file(tensors, str(tmp), metadata={"format": "egmm", "schema": str(SCHEMA_VERSION),
                                                "config": json.dumps(config)})
-        os.chmod(tmp, _file_mode())  # safetensors creates it owner-only; use the umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _file_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give: 0o666 less the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
