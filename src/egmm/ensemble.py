@@ -61,9 +61,7 @@ class EnsembleDensity(DensityModel):
                                  "DensityModel")
         first = members[0]
         for k, m in enumerate(members[1:], start=1):
-            if list(m.space.names) != list(first.space.names) or not (
-                    np.array_equal(m.space.lo, first.space.lo)
-                    and np.array_equal(m.space.hi, first.space.hi)):
+            if m.space != first.space:
                 raise InputError(f"EnsembleDensity: member {k} is defined on "
                                  f"{m.space!r}, member 0 on {first.space!r}")
             if tuple(m.parameters) != tuple(first.parameters):
