@@ -139,6 +139,18 @@ def test_demo_config_modes_and_overrides():
         demo_config(events_per_point=10)
 
 
+def test_demo_config_dense_grid_is_part_of_the_model_key():
+    plain, dense = demo_config(), demo_config(dense=True)
+    assert len(plain.grid) == 49 and len(dense.grid) == 81
+    # the dense grid is the 49-point grid plus the rows and columns at ±0.2
+    extra = {tuple(p) for p in dense.grid} - {tuple(p) for p in plain.grid}
+    assert len(extra) == 32 and all(0.2 in np.abs(p) for p in extra)
+    assert dense.model_key() != plain.model_key()
+    assert demo_config(quick=True, dense=True).dense
+    assert build_parser().parse_args(["demo", "--out", "d", "--dense"]).dense
+    assert not build_parser().parse_args(["demo", "--out", "d"]).dense
+
+
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--help"])

@@ -1,6 +1,7 @@
 """The paper's inference test (Menary & Price, Section 6, Fig. 16), end to end: ``egmm demo``.
 
-1. Generate the paper toy on its 49-point training grid (:attr:`PaperToy.GRID_49`).
+1. Generate the paper toy on its 49-point training grid (:attr:`PaperToy.GRID_49`), or on the
+   paper's dense 81-point variant (:attr:`PaperToy.GRID_81`, ±0.2 added on both axes).
 2. Fit the latent projection on the c = (0, 0) sample (f = 0.5), build the Table 6
    :class:`~egmm.GMMDensity` and :func:`~egmm.train` it (resumable; a finished model whose
    configuration matches is reused).
@@ -113,6 +114,9 @@ class DemoConfig:
         contour_size: vertices per confidence region.
         seed: seeds the training data, the network initialisation, the split and the nine
             test datasets.
+        dense: train on the paper's dense 81-point grid (adds cx, cy = ±0.2, so that the
+            model sees the likelihood's cusps at cx = 0 and cy = 0 from close by) instead
+            of the 49-point grid.
         train_threads: torch threads while training (0: torch's default); fits use one.
         train_workers: processes the networks are trained in (``egmm.train(workers=)``; the
             model is the same for any number). Default: 2, or 1 on a one-core machine.
@@ -127,6 +131,12 @@ class DemoConfig:
     seed: int = 0
     train_threads: int = 1
     train_workers: int = 1
+    dense: bool = False
+
+    @property
+    def grid(self) -> np.ndarray:
+        """The training grid ``(P, 2)`` in the order (cx, cy)."""
+        return PaperToy.GRID_81 if self.dense else PaperToy.GRID_49
 
     def model_key(self) -> dict[str, Any]:
         """The settings that determine the trained model (compared before reusing one)."""
@@ -138,7 +148,7 @@ class DemoConfig:
             "batch_size": self.batch_size,
             "network": dict(self.network),
             "seed": self.seed,
-            "grid": "PaperToy.GRID_49",
+            "grid": "PaperToy.GRID_81" if self.dense else "PaperToy.GRID_49",
             "projection_f": 0.5,
             "egmm_version": __version__,
         }
@@ -146,14 +156,16 @@ class DemoConfig:
 
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
-                train_threads: int = 1, train_workers: int | None = None) -> DemoConfig:
+                train_threads: int = 1, train_workers: int | None = None,
+                dense: bool = False) -> DemoConfig:
     """The configuration of a run.
 
     Default: 10,000 events per point and at most 30 epochs of the paper's network (Table 6),
     sized for about 10-15 minutes on one free CPU core (about 16 s per epoch); ``full``: the
     paper's 50,000 events per point and early stopping only (hours on a CPU); ``quick``: a
     few hundred events, one epoch of a small network and coarse regions (a smoke test, not a
-    result). ``events_per_point`` and ``max_epochs`` override the mode's values.
+    result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``dense``
+    trains on the 81-point grid instead of the 49-point one (any mode).
     """
     if full and quick:
         raise InputError("demo: choose at most one of full and quick")
@@ -162,7 +174,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
     common = {"seed": seed, "train_threads": train_threads,
-              "train_workers": int(train_workers)}
+              "train_workers": int(train_workers), "dense": bool(dense)}
     if full:
         cfg = DemoConfig("full", 50_000, 1000, **common)
     elif quick:
@@ -546,9 +558,9 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
         return model, {**meta, "reused": True}
 
     say(f"[1/4] generating the paper toy: {cfg.events_per_point:,} events at each of the "
-        f"{len(toy.GRID_49)} grid points")
+        f"{len(cfg.grid)} grid points")
     with clock.stage("data"):
-        x, theta = toy.training_data(toy.GRID_49, cfg.events_per_point, seed=cfg.seed)
+        x, theta = toy.training_data(cfg.grid, cfg.events_per_point, seed=cfg.seed)
     with clock.stage("projection"):
         proj = LatentProjection.fit(toy.space, x[(theta == 0.0).all(axis=1)], f=0.5)
         torch.manual_seed(cfg.seed)
@@ -671,12 +683,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle: str = ""
-               ) -> None:
+def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle: str = "",
+               grid: np.ndarray | None = None) -> None:
     """The 3×3 figure: per dataset the true point, both MLEs and both pairs of regions.
 
     Panels are laid out like the (cx, cy) plane (cx increasing to the right, cy upwards),
-    each centred on its true point; open circles are the training grid points.
+    each centred on its true point; open circles are the training grid points (``grid``,
+    default the 49-point grid).
     """
     # a bare Figure renders with Agg and leaves pyplot's global backend and figures alone
     from matplotlib.figure import Figure
@@ -684,7 +697,7 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
 
     colors = {"truth": "tab:orange", "model": "tab:blue"}
     styles = {f"{LEVELS[0]:g}": "-", f"{LEVELS[1]:g}": "--"}
-    grid = PaperToy.GRID_49
+    grid = PaperToy.GRID_49 if grid is None else np.asarray(grid)
     fig = Figure(figsize=(13, 14), layout="constrained")
     axes = fig.subplots(3, 3)
     half = 0.55
@@ -750,7 +763,8 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
         "# egmm demo: the paper's inference test (Fig. 16)",
         "",
         (f"Model: {meta['source']} (trained elsewhere); seed {cfg.seed}." if "source" in meta
-         else f"Model: {cfg.events_per_point:,} training events per grid point (49 points), "
+         else f"Model: {cfg.events_per_point:,} training events per grid point "
+              f"({len(cfg.grid)} points), "
               f"{meta.get('epochs', '?')} epochs"
               f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}."),
         "",
@@ -774,7 +788,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             workers: int | None = None) -> dict[str, Any]:
+             workers: int | None = None, dense: bool = False) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -784,6 +798,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         seed: seeds training data, network, split and the nine test datasets.
         progress: stage messages, tqdm bars and the final table on the terminal.
         events_per_point, max_epochs: override the mode's values.
+        dense: train on the paper's dense 81-point grid (±0.2 added on both axes).
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
@@ -801,7 +816,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     """
     clock = _Clock()
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
-                      max_epochs=max_epochs, train_threads=threads, train_workers=workers)
+                      max_epochs=max_epochs, train_threads=threads, train_workers=workers,
+                      dense=dense)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -817,13 +833,15 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         rows = _fit_datasets(model, cfg, toy, say, progress)
     say("[4/4] writing fig16.png, table.md and results.json")
     with clock.stage("figure"):
-        subtitle = (f"model: {cfg.events_per_point:,} events per training point, "
+        subtitle = (f"model: {cfg.events_per_point:,} events at each of {len(cfg.grid)} "
+                    f"training points, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
         if model_path is not None:
             paths = _model_paths(model_path)
             kind = "average of " if len(paths) > 1 else ""
             subtitle = f"model: {kind}{', '.join(q.name for q in paths)} (trained elsewhere)"
-        plot_fig16(rows, out / "fig16.png", subtitle=subtitle)
+        plot_fig16(rows, out / "fig16.png", subtitle=subtitle,
+                   grid=None if model_path is not None else cfg.grid)
 
     notes = [
         "The true pdf depends on |cx| and |cy|: its likelihood has cusps along cx = 0 and "
