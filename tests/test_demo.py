@@ -139,16 +139,45 @@ def test_demo_config_modes_and_overrides():
         demo_config(events_per_point=10)
 
 
-def test_demo_config_dense_grid_is_part_of_the_model_key():
-    plain, dense = demo_config(), demo_config(dense=True)
-    assert len(plain.grid) == 49 and len(dense.grid) == 81
+def test_demo_config_training_designs():
+    plain, dense, uniform = (demo_config(design=d) for d in ("grid", "dense", "uniform"))
+    assert len(plain.grid) == 49 and len(dense.grid) == 81 and uniform.grid is None
     # the dense grid is the 49-point grid plus the rows and columns at ±0.2
     extra = {tuple(p) for p in dense.grid} - {tuple(p) for p in plain.grid}
     assert len(extra) == 32 and all(0.2 in np.abs(p) for p in extra)
-    assert dense.model_key() != plain.model_key()
-    assert demo_config(quick=True, dense=True).dense
-    assert build_parser().parse_args(["demo", "--out", "d", "--dense"]).dense
-    assert not build_parser().parse_args(["demo", "--out", "d"]).dense
+    assert len({json.dumps(c.model_key()) for c in (plain, dense, uniform)}) == 3
+    small = demo_config(design="uniform", events_per_point=60)
+    x, theta = small.training_data(PaperToy())
+    assert x.shape == (49 * 60, 4) and theta.shape == (49 * 60, 2)
+    assert len(np.unique(theta[:, 0])) == len(theta) and np.abs(theta).max() <= 1.5
+    np.testing.assert_array_equal(small.training_data(PaperToy())[0], x)  # seeded
+    assert "uniform" in small.describe_design() and "81" in dense.describe_design()
+    with pytest.raises(InputError, match="design"):
+        demo_config(design="dense81")
+    assert build_parser().parse_args(["demo", "--out", "d", "--design", "dense"]).design == (
+        "dense")
+    assert build_parser().parse_args(["demo", "--out", "d"]).design == "grid"
+
+
+def test_uniform_training_data_covers_the_square_and_checks_its_input():
+    toy = PaperToy()
+    x, theta = toy.training_data_uniform(4000, seed=2)
+    assert x.shape == (4000, 4)
+    # uniform over [-1.5, 1.5]²: mean 0 ± 0.866/√4000 = 0.014, so 5σ is 0.07
+    assert np.abs(theta.mean(0)).max() < 0.07 and theta.min() >= -1.5 and theta.max() <= 1.5
+    # each event follows its own parameters: the per-event PIT is uniform
+    pit = toy.pit(x, theta[:, 0], theta[:, 1])
+    from scipy.stats import kstest
+    assert min(kstest(pit[:, j], "uniform").pvalue for j in range(4)) > 1e-3
+    np.testing.assert_array_equal(toy.training_data_uniform(50, seed=2)[1],
+                                  toy.training_data_uniform(50, seed=2)[1])
+    with pytest.raises(InputError, match="n_events"):
+        toy.training_data_uniform(0)
+    with pytest.raises(InputError, match="low < high"):
+        toy.training_data_uniform(10, 1.0, -1.0)
+    from egmm.errors import ParameterError
+    with pytest.raises(ParameterError, match="outside"):
+        toy.training_data_uniform(10, -2.5, 2.5)
 
 
 def test_cli_help(capsys):

@@ -64,9 +64,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                       help="the paper's 50,000 events per point, until early stopping (hours)")
     mode.add_argument("--quick", action="store_true",
                       help="smoke test: tiny network, one epoch, coarse regions (not a result)")
-    p.add_argument("--dense", action="store_true",
-                   help="train on the paper's dense 81-point grid (adds cx, cy = ±0.2) "
-                        "instead of the 49-point grid")
+    p.add_argument("--design", choices=["grid", "dense", "uniform"], default="grid",
+                   help="training parameters: the paper's 49-point grid (default), its dense "
+                        "81-point variant (adds cx, cy = ±0.2), or (cx, cy) drawn uniformly "
+                        "over [-1.5, 1.5]^2 for every event (as many events in all as the "
+                        "grid)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
@@ -95,7 +97,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     results = run_demo(args.out, full=args.full, quick=args.quick, seed=args.seed,
                        progress=not args.no_progress, events_per_point=args.events_per_point,
                        max_epochs=args.max_epochs, threads=args.threads, model=args.model,
-                       workers=args.workers, dense=args.dense)
+                       workers=args.workers, design=args.design)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

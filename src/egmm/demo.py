@@ -1,7 +1,9 @@
 """The paper's inference test (Menary & Price, Section 6, Fig. 16), end to end: ``egmm demo``.
 
-1. Generate the paper toy on its 49-point training grid (:attr:`PaperToy.GRID_49`), or on the
-   paper's dense 81-point variant (:attr:`PaperToy.GRID_81`, ±0.2 added on both axes).
+1. Generate the paper toy on its 49-point training grid (:attr:`PaperToy.GRID_49`), on the
+   paper's dense 81-point variant (:attr:`PaperToy.GRID_81`, ±0.2 added on both axes), or
+   with parameters drawn uniformly over the trained square, one per event
+   (:meth:`PaperToy.training_data_uniform`).
 2. Fit the latent projection on the c = (0, 0) sample (f = 0.5), build the Table 6
    :class:`~egmm.GMMDensity` and :func:`~egmm.train` it (resumable; a finished model whose
    configuration matches is reused).
@@ -86,6 +88,8 @@ MAX_SHIFT = 0.25  # |MLE_model − MLE_true| / σ_true
 MAX_AREA_DEVIATION = 0.10  # |area_model / area_true − 1|
 #: Trained range of (cx, cy): the training grid.
 BOUNDS = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
+#: Training designs (:class:`DemoConfig`'s ``design``).
+DESIGNS = ("grid", "dense", "uniform")
 
 _PI = math.pi
 _LOG_700 = math.log(700.0)
@@ -96,6 +100,8 @@ _LOG_Z3 = math.log(2.0 * _K3 / 10.0) - math.log(-math.expm1(-2.0 * _K3))
 # the test datasets draw from SeedSequence(seed, spawn_key=(_DATASET_KEY, i)), independent of
 # the training data (children SeedSequence(seed).spawn(49) have keys (0,) … (48,))
 _DATASET_KEY = 16
+# the uniform design's projection sample (it has no c = (0, 0) events of its own)
+_PROJECTION_KEY = 17
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
 
@@ -114,9 +120,11 @@ class DemoConfig:
         contour_size: vertices per confidence region.
         seed: seeds the training data, the network initialisation, the split and the nine
             test datasets.
-        dense: train on the paper's dense 81-point grid (adds cx, cy = ±0.2, so that the
-            model sees the likelihood's cusps at cx = 0 and cy = 0 from close by) instead
-            of the 49-point grid.
+        design: the training parameters: "grid" (the paper's 49-point grid), "dense" (its
+            81-point variant, which adds cx, cy = ±0.2 so that the model sees the
+            likelihood's cusps at cx = 0 and cy = 0 from close by) or "uniform" (each
+            event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many events in all as
+            the 49-point grid has).
         train_threads: torch threads while training (0: torch's default); fits use one.
         train_workers: processes the networks are trained in (``egmm.train(workers=)``; the
             model is the same for any number). Default: 2, or 1 on a one-core machine.
@@ -131,12 +139,27 @@ class DemoConfig:
     seed: int = 0
     train_threads: int = 1
     train_workers: int = 1
-    dense: bool = False
+    design: str = "grid"
 
     @property
-    def grid(self) -> np.ndarray:
-        """The training grid ``(P, 2)`` in the order (cx, cy)."""
-        return PaperToy.GRID_81 if self.dense else PaperToy.GRID_49
+    def grid(self) -> np.ndarray | None:
+        """The training grid ``(P, 2)`` in the order (cx, cy); None for the uniform design."""
+        return {"grid": PaperToy.GRID_49, "dense": PaperToy.GRID_81}.get(self.design)
+
+    def training_data(self, toy: PaperToy) -> tuple[np.ndarray, np.ndarray]:
+        """The training events and their parameters ``(x, theta)`` of this design."""
+        if self.grid is None:
+            n = self.events_per_point * len(PaperToy.GRID_49)
+            return toy.training_data_uniform(n, *BOUNDS["cx"], seed=self.seed)
+        return toy.training_data(self.grid, self.events_per_point, seed=self.seed)
+
+    def describe_design(self) -> str:
+        """The training design in words, for messages and tables."""
+        if self.grid is None:
+            n = self.events_per_point * len(PaperToy.GRID_49)
+            return (f"{n:,} events with (cx, cy) uniform over [−1.5, 1.5]² "
+                    f"({self.events_per_point:,} per 49-point-grid point)")
+        return f"{self.events_per_point:,} events at each of {len(self.grid)} grid points"
 
     def model_key(self) -> dict[str, Any]:
         """The settings that determine the trained model (compared before reusing one)."""
@@ -148,7 +171,8 @@ class DemoConfig:
             "batch_size": self.batch_size,
             "network": dict(self.network),
             "seed": self.seed,
-            "grid": "PaperToy.GRID_81" if self.dense else "PaperToy.GRID_49",
+            "grid": {"grid": "PaperToy.GRID_49", "dense": "PaperToy.GRID_81",
+                     "uniform": "uniform over [-1.5, 1.5]^2"}[self.design],
             "projection_f": 0.5,
             "egmm_version": __version__,
         }
@@ -157,24 +181,26 @@ class DemoConfig:
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
                 train_threads: int = 1, train_workers: int | None = None,
-                dense: bool = False) -> DemoConfig:
+                design: str = "grid") -> DemoConfig:
     """The configuration of a run.
 
     Default: 10,000 events per point and at most 30 epochs of the paper's network (Table 6),
     sized for about 10-15 minutes on one free CPU core (about 16 s per epoch); ``full``: the
     paper's 50,000 events per point and early stopping only (hours on a CPU); ``quick``: a
     few hundred events, one epoch of a small network and coarse regions (a smoke test, not a
-    result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``dense``
-    trains on the 81-point grid instead of the 49-point one (any mode).
+    result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``design``
+    chooses the training parameters (see :class:`DemoConfig`; any mode).
     """
     if full and quick:
         raise InputError("demo: choose at most one of full and quick")
     if train_workers is None:
         train_workers = 2 if (os.cpu_count() or 1) >= 2 and not quick else 1
+    if design not in DESIGNS:
+        raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
     common = {"seed": seed, "train_threads": train_threads,
-              "train_workers": int(train_workers), "dense": bool(dense)}
+              "train_workers": int(train_workers), "design": design}
     if full:
         cfg = DemoConfig("full", 50_000, 1000, **common)
     elif quick:
@@ -557,12 +583,16 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
             f"(same configuration; delete it to retrain)")
         return model, {**meta, "reused": True}
 
-    say(f"[1/4] generating the paper toy: {cfg.events_per_point:,} events at each of the "
-        f"{len(cfg.grid)} grid points")
+    say(f"[1/4] generating the paper toy: {cfg.describe_design()}")
     with clock.stage("data"):
-        x, theta = toy.training_data(cfg.grid, cfg.events_per_point, seed=cfg.seed)
+        x, theta = cfg.training_data(toy)
+        # the projection is fitted on the c = (0, 0) sample, as in the paper; the uniform
+        # design has none, so it gets one of the same size from its own seed
+        x_ref = (x[(theta == 0.0).all(axis=1)] if cfg.grid is not None else
+                 toy.sample(cfg.events_per_point, 0.0, 0.0,
+                            seed=np.random.SeedSequence(cfg.seed, spawn_key=(_PROJECTION_KEY,))))
     with clock.stage("projection"):
-        proj = LatentProjection.fit(toy.space, x[(theta == 0.0).all(axis=1)], f=0.5)
+        proj = LatentProjection.fit(toy.space, x_ref, f=0.5)
         torch.manual_seed(cfg.seed)
         model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds=BOUNDS,
                            **cfg.network)
@@ -684,12 +714,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle: str = "",
-               grid: np.ndarray | None = None) -> None:
+               grid: np.ndarray | None = PaperToy.GRID_49) -> None:
     """The 3×3 figure: per dataset the true point, both MLEs and both pairs of regions.
 
     Panels are laid out like the (cx, cy) plane (cx increasing to the right, cy upwards),
     each centred on its true point; open circles are the training grid points (``grid``,
-    default the 49-point grid).
+    default the 49-point grid; None: no grid, for a model trained on continuous parameters).
     """
     # a bare Figure renders with Agg and leaves pyplot's global backend and figures alone
     from matplotlib.figure import Figure
@@ -697,7 +727,6 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
 
     colors = {"truth": "tab:orange", "model": "tab:blue"}
     styles = {f"{LEVELS[0]:g}": "-", f"{LEVELS[1]:g}": "--"}
-    grid = PaperToy.GRID_49 if grid is None else np.asarray(grid)
     fig = Figure(figsize=(13, 14), layout="constrained")
     axes = fig.subplots(3, 3)
     half = 0.55
@@ -706,8 +735,9 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
         col = round(cx / 0.8) + 1
         row = 1 - round(cy / 0.8)
         ax = axes[row, col]
-        ax.scatter(grid[:, 0], grid[:, 1], s=70, facecolors="none", edgecolors="0.55",
-                   linewidths=1.2, zorder=1)
+        if grid is not None:
+            ax.scatter(grid[:, 0], grid[:, 1], s=70, facecolors="none", edgecolors="0.55",
+                       linewidths=1.2, zorder=1)
         for kind in ("truth", "model"):
             res = r[kind]
             for key, pts in res["regions"].items():
@@ -742,9 +772,10 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
         Line2D([], [], color=colors["model"], ls="--", lw=1.8, label="model, 95.45 %"),
         Line2D([], [], color=colors["model"], ls="", marker="x", ms=9, mew=2.2,
                label="MLE, model"),
-        Line2D([], [], color="0.55", ls="", marker="o", mfc="none", ms=9, mew=1.2,
-               label="training grid point"),
     ]
+    if grid is not None:
+        handles.append(Line2D([], [], color="0.55", ls="", marker="o", mfc="none", ms=9,
+                              mew=1.2, label="training grid point"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=11,
                frameon=False)
     title = ("Paper toy (Fig. 16): N = 400 events per dataset, profile-likelihood regions "
@@ -763,8 +794,7 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
         "# egmm demo: the paper's inference test (Fig. 16)",
         "",
         (f"Model: {meta['source']} (trained elsewhere); seed {cfg.seed}." if "source" in meta
-         else f"Model: {cfg.events_per_point:,} training events per grid point "
-              f"({len(cfg.grid)} points), "
+         else f"Model: {cfg.describe_design()}, "
               f"{meta.get('epochs', '?')} epochs"
               f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}."),
         "",
@@ -788,7 +818,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             workers: int | None = None, dense: bool = False) -> dict[str, Any]:
+             workers: int | None = None, design: str = "grid") -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -798,7 +828,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         seed: seeds training data, network, split and the nine test datasets.
         progress: stage messages, tqdm bars and the final table on the terminal.
         events_per_point, max_epochs: override the mode's values.
-        dense: train on the paper's dense 81-point grid (±0.2 added on both axes).
+        design: the training parameters: "grid" (the paper's 49 points, default), "dense"
+            (its 81-point variant) or "uniform" (one uniform (cx, cy) per event).
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
@@ -817,7 +848,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     clock = _Clock()
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
-                      dense=dense)
+                      design=design)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -833,15 +864,14 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         rows = _fit_datasets(model, cfg, toy, say, progress)
     say("[4/4] writing fig16.png, table.md and results.json")
     with clock.stage("figure"):
-        subtitle = (f"model: {cfg.events_per_point:,} events at each of {len(cfg.grid)} "
-                    f"training points, "
+        subtitle = (f"model: {cfg.describe_design()}, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
         if model_path is not None:
             paths = _model_paths(model_path)
             kind = "average of " if len(paths) > 1 else ""
             subtitle = f"model: {kind}{', '.join(q.name for q in paths)} (trained elsewhere)"
         plot_fig16(rows, out / "fig16.png", subtitle=subtitle,
-                   grid=None if model_path is not None else cfg.grid)
+                   grid=PaperToy.GRID_49 if model_path is not None else cfg.grid)
 
     notes = [
         "The true pdf depends on |cx| and |cy|: its likelihood has cusps along cx = 0 and "

@@ -312,6 +312,41 @@ class PaperToy:
         )
         return x, np.repeat(points, n_per_point, axis=0)
 
+    def training_data_uniform(
+        self, n_events: int, low: float = -1.5, high: float = 1.5, seed: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Events whose parameters are drawn uniformly over a square, one (cx, cy) per event.
+
+        A continuous alternative to the paper's grid design (:meth:`training_data`): the
+        model sees every parameter value in the square rather than 49 or 81 of them, so it
+        is constrained between grid points too, e.g. along the likelihood's cusps at cx = 0
+        and cy = 0, where a model trained on a grid has to interpolate.
+
+        Arguments:
+            n_events: number of events (each with its own parameters).
+            low, high: the square [low, high]² the parameters are drawn from (default the
+                paper's trained range [−1.5, 1.5]²); it must lie where the pdf is valid.
+            seed: an int, a :class:`numpy.random.SeedSequence` or a
+                :class:`numpy.random.Generator`; the same seed gives the same data.
+
+        Returns:
+            ``(x, theta)``: events ``(n_events, 4)`` and their parameters ``(n_events, 2)``.
+        """
+        try:
+            n_events = operator.index(n_events)
+        except TypeError:
+            raise InputError(f"n_events must be an integer, got {n_events!r}") from None
+        if n_events < 1:
+            raise InputError(f"n_events must be positive, got {n_events}")
+        low, high = float(low), float(high)
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise InputError(f"need finite low < high, got low={low!r}, high={high!r}")
+        # the square is valid iff its corners are (the valid region is a centred ellipse)
+        _check_parameters(np.array([low, low, high, high]), np.array([low, high, low, high]))
+        rng = np.random.default_rng(seed)
+        theta = rng.uniform(low, high, size=(n_events, 2))
+        return self.sample(n_events, theta[:, 0], theta[:, 1], seed=rng), theta
+
 
 def _square_grid(values: list[float]) -> np.ndarray:
     """All (cx, cy) pairs of ``values``, cx varying slowest; read-only ``(len² , 2)``."""
