@@ -308,6 +308,17 @@ class _GMMParameters(_DensityParameters):
         return cond.sum(1) + prepared["logdet"]
 
 
+def _chain(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tensor:
+    """Per-event scores ``dz_i @ J[toy_i]`` (n, P) from per-event feature gradients dz (n, Q)
+    and the per-toy Jacobians J (K, Q, P); ``toy`` is sorted (a batch's events are grouped by
+    toy), so each toy's events are one matrix product rather than a gathered copy of J."""
+    ids, counts = torch.unique_consecutive(toy, return_counts=True)
+    if len(ids) and bool((counts == counts[0]).all()):
+        n = int(counts[0])
+        return torch.bmm(dz.reshape(len(ids), n, -1), jac[ids]).reshape(len(dz), -1)
+    return torch.cat([d @ jac[k] for d, k in zip(dz.split(counts.tolist()), ids.tolist())])
+
+
 def _parameters_of(density: Any, dtype: torch.dtype) -> _DensityParameters:
     if isinstance(density, GMMDensity):
         return _GMMParameters(density, dtype)
@@ -546,10 +557,7 @@ class _Batch:
                     if jac is None:
                         scores[:, cols] += dz
                     else:
-                        jac = jac.to(torch.float64).cpu()
-                        for j, col in enumerate(cols.tolist()):
-                            scores[:, col] += (dz * torch.index_select(jac[:, :, j], 0, toy)
-                                               ).sum(dim=1)
+                        scores[:, cols] += _chain(dz, jac.to(torch.float64).cpu(), toy)
                 if nu_event is not None:
                     dnu = next(parts)
                     if dnu is not None and jac_nu is not None:
