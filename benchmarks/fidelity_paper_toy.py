@@ -1,7 +1,8 @@
 """Fidelity of a GMMDensity trained on the paper's ground-truth toy, with zuko flows as peers.
 
-Trains on the 49-point grid (paper Section 6, Table 6 hyper-parameters; ``--grid 81`` the paper's
-dense variant with ±0.2 added on both axes), then reports on fresh
+Trains on the 49-point grid (paper Section 6, Table 6 hyper-parameters; ``--design dense``: the
+paper's 81-point variant with ±0.2 added on both axes; ``--design uniform``: each event's (cx, cy)
+drawn uniformly over [−1.5, 1.5]², as many events as the 49-point grid), then reports on fresh
 events of the true pdf
 
     KL(true ‖ model) = E_true[log p_true(x|c) − log p_model(x|c)]   (nats/event, ± its error)
@@ -90,8 +91,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events-per-point", type=int, default=20000,
                     help="training events per grid point (paper: 50000)")
-    ap.add_argument("--grid", type=int, default=49, choices=[49, 81],
-                    help="training grid: the paper's 49 points, or its dense 81-point variant")
+    ap.add_argument("--design", default="grid", choices=["grid", "dense", "uniform"],
+                    help="training parameters: the paper's 49-point grid, its dense 81-point "
+                         "variant, or uniform over [-1.5, 1.5]^2 per event (as many events "
+                         "as the 49-point grid)")
     ap.add_argument("--eval-events", type=int, default=20000, help="true events per KL point")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--max-epochs", type=int, default=60)
@@ -114,14 +117,20 @@ def main() -> None:
     done = json.loads(args.out.read_text()) if args.out.exists() else {}
 
     toy = PaperToy()
-    grid = toy.GRID_49 if args.grid == 49 else toy.GRID_81
-    x, th = toy.training_data(grid, args.events_per_point, seed=args.seed)
-    x_ref = x[(th[:, 0] == 0) & (th[:, 1] == 0)]  # the projection uses the c = (0, 0) sample
+    grid = toy.GRID_81 if args.design == "dense" else toy.GRID_49  # KL reported on it
+    if args.design == "uniform":
+        x, th = toy.training_data_uniform(args.events_per_point * len(grid), seed=args.seed)
+        # the projection uses a c = (0, 0) sample of the grid designs' size
+        x_ref = toy.sample(args.events_per_point, 0.0, 0.0,
+                           seed=np.random.SeedSequence(args.seed, spawn_key=(17,)))
+    else:
+        x, th = toy.training_data(grid, args.events_per_point, seed=args.seed)
+        x_ref = x[(th[:, 0] == 0) & (th[:, 1] == 0)]  # the projection uses the c = (0, 0) sample
     proj = LatentProjection.fit(toy.space, x_ref, f=0.5)
     floor = latent_floor(toy, grid, proj, 5000, seed=args.seed + 1)
     bounds = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
     write_section(args.out, "setup", {
-        "events_per_point": args.events_per_point, "grid_points": len(grid),
+        "events_per_point": args.events_per_point, "design": args.design, "grid_points": len(grid),
         "batch_size": args.batch_size, "max_epochs": args.max_epochs, "seed": args.seed,
         "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": args.workers,
