@@ -871,7 +871,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
             kind = "average of " if len(paths) > 1 else ""
             subtitle = f"model: {kind}{', '.join(q.name for q in paths)} (trained elsewhere)"
         plot_fig16(rows, out / "fig16.png", subtitle=subtitle,
-                   grid=PaperToy.GRID_49 if model_path is not None else cfg.grid)
+                   grid=None if model_path is not None else cfg.grid)  # (not known)
 
     notes = [
         "The true pdf depends on |cx| and |cy|: its likelihood has cusps along cx = 0 and "
