@@ -156,7 +156,8 @@ def test_demo_config_training_designs():
         demo_config(design="dense81")
     assert build_parser().parse_args(["demo", "--out", "d", "--design", "dense"]).design == (
         "dense")
-    assert build_parser().parse_args(["demo", "--out", "d"]).design == "grid"
+    assert build_parser().parse_args(["demo", "--out", "d"]).design == "dense"
+    assert demo_config().design == "dense"
 
 
 def test_uniform_training_data_covers_the_square_and_checks_its_input():

@@ -8,7 +8,7 @@ Subcommands:
                exit status 0 when every check passes, 1 when one fails.
 
 Example:
-    $ egmm demo --out demo-output            # about 15 minutes on two CPU cores
+    $ egmm demo --out demo-output            # about 6 minutes on two CPU cores
     $ egmm demo --out quick --quick          # smoke test, under a minute
     $ egmm validate model.egmm --data heldout.npz --out report    # x (N, D), theta (N, P)
     $ egmm validate toy.egmm --paper-toy --events 5000 --out report   # PaperToy held-out data
@@ -50,8 +50,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the paper's inference test (Fig. 16): train the model, fit nine datasets",
         description=(
-            "Train the expressive Gaussian mixture on the paper toy's 49-point grid, then fit "
-            "the nine N = 400 datasets of the paper's Fig. 16 with the true pdf and with the "
+            "Train the expressive Gaussian mixture on the paper toy's dense 81-point grid, then "
+            "fit the nine N = 400 datasets of the paper's Fig. 16 with the true pdf and with the "
             "model: MLEs and 68.27 %% / 95.45 %% profile-likelihood regions (2-parameter Wilks "
             "thresholds). Writes fig16.png, table.md, results.json and the model to --out. "
             "A finished model with the same configuration in --out is reused; an interrupted "
@@ -61,14 +61,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--full", action="store_true",
-                      help="the paper's 50,000 events per point, until early stopping (hours)")
+                      help="the paper's 50,000 events per point, until early stopping (an hour "
+                           "or more)")
     mode.add_argument("--quick", action="store_true",
                       help="smoke test: tiny network, one epoch, coarse regions (not a result)")
-    p.add_argument("--design", choices=["grid", "dense", "uniform"], default="grid",
-                   help="training parameters: the paper's 49-point grid (default), its dense "
-                        "81-point variant (adds cx, cy = ±0.2), or (cx, cy) drawn uniformly "
-                        "over [-1.5, 1.5]^2 for every event (as many events in all as the "
-                        "grid)")
+    p.add_argument("--design", choices=["dense", "grid", "uniform"], default="dense",
+                   help="training parameters: the paper's dense 81-point grid (default; the "
+                        "49-point grid plus cx, cy = ±0.2), its 49-point grid, or (cx, cy) "
+                        "drawn uniformly over [-1.5, 1.5]^2 for every event (as many events "
+                        "in all as the 49-point grid)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",

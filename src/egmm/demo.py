@@ -1,7 +1,8 @@
 """The paper's inference test (Menary & Price, Section 6, Fig. 16), end to end: ``egmm demo``.
 
-1. Generate the paper toy on its 49-point training grid (:attr:`PaperToy.GRID_49`), on the
-   paper's dense 81-point variant (:attr:`PaperToy.GRID_81`, ±0.2 added on both axes), or
+1. Generate the paper toy on the paper's dense 81-point training grid (:attr:`PaperToy.GRID_81`:
+   its 49-point grid :attr:`PaperToy.GRID_49` with ±0.2 added on both axes, so that the model
+   sees the likelihood's cusps at cx = 0 and cy = 0 from close by), on the 49-point grid, or
    with parameters drawn uniformly over the trained square, one per event
    (:meth:`PaperToy.training_data_uniform`).
 2. Fit the latent projection on the c = (0, 0) sample (f = 0.5), build the Table 6
@@ -120,11 +121,11 @@ class DemoConfig:
         contour_size: vertices per confidence region.
         seed: seeds the training data, the network initialisation, the split and the nine
             test datasets.
-        design: the training parameters: "grid" (the paper's 49-point grid), "dense" (its
-            81-point variant, which adds cx, cy = ±0.2 so that the model sees the
-            likelihood's cusps at cx = 0 and cy = 0 from close by) or "uniform" (each
-            event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many events in all as
-            the 49-point grid has).
+        design: the training parameters: "dense" (default: the paper's 81-point grid, which
+            adds cx, cy = ±0.2 to the 49-point one so that the model sees the likelihood's
+            cusps at cx = 0 and cy = 0 from close by), "grid" (the paper's 49-point grid) or
+            "uniform" (each event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many
+            events in all as the 49-point grid has).
         train_threads: torch threads while training (0: torch's default); fits use one.
         train_workers: processes the networks are trained in (``egmm.train(workers=)``; the
             model is the same for any number). Default: 2, or 1 on a one-core machine.
@@ -139,7 +140,7 @@ class DemoConfig:
     seed: int = 0
     train_threads: int = 1
     train_workers: int = 1
-    design: str = "grid"
+    design: str = "dense"
 
     @property
     def grid(self) -> np.ndarray | None:
@@ -181,12 +182,13 @@ class DemoConfig:
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
                 train_threads: int = 1, train_workers: int | None = None,
-                design: str = "grid") -> DemoConfig:
+                design: str = "dense") -> DemoConfig:
     """The configuration of a run.
 
-    Default: 10,000 events per point and at most 30 epochs of the paper's network (Table 6),
-    sized for about 10-15 minutes on one free CPU core (about 16 s per epoch); ``full``: the
-    paper's 50,000 events per point and early stopping only (hours on a CPU); ``quick``: a
+    Default: 10,000 events at each of the 81 points of the dense grid and at most 30 epochs
+    of the paper's network (Table 6): about 5 minutes of training on two CPU cores (10 s
+    per epoch), 9 on one; ``full``: the paper's 50,000 events per point and early stopping
+    only (an hour or more on a CPU); ``quick``: a
     few hundred events, one epoch of a small network and coarse regions (a smoke test, not a
     result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``design``
     chooses the training parameters (see :class:`DemoConfig`; any mode).
@@ -818,18 +820,19 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             workers: int | None = None, design: str = "grid") -> dict[str, Any]:
+             workers: int | None = None, design: str = "dense") -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
         out_dir: output folder (``fig16.png``, ``table.md``, ``results.json``, the model).
-        full: the paper's 50,000 events per point, training until early stopping (hours).
+        full: the paper's 50,000 events per point, training until early stopping (an hour
+            or more on a CPU).
         quick: a smoke test in well under a minute (tiny network, one epoch): not a result.
         seed: seeds training data, network, split and the nine test datasets.
         progress: stage messages, tqdm bars and the final table on the terminal.
         events_per_point, max_epochs: override the mode's values.
-        design: the training parameters: "grid" (the paper's 49 points, default), "dense"
-            (its 81-point variant) or "uniform" (one uniform (cx, cy) per event).
+        design: the training parameters: "dense" (the paper's 81-point grid, default),
+            "grid" (its 49-point grid) or "uniform" (one uniform (cx, cy) per event).
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
