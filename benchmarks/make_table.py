@@ -239,6 +239,12 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
     return text
 
 
+def _design(setup: dict[str, Any]) -> str:
+    """A fidelity run's training design (results from before ``--design`` say only how many
+    grid points they had)."""
+    return setup.get("design") or ("dense" if setup.get("grid_points") == 81 else "grid")
+
+
 def fidelity_section(data: dict[str, Any]) -> str:
     rows = []
     for name in ("gmm", "nsf", "maf"):
@@ -253,7 +259,11 @@ def fidelity_section(data: dict[str, Any]) -> str:
                      fmt(r.get("train_seconds", math.nan) / 60), r.get("epochs")])
     s = data.get("setup", {})
     per_m = (data.get("gmm") or {}).get("seconds_per_epoch_per_million_events")
-    return (f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}, "
+    design = {"grid": "the 49-point grid", "dense": "the dense 81-point grid",
+              "uniform": "(cx, cy) uniform per event (KL 'on grid': at the 49 grid points)"
+              }.get(_design(s), _design(s))
+    return (f"Design: {design}. "
+            f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}, "
             f"≤ {s.get('max_epochs')} epochs. KL in nats/event, mean (max)"
             + (f"; GMM {per_m:.0f} s per epoch per million events" if per_m else "")
             + ".\n\n"
@@ -331,8 +341,11 @@ def goals(results: dict[str, Any]) -> str:
         seconds = g.get("train_call_seconds", g.get("train_seconds", math.nan))
         setup = data.get("setup", {})
         act = setup.get("activation", "leaky_relu")
+        design = _design(setup)
         label = (f"{setup.get('events_per_point')}/point, {setup.get('workers', 1)} worker(s)"
                  + ("" if act == "leaky_relu" else f", {act}")
+                 + ("" if design == "grid" else f", {design} design")
+                 + ("" if setup.get("seed", 0) == 0 else f", seed {setup['seed']}")
                  + f": KL {g['kl_on_grid_mean']:.4f} ± {err:.4f}")
         reached = g["kl_on_grid_mean"] - 2 * err <= 0.005
         trained.append((label, seconds / 60, reached))
