@@ -186,10 +186,10 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     """The configuration of a run.
 
     Default: 10,000 events at each of the 81 points of the dense grid and at most 30 epochs
-    of the paper's network (Table 6): about 5 minutes of training on two CPU cores (10 s
-    per epoch), 9 on one; ``full``: the paper's 50,000 events per point and early stopping
-    only (an hour or more on a CPU); ``quick``: a
-    few hundred events, one epoch of a small network and coarse regions (a smoke test, not a
+    of the paper's network (Table 6): about 5 minutes of training with two worker
+    processes on a 2-core CPU (10 s per epoch); ``full``: the paper's 50,000 events per
+    point and early stopping only (an hour or more on a CPU); ``quick``: a few hundred
+    events, one epoch of a small network and coarse regions (a smoke test, not a
     result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``design``
     chooses the training parameters (see :class:`DemoConfig`; any mode).
     """
