@@ -267,12 +267,7 @@ class PaperToy:
                 :class:`numpy.random.Generator` (used, hence advanced, in place); the same seed
                 gives the same events. ``None`` draws fresh entropy.
         """
-        try:
-            n = operator.index(n)
-        except TypeError:
-            raise InputError(f"n must be an integer number of events, got {n!r}") from None
-        if n < 0:
-            raise InputError(f"n must be non-negative, got {n}")
+        n = _event_count(n, "n", minimum=0)
         cx, cy = _parameters(cx, cy, n_events=n)
         u = np.maximum(np.random.default_rng(seed).random((4, n)), _U_MIN)
         a = _icdf0_unit(u[0], _rate0(cx))
@@ -332,12 +327,7 @@ class PaperToy:
         Returns:
             ``(x, theta)``: events ``(n_events, 4)`` and their parameters ``(n_events, 2)``.
         """
-        try:
-            n_events = operator.index(n_events)
-        except TypeError:
-            raise InputError(f"n_events must be an integer, got {n_events!r}") from None
-        if n_events < 1:
-            raise InputError(f"n_events must be positive, got {n_events}")
+        n_events = _event_count(n_events, "n_events", minimum=1)
         low, high = float(low), float(high)
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise InputError(f"need finite low < high, got low={low!r}, high={high!r}")
@@ -346,6 +336,17 @@ class PaperToy:
         rng = np.random.default_rng(seed)
         theta = rng.uniform(low, high, size=(n_events, 2))
         return self.sample(n_events, theta[:, 0], theta[:, 1], seed=rng), theta
+
+
+def _event_count(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int ≥ ``minimum`` (0 or 1), else :class:`~egmm.InputError` naming it."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name} must be an integer number of events, got {value!r}") from None
+    if n < minimum:
+        raise InputError(f"{name} must be {'positive' if minimum else 'non-negative'}, got {n}")
+    return n
 
 
 def _square_grid(values: list[float]) -> np.ndarray:
