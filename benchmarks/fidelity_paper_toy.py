@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from egmm import FlowDensity, GMMDensity, LatentProjection, train
+from egmm.demo import DESIGNS, demo_config
 from egmm.groundtruth import PaperToy
 
 RESULTS = Path(__file__).parent / "results"
@@ -91,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--events-per-point", type=int, default=20000,
                     help="training events per grid point (paper: 50000)")
-    ap.add_argument("--design", default="grid", choices=["grid", "dense", "uniform"],
+    ap.add_argument("--design", default="grid", choices=DESIGNS,
                     help="training parameters: the paper's 49-point grid, its dense 81-point "
                          "variant, or uniform over [-1.5, 1.5]^2 per event (as many events "
                          "as the 49-point grid)")
@@ -117,15 +118,12 @@ def main() -> None:
     done = json.loads(args.out.read_text()) if args.out.exists() else {}
 
     toy = PaperToy()
-    grid = toy.GRID_81 if args.design == "dense" else toy.GRID_49  # KL reported on it
-    if args.design == "uniform":
-        x, th = toy.training_data_uniform(args.events_per_point * len(grid), seed=args.seed)
-        # the projection uses a c = (0, 0) sample of the grid designs' size
-        x_ref = toy.sample(args.events_per_point, 0.0, 0.0,
-                           seed=np.random.SeedSequence(args.seed, spawn_key=(17,)))
-    else:
-        x, th = toy.training_data(grid, args.events_per_point, seed=args.seed)
-        x_ref = x[(th[:, 0] == 0) & (th[:, 1] == 0)]  # the projection uses the c = (0, 0) sample
+    # the demo's training designs: the same data and projection sample for the same seed
+    design = demo_config(design=args.design, events_per_point=args.events_per_point,
+                         seed=args.seed)
+    grid = toy.GRID_49 if design.grid is None else design.grid  # KL reported on it
+    x, th = design.training_data(toy)
+    x_ref = design.projection_events(toy, x, th)
     proj = LatentProjection.fit(toy.space, x_ref, f=0.5)
     floor = latent_floor(toy, grid, proj, 5000, seed=args.seed + 1)
     bounds = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}

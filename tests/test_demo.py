@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 from iminuit.cost import NormalConstraint
+from scipy.stats import kstest
 
 from egmm import GMMDensity, LatentProjection, Observable, ObservableSpace
 from egmm.cli import build_parser, main
 from egmm.demo import (
+    DESIGNS,
     LEVELS,
     compare,
     demo_config,
@@ -22,7 +24,7 @@ from egmm.demo import (
     run_demo,
     true_density,
 )
-from egmm.errors import InputError, ModelFileError
+from egmm.errors import InputError, ModelFileError, ParameterError
 from egmm.groundtruth import PaperToy
 from egmm.infer import wilks_threshold
 from egmm.likelihood import UnbinnedNLL
@@ -158,6 +160,17 @@ def test_demo_config_training_designs():
         "dense")
     assert build_parser().parse_args(["demo", "--out", "d"]).design == "dense"
     assert demo_config().design == "dense"
+    for d in DESIGNS:  # the command line offers every design (spelled out there)
+        assert build_parser().parse_args(["demo", "--out", "d", "--design", d]).design == d
+    # the projection sample: the c = (0, 0) training events, or (uniform) a seeded sample
+    small_grid = demo_config(design="grid", events_per_point=60)
+    xg, thg = small_grid.training_data(PaperToy())
+    ref_grid = small_grid.projection_events(PaperToy(), xg, thg)
+    np.testing.assert_array_equal(ref_grid, xg[(thg == 0.0).all(axis=1)])
+    assert ref_grid.shape == (60, 4)
+    ref = small.projection_events(PaperToy(), x, theta)
+    assert ref.shape == (60, 4) and not np.isin(ref[:, 0], x[:, 0]).any()
+    np.testing.assert_array_equal(ref, small.projection_events(PaperToy(), x, theta))
 
 
 def test_uniform_training_data_covers_the_square_and_checks_its_input():
@@ -168,7 +181,6 @@ def test_uniform_training_data_covers_the_square_and_checks_its_input():
     assert np.abs(theta.mean(0)).max() < 0.07 and theta.min() >= -1.5 and theta.max() <= 1.5
     # each event follows its own parameters: the per-event PIT is uniform
     pit = toy.pit(x, theta[:, 0], theta[:, 1])
-    from scipy.stats import kstest
     assert min(kstest(pit[:, j], "uniform").pvalue for j in range(4)) > 1e-3
     np.testing.assert_array_equal(toy.training_data_uniform(50, seed=2)[1],
                                   toy.training_data_uniform(50, seed=2)[1])
@@ -176,7 +188,6 @@ def test_uniform_training_data_covers_the_square_and_checks_its_input():
         toy.training_data_uniform(0)
     with pytest.raises(InputError, match="low < high"):
         toy.training_data_uniform(10, 1.0, -1.0)
-    from egmm.errors import ParameterError
     with pytest.raises(ParameterError, match="outside"):
         toy.training_data_uniform(10, -2.5, 2.5)
 
@@ -220,6 +231,7 @@ def test_cli_parses_demo_options():
     ["demo", "--out", "d", "--events-per-point", "0"],
     ["demo", "--out", "d", "--threads", "-1"],
     ["demo", "--out", "d", "--colour"],
+    ["demo", "--out", "d", "--design", "dense81"],
 ])
 def test_cli_rejects_bad_options(argv, capsys):
     with pytest.raises(SystemExit) as exc:

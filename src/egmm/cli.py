@@ -65,7 +65,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                            "or more)")
     mode.add_argument("--quick", action="store_true",
                       help="smoke test: tiny network, one epoch, coarse regions (not a result)")
-    p.add_argument("--design", choices=["dense", "grid", "uniform"], default="dense",
+    # egmm.demo.DESIGNS, spelled out: the parser does not import the (heavy) demo module
+    p.add_argument("--design", choices=("dense", "grid", "uniform"), default="dense",
                    help="training parameters: the paper's dense 81-point grid (default; the "
                         "49-point grid plus cx, cy = ±0.2), its 49-point grid, or (cx, cy) "
                         "drawn uniformly over [-1.5, 1.5]^2 for every event (as many events "

@@ -90,7 +90,7 @@ MAX_AREA_DEVIATION = 0.10  # |area_model / area_true − 1|
 #: Trained range of (cx, cy): the training grid.
 BOUNDS = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
 #: Training designs (:class:`DemoConfig`'s ``design``).
-DESIGNS = ("grid", "dense", "uniform")
+DESIGNS = ("dense", "grid", "uniform")
 
 _PI = math.pi
 _LOG_700 = math.log(700.0)
@@ -99,9 +99,11 @@ _LOG_NORM1 = 0.5 * math.log(2.0 * _PI) + math.log(_SIGMA1) + _LOG_700
 _K3 = 11.0
 _LOG_Z3 = math.log(2.0 * _K3 / 10.0) - math.log(-math.expm1(-2.0 * _K3))
 # the test datasets draw from SeedSequence(seed, spawn_key=(_DATASET_KEY, i)), independent of
-# the training data (children SeedSequence(seed).spawn(49) have keys (0,) … (48,))
+# the training data (grid designs: children SeedSequence(seed).spawn(P), keys (0,) … (P − 1,),
+# never two entries long; uniform design: SeedSequence(seed) itself)
 _DATASET_KEY = 16
-# the uniform design's projection sample (it has no c = (0, 0) events of its own)
+# the uniform design's projection sample (it has no c = (0, 0) events of its own; its
+# training data use SeedSequence(seed) itself, so no grid child key can coincide)
 _PROJECTION_KEY = 17
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
@@ -153,6 +155,16 @@ class DemoConfig:
             n = self.events_per_point * len(PaperToy.GRID_49)
             return toy.training_data_uniform(n, *BOUNDS["cx"], seed=self.seed)
         return toy.training_data(self.grid, self.events_per_point, seed=self.seed)
+
+    def projection_events(self, toy: PaperToy, x: np.ndarray, theta: np.ndarray
+                          ) -> np.ndarray:
+        """The events the latent projection is fitted on: the c = (0, 0) sample of the
+        training data ``(x, theta)``, as in the paper; the uniform design has none, so it
+        gets one of the grid designs' size from its own stream of the seed."""
+        if self.grid is not None:
+            return x[(theta == 0.0).all(axis=1)]
+        return toy.sample(self.events_per_point, 0.0, 0.0,
+                          seed=np.random.SeedSequence(self.seed, spawn_key=(_PROJECTION_KEY,)))
 
     def describe_design(self) -> str:
         """The training design in words, for messages and tables."""
@@ -588,11 +600,7 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
     say(f"[1/4] generating the paper toy: {cfg.describe_design()}")
     with clock.stage("data"):
         x, theta = cfg.training_data(toy)
-        # the projection is fitted on the c = (0, 0) sample, as in the paper; the uniform
-        # design has none, so it gets one of the same size from its own seed
-        x_ref = (x[(theta == 0.0).all(axis=1)] if cfg.grid is not None else
-                 toy.sample(cfg.events_per_point, 0.0, 0.0,
-                            seed=np.random.SeedSequence(cfg.seed, spawn_key=(_PROJECTION_KEY,))))
+        x_ref = cfg.projection_events(toy, x, theta)
     with clock.stage("projection"):
         proj = LatentProjection.fit(toy.space, x_ref, f=0.5)
         torch.manual_seed(cfg.seed)
