@@ -1,8 +1,9 @@
 """Fidelity of a GMMDensity trained on the paper's ground-truth toy, with zuko flows as peers.
 
 Trains on the 49-point grid (paper Section 6, Table 6 hyper-parameters; ``--design dense``: the
-paper's 81-point variant with ±0.2 added on both axes; ``--design uniform``: each event's (cx, cy)
-drawn uniformly over [−1.5, 1.5]², as many events as the 49-point grid), then reports on fresh
+paper's 81-point variant with ±0.2 added on both axes; ``--design fine``: 121 points, ±0.1 added
+too; ``--design uniform``: each event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many events
+as the 49-point grid), then reports on fresh
 events of the true pdf
 
     KL(true ‖ model) = E_true[log p_true(x|c) − log p_model(x|c)]   (nats/event, ± its error)
@@ -94,7 +95,8 @@ def main() -> None:
                     help="training events per grid point (paper: 50000)")
     ap.add_argument("--design", default="grid", choices=DESIGNS,
                     help="training parameters: the paper's 49-point grid, its dense 81-point "
-                         "variant, or uniform over [-1.5, 1.5]^2 per event (as many events "
+                         "variant, the 121-point fine grid (dense plus ±0.1), or uniform "
+                         "over [-1.5, 1.5]^2 per event (as many events "
                          "as the 49-point grid)")
     ap.add_argument("--eval-events", type=int, default=20000, help="true events per KL point")
     ap.add_argument("--batch-size", type=int, default=500)

@@ -142,18 +142,23 @@ def test_demo_config_modes_and_overrides():
 
 
 def test_demo_config_training_designs():
-    plain, dense, uniform = (demo_config(design=d) for d in ("grid", "dense", "uniform"))
+    plain, dense, fine, uniform = (demo_config(design=d)
+                                   for d in ("grid", "dense", "fine", "uniform"))
     assert len(plain.grid) == 49 and len(dense.grid) == 81 and uniform.grid is None
     # the dense grid is the 49-point grid plus the rows and columns at ±0.2
     extra = {tuple(p) for p in dense.grid} - {tuple(p) for p in plain.grid}
     assert len(extra) == 32 and all(0.2 in np.abs(p) for p in extra)
-    assert len({json.dumps(c.model_key()) for c in (plain, dense, uniform)}) == 3
+    # the fine grid adds those at ±0.1 to the dense one
+    extra = {tuple(p) for p in fine.grid} - {tuple(p) for p in dense.grid}
+    assert len(extra) == 40 and all(0.1 in np.abs(p) for p in extra)
+    assert len({json.dumps(c.model_key()) for c in (plain, dense, fine, uniform)}) == 4
     small = demo_config(design="uniform", events_per_point=60)
     x, theta = small.training_data(PaperToy())
     assert x.shape == (49 * 60, 4) and theta.shape == (49 * 60, 2)
     assert len(np.unique(theta[:, 0])) == len(theta) and np.abs(theta).max() <= 1.5
     np.testing.assert_array_equal(small.training_data(PaperToy())[0], x)  # seeded
     assert "uniform" in small.describe_design() and "81" in dense.describe_design()
+    assert "121" in fine.describe_design()
     with pytest.raises(InputError, match="design"):
         demo_config(design="dense81")
     assert build_parser().parse_args(["demo", "--out", "d", "--design", "dense"]).design == (

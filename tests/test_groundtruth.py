@@ -452,6 +452,10 @@ def test_grids():
     assert sorted(set(PaperToy.GRID_81[:, 0])) == sorted([*values, -0.2, 0.2])
     assert len({tuple(p) for p in PaperToy.GRID_81}) == 81
     assert {tuple(p) for p in PaperToy.GRID_49} <= {tuple(p) for p in PaperToy.GRID_81}
+    assert PaperToy.GRID_121.shape == (121, 2)
+    assert sorted(set(PaperToy.GRID_121[:, 1])) == sorted([*values, -0.2, -0.1, 0.1, 0.2])
+    assert len({tuple(p) for p in PaperToy.GRID_121}) == 121
+    assert {tuple(p) for p in PaperToy.GRID_81} <= {tuple(p) for p in PaperToy.GRID_121}
     assert PaperToy.TRUE_HYPOTHESES.shape == (9, 2)
     assert {tuple(p) for p in PaperToy.TRUE_HYPOTHESES} == {
         (a, b) for a in (-0.8, 0.0, 0.8) for b in (-0.8, 0.0, 0.8)

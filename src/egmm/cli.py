@@ -66,9 +66,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--quick", action="store_true",
                       help="smoke test: tiny network, one epoch, coarse regions (not a result)")
     # egmm.demo.DESIGNS, spelled out: the parser does not import the (heavy) demo module
-    p.add_argument("--design", choices=("dense", "grid", "uniform"), default="dense",
+    p.add_argument("--design", choices=("dense", "grid", "fine", "uniform"), default="dense",
                    help="training parameters: the paper's dense 81-point grid (default; the "
-                        "49-point grid plus cx, cy = ±0.2), its 49-point grid, or (cx, cy) "
+                        "49-point grid plus cx, cy = ±0.2), its 49-point grid, a finer 121-point "
+                        "grid (the dense one plus ±0.1), or (cx, cy) "
                         "drawn uniformly over [-1.5, 1.5]^2 for every event (as many events "
                         "in all as the 49-point grid)")
     p.add_argument("--seed", type=int, default=0,

@@ -90,7 +90,7 @@ MAX_AREA_DEVIATION = 0.10  # |area_model / area_true − 1|
 #: Trained range of (cx, cy): the training grid.
 BOUNDS = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
 #: Training designs (:class:`DemoConfig`'s ``design``).
-DESIGNS = ("dense", "grid", "uniform")
+DESIGNS = ("dense", "grid", "fine", "uniform")
 
 _PI = math.pi
 _LOG_700 = math.log(700.0)
@@ -125,7 +125,8 @@ class DemoConfig:
             test datasets.
         design: the training parameters: "dense" (default: the paper's 81-point grid, which
             adds cx, cy = ±0.2 to the 49-point one so that the model sees the likelihood's
-            cusps at cx = 0 and cy = 0 from close by), "grid" (the paper's 49-point grid) or
+            cusps at cx = 0 and cy = 0 from close by), "grid" (the paper's 49-point grid),
+            "fine" (121 points: the dense grid plus ±0.1 on both axes; not in the paper) or
             "uniform" (each event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many
             events in all as the 49-point grid has).
         train_threads: torch threads while training (0: torch's default); fits use one.
@@ -147,7 +148,8 @@ class DemoConfig:
     @property
     def grid(self) -> np.ndarray | None:
         """The training grid ``(P, 2)`` in the order (cx, cy); None for the uniform design."""
-        return {"grid": PaperToy.GRID_49, "dense": PaperToy.GRID_81}.get(self.design)
+        return {"grid": PaperToy.GRID_49, "dense": PaperToy.GRID_81,
+                "fine": PaperToy.GRID_121}.get(self.design)
 
     def training_data(self, toy: PaperToy) -> tuple[np.ndarray, np.ndarray]:
         """The training events and their parameters ``(x, theta)`` of this design."""
@@ -185,6 +187,7 @@ class DemoConfig:
             "network": dict(self.network),
             "seed": self.seed,
             "grid": {"grid": "PaperToy.GRID_49", "dense": "PaperToy.GRID_81",
+                     "fine": "PaperToy.GRID_121",
                      "uniform": "uniform over [-1.5, 1.5]^2"}[self.design],
             "projection_f": 0.5,
             "egmm_version": __version__,
@@ -840,7 +843,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         progress: stage messages, tqdm bars and the final table on the terminal.
         events_per_point, max_epochs: override the mode's values.
         design: the training parameters: "dense" (the paper's 81-point grid, default),
-            "grid" (its 49-point grid) or "uniform" (one uniform (cx, cy) per event).
+            "grid" (its 49-point grid), "fine" (121 points: the dense grid plus ±0.1) or
+            "uniform" (one uniform (cx, cy) per event).
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:

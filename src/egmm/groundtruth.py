@@ -91,6 +91,7 @@ class PaperToy:
 
     The class attributes hold the paper's experiment: :attr:`GRID_49` (training grid
     cx, cy ∈ {−1.5, −1, …, 1.5}), :attr:`GRID_81` (adds ±0.2 on both axes),
+    :attr:`GRID_121` (adds ±0.1 and ±0.2: a finer look at the cusps; not in the paper),
     :attr:`TRUE_HYPOTHESES` ({−0.8, 0, 0.8}²) and :attr:`N_EVENTS` (events per test dataset).
 
     References:
@@ -120,6 +121,7 @@ class PaperToy:
 
     GRID_49: ClassVar[np.ndarray]
     GRID_81: ClassVar[np.ndarray]
+    GRID_121: ClassVar[np.ndarray]
     TRUE_HYPOTHESES: ClassVar[np.ndarray]
     N_EVENTS: ClassVar[int] = 400
 
@@ -359,6 +361,7 @@ def _square_grid(values: list[float]) -> np.ndarray:
 
 PaperToy.GRID_49 = _square_grid([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
 PaperToy.GRID_81 = _square_grid([-1.5, -1.0, -0.5, -0.2, 0.0, 0.2, 0.5, 1.0, 1.5])
+PaperToy.GRID_121 = _square_grid([-1.5, -1.0, -0.5, -0.2, -0.1, 0.0, 0.1, 0.2, 0.5, 1.0, 1.5])
 PaperToy.TRUE_HYPOTHESES = _square_grid([-0.8, 0.0, 0.8])
 
 
