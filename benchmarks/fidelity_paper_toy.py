@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--activation", default="leaky_relu", choices=["leaky_relu", "silu"],
                     help="the GMM's hidden activation (paper: leaky_relu)")
+    ap.add_argument("--theta-units", type=int, default=50,
+                    help="units of the GMM's θ branch, A1 (paper Table 6: 50)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes to train the GMM's networks in (one torch thread each)")
     ap.add_argument("--model-out", type=Path, default=RESULTS / "paper_toy_gmm.egmm",
@@ -134,7 +136,7 @@ def main() -> None:
         "batch_size": args.batch_size, "max_epochs": args.max_epochs, "seed": args.seed,
         "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": args.workers,
-        "activation": args.activation,
+        "activation": args.activation, "theta_units": args.theta_units,
         "torch": torch.__version__})
 
     gmm_weights = None
@@ -145,7 +147,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         if name == "gmm":
             model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds=bounds,
-                               activation=args.activation)
+                               activation=args.activation, A1=args.theta_units)
             n_weights = sum(model.n_weights())
             gmm_weights = n_weights
         else:

@@ -260,8 +260,11 @@ def fidelity_section(data: dict[str, Any]) -> str:
     s = data.get("setup", {})
     per_m = (data.get("gmm") or {}).get("seconds_per_epoch_per_million_events")
     design = {"grid": "the 49-point grid", "dense": "the dense 81-point grid",
+              "fine": "the fine 121-point grid (dense plus ±0.1)",
               "uniform": "(cx, cy) uniform per event (KL 'on grid': at the 49 grid points)"
               }.get(_design(s), _design(s))
+    units = s.get("theta_units", 50)
+    design += "" if units == 50 else f"; θ branch of {units} units (Table 6: 50)"
     return (f"Design: {design}. "
             f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}, "
             f"≤ {s.get('max_epochs')} epochs. KL in nats/event, mean (max)"
@@ -345,6 +348,8 @@ def goals(results: dict[str, Any]) -> str:
         label = (f"{setup.get('events_per_point')}/point, {setup.get('workers', 1)} worker(s)"
                  + ("" if act == "leaky_relu" else f", {act}")
                  + ("" if design == "grid" else f", {design} design")
+                 + ("" if setup.get("theta_units", 50) == 50
+                    else f", θ branch {setup['theta_units']} units")
                  + ("" if setup.get("seed", 0) == 0 else f", seed {setup['seed']}")
                  + f": KL {g['kl_on_grid_mean']:.4f} ± {err:.4f}")
         reached = g["kl_on_grid_mean"] - 2 * err <= 0.005
