@@ -39,6 +39,9 @@ HOW_TO_RUN = [
      "python benchmarks/fidelity_paper_toy.py --models gmm,nsf,maf --workers 2", "~2 h"),
     ("coverage_paper_toy.py", "coverage of MLE and Wilks regions, true pdf and trained model",
      "python benchmarks/coverage_paper_toy.py --ntoys 1000", "~1 h"),
+    ("cusp_scan.py", "Δ(−2 ln L) scans through a demo dataset split by observable, true pdf vs "
+     "trained models: which conditional makes a model's likelihood too flat",
+     "python benchmarks/cusp_scan.py --model M.egmm [--model ...]", "seconds"),
     ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
      "instant"),
 ]

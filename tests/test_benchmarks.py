@@ -149,3 +149,42 @@ def test_older_benchmarks_keep_their_machine_keys():
                          "versions"}
     assert {"platform", "python", "cpu", "usable_cpus", "load_average", "torch", "egmm"} <= set(
         _load("_common").machine_info())
+
+
+def test_cusp_scan_splits_the_likelihood_by_observable(tmp_path):
+    """The truth's scans are the exact pdf's Δ(−2 ln L); a model's per-observable terms (latent
+    space) add up to its data-space Δ(−2 ln L), the projection's Jacobian cancelling."""
+    import numpy as np
+    import torch
+
+    from egmm import GMMDensity, LatentProjection
+    from egmm.demo import fig16_datasets
+    from egmm.groundtruth import PaperToy
+    from helpers import SMALL
+
+    toy = PaperToy()
+    proj = LatentProjection.fit(toy.space, toy.sample(2000, 0.0, 0.0, seed=3), f=0.5)
+    torch.manual_seed(0)
+    model = GMMDensity(toy.space, ["cx", "cy"], proj, **SMALL)
+    model.save(tmp_path / "m.egmm")
+    out = tmp_path / "scan.json"
+    result = _load("cusp_scan").main(["--model", str(tmp_path / "m.egmm"), "--dataset", "5",
+                                      "--at-cx", "0.1", "--at-cy", "0.7", "--out", str(out)])
+    assert json.loads(out.read_text())["scans"] == result["scans"]
+    _, x = fig16_datasets(0, toy)[5]
+    assert result["true_c"] == [0.0, 0.8] and result["at"] == [0.1, 0.7]
+
+    def nll(log_prob, cx, cy):
+        return -2.0 * float(np.sum(log_prob(cx, cy)))
+
+    curves = {"true pdf": lambda cx, cy: toy.log_prob(x, cx, cy),
+              "m": lambda cx, cy: model.log_prob(x, {"cx": cx, "cy": cy})}
+    for axis, name in enumerate(("cx", "cy")):
+        for label, log_prob in curves.items():
+            rows = result["scans"][name][label]
+            assert len(rows) == 8
+            for r in rows:
+                assert r["c"][1 - axis] == [0.1, 0.7][1 - axis]
+                expected = nll(log_prob, *r["c"]) - nll(log_prob, 0.1, 0.7)
+                assert r["total"] == pytest.approx(expected, abs=1e-8)
+                assert sum(r["per_observable"]) == pytest.approx(r["total"], abs=1e-9)
