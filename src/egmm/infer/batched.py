@@ -262,8 +262,27 @@ class _DensityParameters:
         """dz/dθ (K, Q, p); ``None`` for z = θ."""
         return None
 
-    def log_prob(self, prepared: Any, z_event: torch.Tensor) -> torch.Tensor:
-        return self.density.log_prob_prepared(prepared, z_event)
+    def event_inputs(self, prepared: Any, z: torch.Tensor, toy: torch.Tensor,
+                     leaves: bool) -> list[torch.Tensor]:
+        """The per-event tensors that log p depends on θ through, for the events of a chunk
+        (``toy``: their toys); ``leaves``: made autograd leaves, for per-event scores."""
+        with torch.no_grad():
+            z_event = torch.index_select(z, 0, toy.to(z.device))
+        return [z_event.requires_grad_(leaves)]
+
+    def log_prob(self, prepared: Any, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """(n,) log p of a chunk's events from their :meth:`event_inputs`."""
+        return self.density.log_prob_prepared(prepared, inputs[0])
+
+    def scores(self, grads: list[torch.Tensor | None], jac: torch.Tensor | None,
+               toy: torch.Tensor) -> torch.Tensor | None:
+        """Per-event d log p/dθ (n, p) from the gradients with respect to the
+        :meth:`event_inputs` (``None`` where log p does not depend on them)."""
+        (dz,) = grads
+        if dz is None:
+            return None
+        dz = dz.to(torch.float64).cpu()
+        return dz if jac is None else _chain(dz, jac.to(torch.float64).cpu(), toy)
 
 
 class _GMMParameters(_DensityParameters):
@@ -300,12 +319,38 @@ class _GMMParameters(_DensityParameters):
                 cols.append(torch.zeros_like(z) if col is None else col)
         return torch.stack(cols, dim=2).detach()
 
-    def log_prob(self, prepared: Any, z_event: torch.Tensor) -> torch.Tensor:
-        d = self.density
+    def event_inputs(self, prepared: Any, z: torch.Tensor, toy: torch.Tensor,
+                     leaves: bool) -> list[torch.Tensor]:
+        """Per network the events' first joint pre-activations (n, F_i): their input part
+        plus their toy's θ part. The pre-activation is what θ enters through, so its
+        gradient is the per-event gradient with respect to the toy's θ part, without a
+        per-event copy of z in the graph."""
         assert self.sizes is not None
-        parts = list(torch.split(z_event, self.sizes, dim=1))
-        cond = d._conditionals(prepared["u"], parts, prepared["input_parts"])
+        pres = []
+        with torch.no_grad():
+            for z_net, part in zip(torch.split(z, self.sizes, dim=1), prepared["input_parts"]):
+                pre = torch.index_select(z_net, 0, toy.to(z.device))
+                pres.append(pre.add_(part).requires_grad_(leaves))
+        return pres
+
+    def log_prob(self, prepared: Any, inputs: list[torch.Tensor]) -> torch.Tensor:
+        d = self.density
+        cond = torch.stack([d._conditional_pre(i, prepared["u"], pre)
+                            for i, pre in enumerate(inputs)], dim=1)
         return cond.sum(1) + prepared["logdet"]
+
+    def scores(self, grads: list[torch.Tensor | None], jac: torch.Tensor | None,
+               toy: torch.Tensor) -> torch.Tensor | None:
+        assert self.sizes is not None and jac is not None
+        jac = jac.to(torch.float64).cpu()
+        out = None
+        start = 0
+        for size, dpre in zip(self.sizes, grads):
+            if dpre is not None:
+                part = _chain(dpre.to(torch.float64).cpu(), jac[:, start:start + size], toy)
+                out = part if out is None else out.add_(part)
+            start += size
+        return out
 
 
 def _chain(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tensor:
@@ -436,16 +481,22 @@ class _Batch:
         return [None if cached is not None else m.features(theta[:, cols])
                 for m, cols, cached in zip(self.maps, self.columns, self.cached)]
 
-    def _chunk_log(self, c: int, z_event: list[torch.Tensor | None],
+    def _event_inputs(self, c: int, z: list[torch.Tensor | None], toy: torch.Tensor,
+                      leaves: bool) -> list[list[torch.Tensor] | None]:
+        """Per term the per-event inputs of chunk ``c`` (None: θ-independent density)."""
+        return [None if zt is None else m.event_inputs(prep[c], zt, toy, leaves)
+                for m, zt, prep in zip(self.maps, z, self.prepared)]
+
+    def _chunk_log(self, c: int, inputs: list[list[torch.Tensor] | None],
                    nu_event: torch.Tensor | None) -> torch.Tensor:
         """ln p_i (single density) or ln λ_i = ln Σ_c ν_c p_c (mixture) of the events of
-        chunk ``c``, from per-event features and yields (n, C)."""
+        chunk ``c``, from per-event inputs (:meth:`_event_inputs`) and yields (n, C)."""
         logs = []
-        for m, z, prep, cached in zip(self.maps, z_event, self.prepared, self.cached):
+        for m, ins, prep, cached in zip(self.maps, inputs, self.prepared, self.cached):
             if cached is not None:
                 logs.append(cached[c])
             else:
-                logs.append(m.log_prob(prep[c], z).to(torch.float64))
+                logs.append(m.log_prob(prep[c], ins).to(torch.float64))
         if nu_event is None:
             return logs[0].cpu()
         device = logs[0].device
@@ -497,7 +548,7 @@ class _Batch:
             total = torch.zeros(self.n_toys, dtype=torch.float64)
             for c, sl in enumerate(self.chunks):
                 toy = self.toy[sl]
-                ll = self._chunk_log(c, [self._gather(zt, toy) for zt in z],
+                ll = self._chunk_log(c, self._event_inputs(c, z, toy, leaves=False),
                                      self._gather(nu, toy))
                 total.index_add_(0, toy, self.w[sl] * ll)
             return self._assemble(th, total, nu).numpy()
@@ -539,25 +590,20 @@ class _Batch:
             norm = jac_nu.sum(dim=1) / nu.sum(dim=1, keepdim=True)
         for c, sl in enumerate(self.chunks):
             toy = self.toy[sl]
-            z_event = [None if zt is None else self._gather(zt, toy).requires_grad_(True)
-                       for zt in z]
+            inputs = self._event_inputs(c, z, toy, leaves=True)
             nu_event = None if nu is None else self._gather(nu, toy).requires_grad_(True)
-            leaves = [v for v in [*z_event, nu_event] if v is not None]
-            ll = self._chunk_log(c, z_event, nu_event)
+            leaves = [v for ins in inputs if ins is not None for v in ins]
+            leaves += [nu_event] if nu_event is not None else []
+            ll = self._chunk_log(c, inputs, nu_event)
             scores = torch.zeros((len(toy), n_par), dtype=torch.float64)
             if leaves and ll.requires_grad:
                 parts = iter(torch.autograd.grad(ll.sum(), leaves, allow_unused=True))
-                for zt, jac, cols in zip(z_event, jac_z, self.columns):
-                    if zt is None:
+                for m, ins, jac, cols in zip(self.maps, inputs, jac_z, self.columns):
+                    if ins is None:
                         continue
-                    dz = next(parts)
-                    if dz is None:
-                        continue
-                    dz = dz.to(torch.float64).cpu()
-                    if jac is None:
-                        scores[:, cols] += dz
-                    else:
-                        scores[:, cols] += _chain(dz, jac.to(torch.float64).cpu(), toy)
+                    term = m.scores([next(parts) for _ in ins], jac, toy)
+                    if term is not None:
+                        scores[:, cols] += term
                 if nu_event is not None:
                     dnu = next(parts)
                     if dnu is not None and jac_nu is not None:
