@@ -91,6 +91,8 @@ MAX_AREA_DEVIATION = 0.10  # |area_model / area_true − 1|
 BOUNDS = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
 #: Training designs (:class:`DemoConfig`'s ``design``).
 DESIGNS = ("dense", "grid", "fine", "uniform")
+# the grid designs' PaperToy attributes (one place for the grid and the model key's name of it)
+_GRID_NAMES = {"grid": "GRID_49", "dense": "GRID_81", "fine": "GRID_121"}
 
 _PI = math.pi
 _LOG_700 = math.log(700.0)
@@ -148,8 +150,8 @@ class DemoConfig:
     @property
     def grid(self) -> np.ndarray | None:
         """The training grid ``(P, 2)`` in the order (cx, cy); None for the uniform design."""
-        return {"grid": PaperToy.GRID_49, "dense": PaperToy.GRID_81,
-                "fine": PaperToy.GRID_121}.get(self.design)
+        name = _GRID_NAMES.get(self.design)
+        return None if name is None else getattr(PaperToy, name)
 
     def training_data(self, toy: PaperToy) -> tuple[np.ndarray, np.ndarray]:
         """The training events and their parameters ``(x, theta)`` of this design."""
@@ -186,9 +188,8 @@ class DemoConfig:
             "batch_size": self.batch_size,
             "network": dict(self.network),
             "seed": self.seed,
-            "grid": {"grid": "PaperToy.GRID_49", "dense": "PaperToy.GRID_81",
-                     "fine": "PaperToy.GRID_121",
-                     "uniform": "uniform over [-1.5, 1.5]^2"}[self.design],
+            "grid": (f"PaperToy.{_GRID_NAMES[self.design]}" if self.design in _GRID_NAMES
+                     else "uniform over [-1.5, 1.5]^2"),
             "projection_f": 0.5,
             "egmm_version": __version__,
         }
