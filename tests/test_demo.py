@@ -204,6 +204,7 @@ def test_cli_help(capsys):
     text = capsys.readouterr().out
     for option in ("--out", "--full", "--quick", "--seed", "--events-per-point", "--threads"):
         assert option in text
+    assert "68.27 % / 95.45 %" in " ".join(text.split())  # descriptions are not %-formatted
     assert main([]) == 2  # no subcommand: help, failure status
     assert "demo" in capsys.readouterr().out
 

@@ -52,7 +52,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train the expressive Gaussian mixture on the paper toy's dense 81-point grid, then "
             "fit the nine N = 400 datasets of the paper's Fig. 16 with the true pdf and with the "
-            "model: MLEs and 68.27 %% / 95.45 %% profile-likelihood regions (2-parameter Wilks "
+            "model: MLEs and 68.27 % / 95.45 % profile-likelihood regions (2-parameter Wilks "
             "thresholds). Writes fig16.png, table.md, results.json and the model to --out. "
             "A finished model with the same configuration in --out is reused; an interrupted "
             "training resumes from its checkpoint."
