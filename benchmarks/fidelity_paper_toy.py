@@ -111,6 +111,8 @@ def main() -> None:
                     help="the GMM's hidden activation (paper: leaky_relu)")
     ap.add_argument("--theta-units", type=int, default=50,
                     help="units of the GMM's θ branch, A1 (paper Table 6: 50)")
+    ap.add_argument("--n-gauss", type=int, default=20,
+                    help="Gaussians per conditional, N_G (paper Table 6: 20)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes to train the GMM's networks in (one torch thread each)")
     ap.add_argument("--model-out", type=Path, default=RESULTS / "paper_toy_gmm.egmm",
@@ -137,6 +139,7 @@ def main() -> None:
         "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": args.workers,
         "activation": args.activation, "theta_units": args.theta_units,
+        "n_gauss": args.n_gauss,
         "torch": torch.__version__})
 
     gmm_weights = None
@@ -147,7 +150,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         if name == "gmm":
             model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds=bounds,
-                               activation=args.activation, A1=args.theta_units)
+                               activation=args.activation, A1=args.theta_units,
+                               n_gauss=args.n_gauss)
             n_weights = sum(model.n_weights())
             gmm_weights = n_weights
         else:
