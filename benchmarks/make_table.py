@@ -230,8 +230,9 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
             f" Both stop at MIGRAD's EDM goal {tols['plain_minuit_edm_goal']:g} (Minuit tol "
             f"{tols['plain_minuit_tol']:g}); last column: the batched fit at "
             f"{tols['batched_tight']:g}.")
+    cpu = data.get("machine", {}).get("cpu")
     text = (f"{c.get('toys')} toys of {c.get('events')} events, "
-            f"{c.get('torch_threads')} thread(s).{goal}\n\n"
+            f"{c.get('torch_threads')} thread(s)" + (f", {cpu}" if cpu else "") + f".{goal}\n\n"
             + table(["model", "batched toys/s", "+ validation", "Minuit loop", "speed-up",
                      "+ validation", "batched, tight goal"], rows))
     ts_rows = []

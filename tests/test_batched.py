@@ -91,7 +91,7 @@ def assert_fval_is_cost_value(res: BatchedFitResult, costs):
 def test_gaussian_toys_match_minuit_including_mle_at_limit():
     template = UnbinnedNLL(np.full((30, 1), 5.0), gauss(mu_range=(2.0, 5.0)))
     costs = toys(template, {"mu": 5.0, "sigma": 1.0}, 50, seed=3)
-    res = fit_batched(costs, validate=False)
+    res = fit_batched(costs, validate=False, minuit_tol=1e-5)  # the reference's precision
     assert res.converged.all() and not res.fallback.any() and res.valid.all()
     at_limit = res.value("mu") == 5.0
     assert 10 <= at_limit.sum() <= 40  # the truth sits on the limit: about half the MLEs too
@@ -102,7 +102,7 @@ def test_gaussian_toys_match_minuit_including_mle_at_limit():
 def test_extended_signal_background_with_constraint_matches_minuit():
     costs = toys(signal_background(), {"mu": 5.0, "sigma": 0.5, "n_sig": 100.0,
                                        "n_bkg": 400.0}, 30, seed=1)
-    res = fit_batched(costs, validate=False)
+    res = fit_batched(costs, validate=False, minuit_tol=1e-5)
     assert res.converged.all() and not res.fallback.any()
     assert_fval_is_cost_value(res, costs)
     reference = [fit(c, tol=1e-5) for c in costs]
@@ -115,7 +115,7 @@ def test_extended_signal_background_with_constraint_matches_minuit():
 def test_signal_yield_at_its_zero_limit_matches_minuit():
     shape = {"mu": 5.0, "sigma": 0.5}
     costs = toys(signal_background(), {**shape, "n_sig": 0.0, "n_bkg": 400.0}, 40, seed=2)
-    res = fit_batched(costs, fixed=shape, validate=False)
+    res = fit_batched(costs, fixed=shape, validate=False, minuit_tol=1e-5)
     assert res.converged.all() and res.fixed == ("mu", "sigma")
     assert np.all(res.values[:, :2] == [5.0, 0.5])
     assert (res.value("n_sig") == 0.0).sum() >= 10  # yields ≥ 0: many MLEs on the limit
@@ -163,8 +163,9 @@ def test_gmm_toys_match_minuit(gmm_toys):
     at kinks, and a minimum is defined only to ~1e-3 in −2 ln L where kinks pile up. Where
     the minimum is smooth (or on a limit) the batched fit and MIGRAD agree to 1e-3 σ and 1e-6;
     in a kink region to the kink noise; this small model also has a few toys with two minima,
-    of which either method may find either."""
-    res = fit_batched(gmm_toys)
+    of which either method may find either. tol 1e-7: far below the default (MIGRAD's EDM
+    goal, 2e-4), where a step along a kinked valley can stop short by ~1e-2, as MIGRAD does."""
+    res = fit_batched(gmm_toys, tol=1e-7)
     assert res.converged.sum() >= 36 and not np.isnan(res.values).any()
     assert np.all((res.value("c") >= -1.0) & (res.value("c") <= 1.0))
     assert (res.value("c") == 1.0).sum() >= 5  # truth near the upper limit
@@ -288,3 +289,26 @@ def test_refuses_costs_it_cannot_vectorise():
         fit_batched([cost + cost.with_data(data[:5])] * 2)
     with pytest.raises(InputError, match="max_iter"):
         fit_batched([cost], max_iter=-1)
+    with pytest.raises(InputError, match="minuit_tol"):
+        fit_batched([cost], minuit_tol=0.0)
+    with pytest.raises(InputError, match="tol must be"):
+        fit_batched([cost], tol=-1.0)
+
+
+def test_default_tolerance_is_migrads_edm_goal():
+    """Without ``tol`` the batched stage stops at MIGRAD's EDM goal for ``minuit_tol``
+    (0.002 · tol; iminuit's default tol 0.1): as precise as the fits it replaces, no more."""
+    costs = toys(signal_background(), {"mu": 5.0, "sigma": 0.5, "n_sig": 100.0,
+                                       "n_bkg": 400.0}, 20, seed=6)
+    loose = fit_batched(costs, validate=False)
+    tight = fit_batched(costs, validate=False, minuit_tol=1e-5)
+    assert loose.converged.all() and tight.converged.all()
+    assert np.all(loose.decrement < 2e-4) and np.all(tight.decrement < 2e-8)
+    assert loose.n_iter.sum() < tight.n_iter.sum()
+    for res, tol in ((loose, 2e-4), (tight, 2e-8)):  # the same as giving the goal as tol
+        same = fit_batched(costs, validate=False, tol=tol)
+        np.testing.assert_array_equal(same.values, res.values)
+        np.testing.assert_array_equal(same.n_iter, res.n_iter)
+    # both are minima to their goal: the loose one is at most ~its decrement above the tight
+    assert np.all(loose.fval - tight.fval <= 2 * 2e-4)
+    assert np.all(loose.fval - tight.fval >= -1e-9)

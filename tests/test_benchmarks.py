@@ -188,3 +188,30 @@ def test_cusp_scan_splits_the_likelihood_by_observable(tmp_path):
                 expected = nll(log_prob, *r["c"]) - nll(log_prob, 0.1, 0.7)
                 assert r["total"] == pytest.approx(expected, abs=1e-8)
                 assert sum(r["per_observable"]) == pytest.approx(r["total"], abs=1e-9)
+
+
+def test_toys_vectorised_json_and_table(tmp_path):
+    """toys_vectorised.py on a few analytic toys: the batched fits at MIGRAD's EDM goal agree
+    with the plain loop's minima (same goal), the tight goal is timed too, and make_table
+    shows both goals and the CPU."""
+    out = tmp_path / "toys_vectorised.json"
+    data = _load("toys_vectorised").main([
+        "--models", "analytic", "--toys", "12", "--events", "200", "--teststat-toys", "4",
+        "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == data["results"]
+    r = data["results"]["analytic"]
+    assert r["tolerances"] == {"batched_decrement_goal": 2e-4, "plain_minuit_tol": 0.1,
+                               "plain_minuit_edm_goal": 2e-4, "batched_tight": 1e-7}
+    assert set(r["speedup"]) == {"batched", "batched_validated", "batched_tight"}
+    assert r["batched"]["converged"] == 12 and r["plain"]["valid"] == 12
+    # both stop at EDM 2e-4: minima within ~√(2·2e-4) ≈ 0.02 σ of each other, and the tight
+    # batched fit at most 2e-4 (its goal) below the default one
+    assert r["agreement"]["distance_in_errors"]["max"] < 0.05
+    assert -1e-9 <= r["batched"]["fval_minus_tight"]["min"]
+    assert r["batched"]["fval_minus_tight"]["max"] <= 4e-4
+    assert r["teststat"]["abs_difference_of_t"]["max"] < 1e-3
+    assert data["machine"]["cpu"] and data["machine"]["iminuit"]
+    text = _load("make_table").main(["--results", str(tmp_path), "--out",
+                                     str(tmp_path / "README.md")])
+    assert "Both stop at MIGRAD's EDM goal 0.0002 (Minuit tol 0.1)" in text
+    assert data["machine"]["cpu"] in text
