@@ -101,6 +101,12 @@ def main() -> None:
     ap.add_argument("--eval-events", type=int, default=20000, help="true events per KL point")
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-3, help="(peak) learning rate (paper: 1e-3)")
+    ap.add_argument("--schedule", default="plateau", choices=["plateau", "cosine"],
+                    help="learning-rate schedule (egmm.train's schedule; paper: plateau); "
+                         "cosine: a fixed budget of --max-epochs")
+    ap.add_argument("--validation", type=float, default=0.4,
+                    help="held-out fraction for early stopping (paper: 0.4)")
     ap.add_argument("--models", default="gmm,nsf,maf")
     ap.add_argument("--transforms", type=int, default=3, help="flow transforms")
     ap.add_argument("--seed", type=int, default=0)
@@ -139,7 +145,8 @@ def main() -> None:
         "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": args.workers,
         "activation": args.activation, "theta_units": args.theta_units,
-        "n_gauss": args.n_gauss,
+        "n_gauss": args.n_gauss, "lr": args.lr, "schedule": args.schedule,
+        "validation": args.validation,
         "torch": torch.__version__})
 
     gmm_weights = None
@@ -167,6 +174,7 @@ def main() -> None:
         ckpt = args.out.parent / f"{args.out.stem}_{name}.ckpt"
         t0 = time.perf_counter()
         hist = train(model, x, th, batch_size=args.batch_size, max_epochs=args.max_epochs,
+                     lr=args.lr, schedule=args.schedule, validation=args.validation,
                      seed=args.seed, checkpoint=ckpt, resume=True, workers=args.workers)
         # this call, with the workers' start-up and the data shipped to them (not a resume's
         # earlier epochs)

@@ -279,9 +279,15 @@ def fidelity_section(data: dict[str, Any]) -> str:
     design += "" if units == 50 else f"; θ branch of {units} units (Table 6: 50)"
     n_gauss = s.get("n_gauss", 20)
     design += "" if n_gauss == 20 else f"; {n_gauss} Gaussians per conditional (Table 6: 20)"
+    schedule = (f"≤ {s.get('max_epochs')} epochs" if s.get("schedule", "plateau") == "plateau"
+                else f"{s['schedule']} learning-rate schedule over {s.get('max_epochs')} epochs")
+    optimiser = "" if s.get("lr", 1e-3) == 1e-3 else f", lr {s['lr']:g}"
+    optimiser += ("" if s.get("validation", 0.4) == 0.4
+                  else f", validation fraction {s['validation']:g}")
     return (f"Design: {design}. "
-            f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}, "
-            f"≤ {s.get('max_epochs')} epochs. KL in nats/event, mean (max)"
+            f"{s.get('events_per_point')} events per grid point, batch {s.get('batch_size')}"
+            f"{optimiser}, {schedule}. "
+            f"KL in nats/event, mean (max)"
             + (f"; GMM {per_m:.0f} s per epoch per million events" if per_m else "")
             + ".\n\n"
             + table(["model", "weights", "KL on grid", "KL off grid", "train min", "epochs"],
@@ -367,6 +373,9 @@ def goals(results: dict[str, Any]) -> str:
                  + ("" if setup.get("n_gauss", 20) == 20
                     else f", {setup['n_gauss']} Gaussians")
                  + ("" if setup.get("seed", 0) == 0 else f", seed {setup['seed']}")
+                 + ("" if setup.get("schedule", "plateau") == "plateau"
+                    else f", {setup['schedule']} schedule, {setup.get('max_epochs')} epochs, "
+                         f"batch {setup.get('batch_size')}")
                  + f": KL {g['kl_on_grid_mean']:.4f} ± {err:.4f}")
         reached = g["kl_on_grid_mean"] - 2 * err <= 0.005
         trained.append((label, seconds / 60, reached))

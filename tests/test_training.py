@@ -120,3 +120,44 @@ def test_bad_training_input():
     bad[5, 1] = 2.0
     with pytest.raises(InputError, match="'b'"):
         train(_model(x), bad, th, progress=False)
+
+
+def test_cosine_schedule_follows_half_cosine_and_resumes(tmp_path):
+    x, th = toy_2d(200)
+    kwargs = {"max_epochs": 4, "batch_size": 64, "progress": False, "seed": 3,
+              "schedule": "cosine", "lr": 2e-3, "patience": 100}
+    ref = _model(x)
+    hist = train(ref, x, th, **kwargs)
+    # 120 training events in batches of 64: 2 steps per epoch, 8 in all; after epoch e the
+    # rate is lr·(1 + cos(π·2(e+1)/8))/2, reaching 0 at the end of the budget
+    steps = np.arange(1, 5) * 2
+    expected = 2e-3 * (1 + np.cos(np.pi * steps / 8)) / 2
+    np.testing.assert_allclose(np.array(hist.lr)[:, 0], expected, atol=1e-12)
+    np.testing.assert_allclose(np.array(hist.lr)[:, 1], expected, atol=1e-12)
+    assert hist.total_best_val_loss < np.sum(hist.val_loss[0])
+
+    ckpt = tmp_path / "cos.ckpt"
+
+    def interrupt(epoch, _history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(x), x, th, checkpoint=ckpt, callback=interrupt, **kwargs)
+    resumed = _model(x, seed=123)
+    train(resumed, x, th, checkpoint=ckpt, resume=True, **kwargs)
+    for a, b in zip(ref.module.state_dict().values(), resumed.module.state_dict().values()):
+        assert torch.equal(a, b)
+    # the budget is part of a cosine run: another max_epochs, or the plateau schedule, is
+    # another training
+    for other in ({"max_epochs": 6}, {"schedule": "plateau"}):
+        with pytest.raises(ModelFileError, match="different training"):
+            train(_model(x), x, th, checkpoint=ckpt, resume=True, **{**kwargs, **other})
+
+
+def test_bad_schedule():
+    x, th = toy_2d(50)
+    with pytest.raises(InputError, match="schedule must be one of"):
+        train(_model(x), x, th, schedule="linear", progress=False)
+    with pytest.raises(InputError, match="max_epochs"):
+        train(_model(x), x, th, schedule="cosine", max_epochs=0, progress=False)

@@ -9,7 +9,10 @@ and, with teacher forcing, the loss is a sum of independent terms, so each netwo
 Adam optimiser, its own learning-rate schedule (× ``lr_factor`` after ``lr_patience`` epochs
 without improvement of its validation loss), its own early stopping (``patience`` epochs
 without an improvement larger than ``min_delta``) and its own best-weights restore — as if it
-had been trained alone, which is what the paper does, in one pass over the data.
+had been trained alone, which is what the paper does, in one pass over the data. With
+``schedule="cosine"`` the rate instead follows a half cosine from ``lr`` to 0 over a fixed
+budget of ``max_epochs`` epochs (Loshchilov & Hutter, SGDR, 2017), for a training that must end
+in a given time.
 
 For the same reason the networks can be trained in separate processes (``workers=``): groups
 of about equal weight count, one spawned process and one torch thread each, every group on the
@@ -68,6 +71,9 @@ class TrainableDensity(Protocol):
     def to(self, device: Any) -> Any: ...
     @property
     def device(self) -> torch.device: ...
+
+#: learning-rate schedules of :func:`train`
+_SCHEDULES = ("plateau", "cosine")
 
 _CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
 
@@ -171,6 +177,7 @@ class _LoopSettings:
     min_delta: float
     seed: int
     eval_batch_size: int
+    schedule: str = "plateau"
 
 
 @dataclass
@@ -190,7 +197,7 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
           dtype: torch.dtype = torch.float32, checkpoint: str | os.PathLike | None = None,
           resume: bool = False, progress: bool = True, eval_batch_size: int = 65536,
           callback: Callable[[int, TrainingHistory], None] | None = None,
-          workers: int = 1) -> TrainingHistory:
+          workers: int = 1, schedule: str = "plateau") -> TrainingHistory:
     """Fit ``model`` to weighted events by maximum likelihood, in place; returns the history.
 
     Arguments:
@@ -201,6 +208,12 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
             stopping (paper: 0.4).
         batch_size, lr, lr_factor, lr_patience, patience, min_delta: paper Table 6 defaults.
         max_epochs: upper bound on epochs (early stopping normally ends training earlier).
+        schedule: the learning rate of each network. ``"plateau"`` (the paper's): ``lr``,
+            times ``lr_factor`` after ``lr_patience`` epochs without improvement of its
+            validation loss. ``"cosine"``: a fixed budget of ``max_epochs`` epochs, along which
+            the rate falls from ``lr`` to 0 as a half cosine, updated after every batch
+            (``lr_factor``/``lr_patience`` unused); early stopping and the best-weights
+            restore work as with ``"plateau"``, and ``max_epochs`` cannot change on resume.
         seed: seeds the split, the per-epoch shuffles and nothing else (initial weights come
             from the model, i.e. from ``torch.manual_seed`` before constructing it).
         device: where to train (default: the model's device); dtype: training precision.
@@ -231,6 +244,10 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
     if batch_size < 1 or max_epochs < 0 or patience < 1:
         raise InputError("batch_size and patience must be ≥ 1 and max_epochs ≥ 0")
+    if schedule not in _SCHEDULES:
+        raise InputError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if schedule == "cosine" and max_epochs < 1:
+        raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
     xv, th, w = _prepare_inputs(model, x, theta, weights)
     if model.parameters and not model.parameter_bounds:
         model.set_parameter_bounds({p: (float(th[:, j].min()), float(th[:, j].max()))
@@ -259,10 +276,12 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                          val_idx=split[:n_val])
     settings = _LoopSettings(batch_size=batch_size, max_epochs=max_epochs, lr=lr,
                              lr_factor=lr_factor, lr_patience=lr_patience, patience=patience,
-                             min_delta=min_delta, seed=seed, eval_batch_size=eval_batch_size)
+                             min_delta=min_delta, seed=seed, eval_batch_size=eval_batch_size,
+                             schedule=schedule)
     # what a checkpoint must match to be resumed: the data (a digest of events, θ and
     # weights), the split, the optimisation settings and the model's shape (max_epochs may
-    # change: a finished run can be continued for more epochs)
+    # change with the plateau schedule: a finished run can be continued for more epochs; the
+    # cosine schedule's budget is max_epochs)
     digest = hashlib.sha256()
     for arr in (xv, th, w):
         digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
@@ -271,6 +290,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                    "data_sha256": digest.hexdigest(), "lr": lr, "lr_factor": lr_factor,
                    "lr_patience": lr_patience, "patience": patience, "min_delta": min_delta,
                    "dtype": str(dtype)}
+    if schedule != "plateau":  # (older checkpoints have no key: they are plateau runs)
+        fingerprint.update(schedule=schedule, max_epochs=max_epochs)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     groups = _partition(fingerprint["weights"], n_workers)
     ckpt_paths = _checkpoint_paths(ckpt_path, len(groups), resume)
@@ -341,9 +362,15 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
         fingerprint = {**fingerprint, "group": list(unit_ids)}
     optims = [torch.optim.Adam(net.parameters(), lr=s.lr, **_adam_options(dev))
               for net in units]
-    scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(
-        o, mode="min", factor=s.lr_factor, patience=s.lr_patience, threshold=s.min_delta,
-        threshold_mode="abs") for o in optims]
+    per_batch = s.schedule == "cosine"
+    if per_batch:
+        steps = s.max_epochs * math.ceil(len(train_idx) / s.batch_size)
+        scheds: list[Any] = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps)
+                             for o in optims]
+    else:
+        scheds = [torch.optim.lr_scheduler.ReduceLROnPlateau(
+            o, mode="min", factor=s.lr_factor, patience=s.lr_patience, threshold=s.min_delta,
+            threshold_mode="abs") for o in optims]
     history = TrainingHistory(observables=list(model.space.names))
     state = {
         "epoch": 0,
@@ -408,13 +435,16 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
                 torch.stack(losses).sum().backward()
                 for j, k in enumerate(active):
                     optims[k].step()
+                    if per_batch:
+                        scheds[k].step()
                     sums[k] += losses[j].detach().double().cpu() * len(idx)
             # a stopped network's weights no longer change: it keeps its last validation loss
             val = list(history.val_loss[-1]) if history.val_loss else [math.nan] * n_nets
             for k, v in zip(active, evaluate(val_idx, active)):
                 val[k] = v
             for k in active:
-                scheds[k].step(val[k])
+                if not per_batch:
+                    scheds[k].step(val[k])
                 if val[k] < state["best_val"][k] - s.min_delta:
                     state["best_val"][k] = val[k]
                     state["best_epoch"][k] = epoch
