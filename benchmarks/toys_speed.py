@@ -13,6 +13,9 @@ fitted twice (μ free with μ ≥ 0, and μ fixed). Implementations:
   ``ExtendedUnbinnedNLL`` of two ``TorchDensity`` pdfs + ``iminuit.cost.NormalConstraint``
   (log p cached: the shapes have no parameters), in this process or on ``--workers``
   processes (a warm pool: its start-up is timed separately);
+* ``egmm serial, finite-difference HESSE``: the same with the cost's exact Hessian switched
+  off (``hessian=False``): Minuit seeds MIGRAD and runs HESSE by finite differences, as
+  before egmm gave Minuit the exact Hessian;
 * ``iminuit loop``: the same statistic written out by hand with iminuit's own
   ``ExtendedUnbinnedNLL`` over scipy.stats pdfs, the same number of toys, the same Minuit
   settings (strategy 0, tol 1e-3) — what egmm's layers cost over plain iminuit;
@@ -101,14 +104,16 @@ def mu_yield(mu: torch.Tensor) -> torch.Tensor:
     return SIGNAL_EVENTS * mu
 
 
-def egmm_cost(data: np.ndarray) -> Any:
-    """−2 ln L: egmm's extended unbinned likelihood + the auxiliary measurement."""
+def egmm_cost(data: np.ndarray, hessian: bool | None = None) -> Any:
+    """−2 ln L: egmm's extended unbinned likelihood + the auxiliary measurement (``hessian``:
+    the cost's exact-Hessian switch; by default on, the yields being smooth)."""
     sig = TorchDensity(SPACE, signal_log_prob, sampler=signal_sampler, name="resonance")
     bkg = TorchDensity(SPACE, background_log_prob, sampler=background_sampler, name="expo")
     comps = [Component("signal", sig, Yield.from_callable(mu_yield, ("mu",),
                                                           {"mu": MU_LIMITS})),
              Component("background", bkg, "n_bkg")]
-    return ExtendedUnbinnedNLL(data, comps) + NormalConstraint("n_bkg", BKG_EVENTS, BKG_ERROR)
+    return (ExtendedUnbinnedNLL(data, comps, hessian=hessian)
+            + NormalConstraint("n_bkg", BKG_EVENTS, BKG_ERROR))
 
 
 def observed_data(seed: int) -> np.ndarray:
@@ -250,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2, help="processes of the egmm pool (2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: "
-                    "egmm-serial, egmm-batched, egmm-pool, iminuit, egmm-binned, pyhf")
+                    "egmm-serial, egmm-serial-fd, egmm-batched, egmm-pool, iminuit, "
+                    "egmm-binned, pyhf")
     ap.add_argument("--out", type=Path, default=RESULTS / "toys_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -263,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cost = egmm_cost(data[:, None])
     if "egmm-serial" not in skip:
         rows["egmm serial"] = run_egmm(cost, args.ntoys, args.seed, "serial")
+    if "egmm-serial-fd" not in skip:
+        rows["egmm serial, finite-difference HESSE"] = run_egmm(
+            egmm_cost(data[:, None], hessian=False), args.ntoys, args.seed, "serial")
     if "egmm-batched" not in skip:
         rows["egmm serial, batched fits"] = run_egmm(cost, args.ntoys, args.seed, "serial",
                                                      batched=True)

@@ -39,6 +39,11 @@ class DensityModel(ABC):
     space: ObservableSpace
     parameters: tuple[str, ...] = ()
     parameter_bounds: dict[str, tuple[float, float]]
+    #: log p is twice continuously differentiable in θ, so that autograd's second derivatives
+    #: are its curvature and a cost may give Minuit an exact Hessian. False by default: a
+    #: piecewise-linear network (ReLU, LeakyReLU) or spline is differentiable almost
+    #: everywhere, but its pointwise Hessian misses the curvature of its kinks.
+    smooth: bool = False
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod

@@ -256,6 +256,13 @@ class GMMDensity(TrainedModel, SavableModel):
         return (u - self.module.input_lo.to(u)) * self.module.input_scale.to(u) - 2.0
 
     @property
+    def smooth(self) -> bool:  # type: ignore[override]
+        """True with ``activation="silu"``: the likelihood is then smooth in θ and costs give
+        Minuit its exact Hessian. LeakyReLU networks are piecewise linear in θ (their pointwise
+        Hessian misses the kinks' curvature): Minuit's HESSE takes finite differences."""
+        return self.config["activation"] == "silu"
+
+    @property
     def nets(self) -> nn.ModuleList:
         """The per-observable networks, in chain order."""
         return self.module.nets

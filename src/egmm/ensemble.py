@@ -93,6 +93,8 @@ class EnsembleDensity(DensityModel):
         self.parameter_bounds = bounds
         #: gradients by autograd only if every member has them
         self.differentiable = all(getattr(m, "differentiable", True) for m in members)
+        #: an exact Hessian for Minuit only if every member is smooth in θ
+        self.smooth = all(getattr(m, "smooth", False) for m in members)
         with np.errstate(divide="ignore"):
             self._log_w = np.log(w)
 

@@ -8,7 +8,7 @@ from egmm.infer.calculators import (
     hypotest,
 )
 from egmm.infer.coverage import CoverageResult, coverage
-from egmm.infer.fit import FitResult, Retry, fit, start_values
+from egmm.infer.fit import FitResult, Retry, exact_hessian, fit, start_values
 from egmm.infer.intervals import (
     NeymanInterval,
     NeymanRegion2D,
@@ -47,6 +47,7 @@ __all__ = [
     "asimov_cost",
     "contour",
     "coverage",
+    "exact_hessian",
     "feldman_cousins",
     "fit",
     "hypotest",

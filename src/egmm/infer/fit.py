@@ -2,19 +2,194 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from iminuit import Minuit
-from iminuit.cost import CostSum, NormalConstraint
+from iminuit.cost import Constant, CostSum, NormalConstraint
 from iminuit.util import describe
+from iminuit.warnings import IMinuitWarning
 
 from egmm.errors import ParameterError
 
-__all__ = ["FitResult", "Retry", "fit", "fit_result", "make_minuit", "start_values"]
+__all__ = ["FitResult", "Retry", "exact_hessian", "fit", "fit_result", "make_minuit",
+           "start_values"]
+
+
+def exact_hessian(cost: Any) -> Any:
+    """The exact Hessian of ``cost`` as a function of its parameters, or None.
+
+    For egmm's unbinned costs with smooth densities (``cost.has_exact_hessian``), iminuit's
+    ``NormalConstraint`` (2 V⁻¹) and constants, and sums whose every part has one; anything
+    else (``PyhfCost``, least squares, costs without a gradient, LeakyReLU networks) gives
+    None, and Minuit's HESSE takes finite differences. :func:`make_minuit` hands it to Minuit.
+
+    Example:
+        >>> from iminuit.cost import NormalConstraint
+        >>> h = exact_hessian(NormalConstraint(["a", "b"], [0.0, 0.0], [0.5, 2.0]))
+        >>> h(1.0, 1.0).tolist()
+        [[8.0, 0.0], [0.0, 0.5]]
+    """
+    if isinstance(cost, CostSum):
+        parts = []
+        for item, index in zip(cost._items, cost._maps):
+            h = exact_hessian(item)
+            if h is None:
+                return None
+            parts.append((h, np.asarray(index, dtype=int), float(item.errordef)))
+        npar = len(describe(cost))
+
+        def summed(*args: float) -> np.ndarray:
+            a = np.asarray(args[0] if len(args) == 1 and np.ndim(args[0]) == 1 else args,
+                           dtype=np.float64)
+            out = np.zeros((npar, npar))
+            for h, index, errordef in parts:
+                out[np.ix_(index, index)] += np.asarray(h(*a[index])) / errordef
+            return out
+
+        return summed
+    if isinstance(cost, NormalConstraint):
+        covinv = np.asarray(cost._covinv, dtype=np.float64)
+        constant = 2.0 * (np.diag(covinv) if covinv.ndim < 2 else covinv)
+        return lambda *args: constant.copy()
+    if isinstance(cost, Constant):
+        return lambda *args: np.zeros((0, 0))
+    if getattr(cost, "has_exact_hessian", False):
+        return cost.exact_hessian
+    return None
+
+
+#: iminuit ≥ 2.32 takes a user Hessian (for MIGRAD's seed and HESSE)
+_MINUIT_TAKES_HESSIAN = "hessian" in inspect.signature(Minuit.__init__).parameters
+_HESSIAN_LAYOUTS = ("full", "free block")
+_hessian_layout: list[str | None] = []  # found once per process by _probe_hessian_layout
+
+
+def _layout_hessian(hess: np.ndarray, free: list[int], layout: str) -> np.ndarray:
+    """What Minuit is given: the full Hessian, or (``"free block"``) the free parameters'
+    block in the top-left corner (iminuit 2.32–2.33 read the first n_free rows and columns
+    of the user's matrix as the free parameters', whichever parameters are fixed)."""
+    if layout == "full" or len(free) == len(hess):
+        return hess
+    out = np.zeros_like(hess)
+    k = len(free)
+    out[:k, :k] = hess[np.ix_(free, free)]
+    return out
+
+
+def _with_hessian(fcn: Any, hessian: Any, layout: str, values: Mapping[str, float],
+                  **kwargs: Any) -> Minuit:
+    """``Minuit(fcn, **values)`` given ``hessian`` in ``layout`` for its fixed parameters at
+    call time, and its diagonal as ``g2`` (iminuit 2.32–2.33 call g2 when the seed's
+    curvature is not positive, also when a Hessian is given, and fail without one)."""
+    owner: list[Minuit] = []
+
+    def laid_out(*args: float) -> np.ndarray:
+        m = owner[0]
+        free = [i for i, n in enumerate(m.parameters) if not m.fixed[n]]
+        return _layout_hessian(np.asarray(hessian(*args), dtype=np.float64), free, layout)
+
+    def g2(*args: float) -> np.ndarray:
+        return np.diag(laid_out(*args)).copy()
+
+    with warnings.catch_warnings():  # "hessian overrides g2": g2 is only the fallback above
+        warnings.simplefilter("ignore", IMinuitWarning)
+        m = Minuit(fcn, g2=g2, hessian=laid_out, **kwargs, **values)
+    owner.append(m)
+    return m
+
+
+def _probe_hessian_layout() -> str | None:
+    """How this iminuit reads a user Hessian when parameters are fixed: a quadratic with a
+    known minimum and covariance, one parameter fixed and one limited, fitted with each
+    layout; the first that reproduces the exact values and the finite-difference HESSE
+    errors wins (None: neither does, and no Hessian is given to Minuit)."""
+    if _hessian_layout:
+        return _hessian_layout[0]
+    a = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, -0.8], [0.5, -0.8, 2.0]])
+    x0 = np.array([0.3, -0.2, 0.5])
+
+    def f(p: float, q: float, r: float) -> float:
+        d = np.array([p, q, r]) - x0
+        return float(d @ a @ d)
+
+    def grad(p: float, q: float, r: float) -> np.ndarray:
+        return 2.0 * a @ (np.array([p, q, r]) - x0)
+
+    def run(layout: str | None) -> Minuit:
+        start = {"p": 0.3, "q": 1.0, "r": -1.0}
+        m = (Minuit(f, grad=grad, **start) if layout is None else
+             _with_hessian(f, lambda *args: 2.0 * a, layout, start, grad=grad))
+        m.errordef = 1.0
+        m.fixed["p"] = True
+        m.limits["r"] = (-5.0, 5.0)
+        m.tol = 1e-4
+        m.migrad()
+        m.hesse()
+        return m
+
+    found = None
+    if _MINUIT_TAKES_HESSIAN:
+        ref = run(None)
+        for layout in _HESSIAN_LAYOUTS:
+            m = run(layout)
+            if (m.valid and np.allclose(np.array(m.values)[1:], x0[1:], atol=1e-3)
+                    and np.allclose(np.array(m.errors)[1:], np.array(ref.errors)[1:],
+                                    rtol=1e-3)):
+                found = layout
+                break
+    _hessian_layout.append(found)
+    return found
+
+
+def hessian_call_limit(m: Minuit, ncall: int | None = None) -> int | None:
+    """MIGRAD's call limit for ``m``: with the exact Hessian, 50 + 10 per parameter unless the
+    caller set a lower one (a Hessian-seeded MIGRAD needs a few calls; one that needs many is
+    at a limit, where :func:`without_hessian` is faster), else ``ncall``."""
+    if not uses_exact_hessian(m):
+        return ncall
+    cap = 50 + 10 * len(m.parameters)
+    return cap if ncall is None else min(int(ncall), cap)
+
+
+def uses_exact_hessian(m: Minuit) -> bool:
+    """Whether ``m`` was given an exact Hessian (by :func:`make_minuit`)."""
+    return getattr(m, "hessian", None) is not None
+
+
+def without_hessian(cost: Any, m: Minuit, values: Mapping[str, float]) -> Minuit:
+    """A ``Minuit`` like ``m`` (limits, fixed parameters, strategy, tolerance, step sizes)
+    at ``values``, without the exact Hessian: the fallback when MIGRAD fails with it.
+
+    iminuit 2.32–2.33 transform a user Hessian to Minuit's internal coordinates without the
+    term from the gradient along a bounded parameter's transformation, which vanishes at an
+    interior minimum but not at a minimum on a limit (a yield at 0, μ̂ at a physical
+    boundary): there MIGRAD can stop with a wrong EDM. The finite-difference seed has no
+    such problem."""
+    plain = Minuit(cost, **values)
+    for n in m.parameters:
+        plain.limits[n] = m.limits[n]
+        plain.fixed[n] = m.fixed[n]
+        plain.errors[n] = m.errors[n]
+    plain.strategy = m.strategy.strategy
+    plain.tol = m.tol
+    return plain
+
+
+def _new_minuit(cost: Any, values: Mapping[str, float], hessian: Any = None) -> Minuit:
+    """``Minuit(cost, **values)``, given the exact Hessian where there is one
+    (:func:`exact_hessian`) and this iminuit takes it correctly."""
+    if hessian is None and _MINUIT_TAKES_HESSIAN:
+        hessian = exact_hessian(cost)
+    layout = None if hessian is None else _probe_hessian_layout()
+    if layout is None:
+        return Minuit(cost, **values)
+    return _with_hessian(cost, hessian, layout, values)
 
 
 @dataclass(frozen=True)
@@ -40,7 +215,8 @@ class FitResult:
         fval: −2 ln L at the minimum.
         valid: Minuit's verdict (EDM below goal, no call limit, positive-definite Hesse …).
         fmin: Minuit's flags as a dict (``is_valid``, ``edm``, ``has_accurate_covar``, …).
-        nfcn, ngrad: calls of the cost and of its gradient by this fit (all attempts, HESSE).
+        nfcn, ngrad, nhessian: calls of the cost, of its gradient and of its exact Hessian
+            (:func:`exact_hessian`, for smooth densities) by this fit (all attempts, HESSE).
         fixed: names of the fixed parameters.
         minuit: the ``iminuit.Minuit`` object (for MINOS, plots, further work).
         retries: every retry made after a non-valid minimisation, in order (empty if the
@@ -59,6 +235,7 @@ class FitResult:
     fixed: tuple[str, ...]
     minuit: Minuit = field(repr=False)
     retries: list[Retry] = field(default_factory=list)
+    nhessian: int = 0
 
     def correlation(self) -> np.ndarray | None:
         """(P, P) correlation matrix (0 for fixed parameters)."""
@@ -161,7 +338,7 @@ def make_minuit(
             fixed = [fixed] if isinstance(fixed, str) else list(fixed)
             _check_names(fixed, names, "fixed")
             fix_names += fixed
-    m = Minuit(cost, **values)
+    m = _new_minuit(cost, values)
     if limits is not None:
         _check_names(limits, names, "limits")
         for n, lim in limits.items():
@@ -185,7 +362,23 @@ def make_minuit(
     m.strategy = strategy
     if tol is not None:
         m.tol = tol
+    if starts_on_a_limit(m):
+        m = without_hessian(cost, m, dict(zip(m.parameters, m.values)))
     return m
+
+
+def starts_on_a_limit(m: Minuit) -> bool:
+    """``m`` has the exact Hessian and a free parameter sits exactly on one of its limits.
+
+    There Minuit's transformation of a bounded parameter has zero slope, so the internal
+    gradient vanishes and a Hessian-seeded MIGRAD (iminuit 2.32–2.33) stops at once with
+    EDM 0; the finite-difference seed steps off the limit. Such fits go without the Hessian
+    (:func:`without_hessian`)."""
+    if not uses_exact_hessian(m):
+        return False
+    return any(not m.fixed[n] and float(m.values[n]) in (float(m.limits[n][0]),
+                                                          float(m.limits[n][1]))
+               for n in m.parameters)
 
 
 def _why(m: Minuit) -> str:
@@ -223,11 +416,15 @@ def fit(
     the number of events shared among components for free yields, pyhf's suggestions,
     constraint centres). Parameters pyhf marks fixed are fixed.
 
-    If MIGRAD does not return a valid minimum, up to ``retries`` further attempts are made,
-    in this order: MIGRAD again from where it stopped with strategy 2; SIMPLEX then MIGRAD
-    (strategy 2); MIGRAD from the start point perturbed by 10 % of each parameter's error
-    estimate (random, ``seed``). Each attempt is recorded in ``FitResult.retries`` with the
-    reason; the result is the last attempt's. Nothing is hidden: check ``valid``.
+    With an exact Hessian (:func:`exact_hessian`: smooth densities, constraints) MIGRAD seeds
+    its metric with it and HESSE uses it (iminuit ≥ 2.32). If MIGRAD does not return a valid
+    minimum, up to ``retries`` further attempts are made: first, if the exact Hessian was
+    used, MIGRAD from the start without it (see :func:`without_hessian`; the Hessian-seeded
+    MIGRAD is limited to :func:`hessian_call_limit` calls); then MIGRAD again from where it
+    stopped with strategy 2; SIMPLEX then MIGRAD (strategy 2); MIGRAD from the start point
+    perturbed by 10 % of each parameter's error estimate (random, ``seed``). Each attempt is
+    recorded in ``FitResult.retries`` with the reason; the result is the last attempt's.
+    Nothing is hidden: check ``valid``.
 
     Arguments:
         cost: an iminuit cost (egmm's costs, sums with iminuit's costs, PyhfCost).
@@ -249,10 +446,20 @@ def fit(
     """
     m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol)
     start_point = np.array(m.values, dtype=np.float64)
-    m.migrad(ncall=ncall)
+    m.migrad(ncall=hessian_call_limit(m, ncall), iterate=1 if uses_exact_hessian(m) else 5)
     log: list[Retry] = []
     rng = np.random.default_rng(seed)
-    for attempt in range(int(retries)):
+    remaining = int(retries)
+    earlier = (0, 0, 0)
+    if not m.valid and remaining > 0 and uses_exact_hessian(m):
+        reason = _why(m)
+        earlier = (m.nfcn, m.ngrad, m.nhessian)
+        m = without_hessian(cost, m, dict(zip(m.parameters, start_point.tolist())))
+        m.migrad(ncall=ncall)
+        log.append(Retry("MIGRAD from the start without the exact Hessian", reason,
+                         bool(m.valid), float(m.fval), float(m.fmin.edm)))
+        remaining -= 1
+    for attempt in range(remaining):
         if m.valid:
             break
         reason = _why(m)
@@ -271,15 +478,17 @@ def fit(
             for i, n in enumerate(m.parameters):
                 if not m.fixed[n]:
                     m.values[n] = float(np.clip(point[i], lo[i], hi[i]))
-        m.migrad(ncall=ncall)
+        m.migrad(ncall=hessian_call_limit(m, ncall))
         log.append(Retry(action, reason, bool(m.valid), float(m.fval), float(m.fmin.edm)))
     if hesse and m.valid:
         m.hesse()
-    return fit_result(m, log)
+    return fit_result(m, log, earlier)
 
 
-def fit_result(m: Minuit, log: list[Retry] | None = None) -> FitResult:
-    """A :class:`FitResult` from a ``Minuit`` after MIGRAD (``nfcn``/``ngrad``: its totals)."""
+def fit_result(m: Minuit, log: list[Retry] | None = None,
+               earlier: tuple[int, int, int] = (0, 0, 0)) -> FitResult:
+    """A :class:`FitResult` from a ``Minuit`` after MIGRAD (``nfcn``/``ngrad``/``nhessian``:
+    its totals plus ``earlier``, the calls of a Minuit it replaced)."""
     fm = m.fmin
     flags = {
         name: getattr(fm, name)
@@ -299,10 +508,11 @@ def fit_result(m: Minuit, log: list[Retry] | None = None) -> FitResult:
         fval=float(m.fval),
         valid=bool(m.valid),
         fmin=flags,
-        nfcn=int(m.nfcn),
-        ngrad=int(m.ngrad),
+        nfcn=int(m.nfcn) + earlier[0],
+        ngrad=int(m.ngrad) + earlier[1],
         fixed=tuple(n for n in names if m.fixed[n]),
         minuit=m,
         retries=list(log or []),
+        nhessian=int(getattr(m, "nhessian", 0)) + earlier[2],
     )
 

@@ -18,7 +18,15 @@ from iminuit import Minuit
 from scipy.stats import chi2
 
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import FitResult, fit
+from egmm.infer.fit import (
+    FitResult,
+    _new_minuit,
+    fit,
+    hessian_call_limit,
+    starts_on_a_limit,
+    uses_exact_hessian,
+    without_hessian,
+)
 
 __all__ = ["ProfileResult", "contour", "profile", "wilks_threshold"]
 
@@ -101,7 +109,7 @@ class ProfileResult:
 
 def _conditional_minuit(cost: Any, like: Minuit, values: Mapping[str, float],
                         fix: Sequence[str], tol: float) -> Minuit:
-    m = Minuit(cost, **values)
+    m = _new_minuit(cost, values)
     for n in like.parameters:
         m.limits[n] = like.limits[n]
         m.fixed[n] = like.fixed[n] or n in fix
@@ -110,15 +118,24 @@ def _conditional_minuit(cost: Any, like: Minuit, values: Mapping[str, float],
     return m
 
 
-def _migrad(m: Minuit) -> bool:
-    """MIGRAD, once more with strategy 2 if not valid; returns validity."""
-    m.migrad()
-    if not m.valid:
+def _migrad(cost: Any, m: Minuit) -> tuple[bool, Minuit]:
+    """MIGRAD, once more with strategy 2 if not valid; with the exact Hessian (call-limited,
+    :func:`~egmm.infer.fit.hessian_call_limit`) instead once more from the same start
+    without it. Returns validity and the Minuit that ran last."""
+    start = dict(zip(m.parameters, m.values))
+    if starts_on_a_limit(m):
+        m = without_hessian(cost, m, start)
+    exact = uses_exact_hessian(m)
+    m.migrad(ncall=hessian_call_limit(m), iterate=1 if exact else 5)
+    if not m.valid and not uses_exact_hessian(m):
         strategy = m.strategy.strategy
         m.strategy = 2
         m.migrad()
         m.strategy = strategy
-    return bool(m.valid)
+    if not m.valid and exact:
+        m = without_hessian(cost, m, start)
+        m.migrad()
+    return bool(m.valid), m
 
 
 def _global_fit(cost: Any, global_fit: FitResult | None, tol: float, **kw: Any) -> FitResult:
@@ -188,7 +205,7 @@ def profile(
         m = _conditional_minuit(cost, like, gfit.values, [poi], tol)
         for i in branch:
             m.values[poi] = float(values[i])
-            valid[i] = _migrad(m)
+            valid[i], m = _migrad(cost, m)
             fvals[i] = m.fval
             for p in others:
                 nuis[p][i] = m.values[p]
@@ -309,7 +326,7 @@ def _refine(cost: Any, gfit: FitResult, x: str, y: str, pts: np.ndarray, thr: fl
                 break
             q = center + s * direction
             m.values[x], m.values[y] = float(q[0]), float(q[1])
-            _migrad(m)
+            _, m = _migrad(cost, m)
             delta = m.fval - gfit.fval
             if abs(delta - thr) < atol or (s >= s_max and delta < thr):
                 converged = True

@@ -88,6 +88,10 @@ class TorchDensity(DensityModel):
         sampler: optional ``sampler(n, theta: dict[str, float], rng: numpy.random.Generator)``
             returning (n, D) events; needed only for :meth:`sample` (toys).
         name: used in messages.
+        smooth: the function is twice continuously differentiable in θ (analytic pdfs are),
+            so costs give Minuit its exact Hessian (torch autograd); pass False for a
+            function with kinks in θ (``abs``, ``clamp``, piecewise definitions), for which
+            Minuit's HESSE then takes finite differences.
 
     Example:
         >>> space = ObservableSpace([Observable("x", 0.0, math.inf)])
@@ -108,6 +112,7 @@ class TorchDensity(DensityModel):
         sampler: Callable[[int, dict[str, float], np.random.Generator], Any] | None = None,
         *,
         name: str | None = None,
+        smooth: bool = True,
     ) -> None:
         if not isinstance(space, ObservableSpace):
             raise InputError(f"TorchDensity needs an ObservableSpace, got {type(space).__name__}")
@@ -123,6 +128,7 @@ class TorchDensity(DensityModel):
         )
         self._fn = log_prob_fn
         self._sampler = sampler
+        self.smooth = bool(smooth)
 
     @classmethod
     def from_numpy(
@@ -164,6 +170,7 @@ class TorchDensity(DensityModel):
         dens = cls(space, log_prob_fn, parameters, parameter_bounds, sampler,
                    name=name or getattr(fn, "__name__", "numpy pdf"))
         dens.differentiable = False
+        dens.smooth = False
         return dens
 
     def __repr__(self) -> str:
@@ -399,6 +406,9 @@ class Yield:
     parameters: tuple[str, ...] = ()
     parameter_bounds: dict[str, Bounds]
     differentiable: bool = True
+    #: twice continuously differentiable (see :attr:`egmm.base.DensityModel.smooth`); False
+    #: for piecewise-linear interpolation
+    smooth: bool = True
 
     def __init__(
         self,
@@ -521,6 +531,7 @@ class _Combination(Yield):
         self.op = op
         self.terms = tuple(flat)
         self.differentiable = all(t.differentiable for t in flat)
+        self.smooth = all(t.smooth for t in flat)
         super().__init__(self._combine, names, bounds,
                          description=f" {op} ".join(_term_text(t) for t in flat))
 
@@ -732,8 +743,10 @@ class CrossSection(Yield):
             out = a * yt[i] + b * yt[i + 1]
             return out + ((a**3 - a) * mt[i] + (b**3 - b) * mt[i + 1]) * hh**2 / 6
 
-        return cls(interpolated, names, {name: (float(knots[0]), float(knots[-1]))},
+        xsec = cls(interpolated, names, {name: (float(knots[0]), float(knots[-1]))},
                    description=f"{kind} interpolation")
+        xsec.smooth = kind == "cubic" or len(knots) == 2  # (a natural spline is C²)
+        return xsec
 
     @classmethod
     def regression(

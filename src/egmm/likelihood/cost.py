@@ -5,7 +5,10 @@ subclasses: they return −2 ln L (errordef 1, ``Cost.errordef`` = CHISQUARE), n
 parameters, carry the parameter limits, and add with ``+`` to iminuit's own costs
 (``NormalConstraint``, ``LeastSquares``, …), to each other and to :class:`egmm.PyhfCost`;
 parameters with the same name are shared. Values and gradients are computed with torch in
-float64; the gradient comes from autograd.
+float64; the gradient comes from autograd, and so does an exact Hessian
+(:meth:`~UnbinnedNLL.exact_hessian`, which :func:`egmm.infer.fit` gives Minuit for MIGRAD's
+seed and for HESSE) when every θ-dependent density and yield is smooth in θ
+(:attr:`egmm.base.DensityModel.smooth`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ class _Term:
         self.differentiable = bool(getattr(density, "differentiable", True)) and (
             yield_ is None or yield_.differentiable
         )
+        # twice continuously differentiable in θ (a θ-independent density trivially is)
+        self.smooth = self.differentiable and (
+            bool(getattr(density, "smooth", False)) or not density.parameters
+        ) and (yield_ is None or yield_.smooth)
         self.columns: np.ndarray | None = None  # permutation of the cost's data columns
         self.theta_index = torch.zeros(0, dtype=torch.long)
         self.yield_index: dict[str, int] = {}
@@ -78,6 +85,7 @@ class _UnbinnedCost(Cost):
         dtype: torch.dtype,
         chunk_size: int,
         verbose: int,
+        hessian: bool | None = None,
     ) -> None:
         names = [t.name for t in terms]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -114,6 +122,14 @@ class _UnbinnedCost(Cost):
         self._starts = list(range(0, len(x), self._chunk_size))
         self._prepare()
         self._has_grad_flag = all(t.differentiable for t in terms)
+        if hessian not in (None, True, False):
+            raise InputError(f"hessian must be None, True or False, got {hessian!r}")
+        if hessian and not self._has_grad_flag:
+            bad = [t.name for t in terms if not t.differentiable]
+            raise InputError(f"hessian=True: components {bad} have no θ gradient")
+        self._has_hessian_flag = (all(t.smooth for t in terms) if hessian is None
+                                  else bool(hessian))
+        self._hessian_cache: tuple[tuple[float, ...], np.ndarray] | None = None
         self._cache_key: tuple[float, ...] | None = None
         self._cache_value = math.nan
         self._cache_grad: np.ndarray | None = None
@@ -210,6 +226,63 @@ class _UnbinnedCost(Cost):
 
     def _has_grad(self) -> bool:
         return self._has_grad_flag
+
+    @property
+    def has_exact_hessian(self) -> bool:
+        """Whether :meth:`exact_hessian` is offered."""
+        return self._has_hessian_flag
+
+    def exact_hessian(self, *args: float) -> np.ndarray:
+        """The exact Hessian of −2 ln L at the parameter values (P, P), by torch autograd.
+
+        Offered (:attr:`has_exact_hessian`) when every θ-dependent density and yield is
+        smooth (``hessian=None``, the default), always (``hessian=True``: the caller vouches
+        for smoothness) or never (``hessian=False``). :func:`egmm.infer.fit` (and
+        :func:`egmm.infer.make_minuit`, profiles, contours, toys) give it to Minuit (iminuit ≥
+        2.32) for MIGRAD's seed and for HESSE: a fit then needs a few calls instead of tens,
+        and the errors are the likelihood's curvature rather than finite differences. It is
+        not named ``hessian``, which a plain ``Minuit(cost)`` would pick up without the
+        ``g2`` that iminuit 2.32–2.33 also call when the seed's curvature is not positive.
+        """
+        if not self._has_hessian_flag:
+            raise EgmmError(f"{type(self).__name__}: no exact Hessian (a density or yield is "
+                            "not smooth in θ, or hessian=False); Minuit's HESSE uses finite "
+                            "differences")
+        if len(args) == 1 and np.ndim(args[0]) == 1:
+            args = tuple(args[0])
+        theta = self._check_args(args)
+        key = tuple(theta.tolist())
+        if self._hessian_cache is not None and self._hessian_cache[0] == key:
+            return self._hessian_cache[1].copy()
+        hess = self._hessian_at(theta)
+        self._hessian_cache = (key, hess)
+        return hess.copy()
+
+    def _hessian_at(self, theta_np: np.ndarray) -> np.ndarray:
+        """Σ over chunks (and the terms outside the event sum) of each part's Hessian:
+        reverse-over-reverse autograd, one chunk's graph alive at a time."""
+        n = len(theta_np)
+        theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=True)
+        hess = torch.zeros((n, n), dtype=torch.float64)
+
+        def add(part: torch.Tensor) -> None:
+            if not part.requires_grad:
+                return
+            (g,) = torch.autograd.grad(part, theta, create_graph=True)
+            for i in range(n):
+                if g[i].requires_grad:
+                    (row,) = torch.autograd.grad(g[i], theta, retain_graph=True,
+                                                 allow_unused=True)
+                    if row is not None:
+                        hess[i] += row.detach()
+
+        with torch.enable_grad():
+            nu = self._yields(theta)
+            add(-2.0 * self._outer(nu))
+            for k in range(len(self._starts)):
+                add(-2.0 * self._chunk_sum(k, theta, nu))
+        out = hess.numpy().astype(np.float64)
+        return 0.5 * (out + out.T)
 
     def _value(self, args: Sequence[float]) -> float:
         theta = self._check_args(args)
@@ -580,6 +653,9 @@ class UnbinnedNLL(_UnbinnedCost):
         dtype: torch dtype of the events handed to the densities (sums are always float64).
         chunk_size: events per evaluation chunk (memory bound).
         verbose: iminuit verbosity (1 prints every call).
+        hessian: offer the exact Hessian (:meth:`exact_hessian`) to Minuit through
+            :func:`egmm.infer.fit`: ``None`` (default) when every θ-dependent density and yield
+            is smooth in θ, ``True`` always, ``False`` never (HESSE by finite differences).
 
     Errordef is 1 (``Cost.errordef``). The parameters are the density's, by name; the gradient
     comes from torch autograd (``has_grad`` is False when a density has no θ gradient, e.g.
@@ -609,6 +685,7 @@ class UnbinnedNLL(_UnbinnedCost):
         dtype: torch.dtype = torch.float64,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         verbose: int = 0,
+        hessian: bool | None = None,
     ) -> None:
         if isinstance(density, DensityModel):
             terms = [_Term(_density_name(density), density, None)]
@@ -623,7 +700,8 @@ class UnbinnedNLL(_UnbinnedCost):
             terms = [_Term(c.name, c.density, c.yield_) for c in comps]
             mixture = True
         super().__init__(data, terms, weights, mixture=mixture, allow_outside=allow_outside,
-                         dtype=dtype, chunk_size=chunk_size, verbose=verbose)
+                         dtype=dtype, chunk_size=chunk_size, verbose=verbose,
+                         hessian=hessian)
 
 
 class ExtendedUnbinnedNLL(_UnbinnedCost):
@@ -641,7 +719,7 @@ class ExtendedUnbinnedNLL(_UnbinnedCost):
             the same observables (any order) and contain every event in its bounds.
         components: a list of :class:`Component` (or one).
         weights: optional per-event weights (N,), Σ w_i ln λ_i convention.
-        allow_outside, dtype, chunk_size, verbose: as for :class:`UnbinnedNLL`.
+        allow_outside, dtype, chunk_size, verbose, hessian: as for :class:`UnbinnedNLL`.
 
     Parameters are the union of the components' density and yield parameters, by name, in
     order of first appearance (per component: density parameters, then yield parameters).
@@ -674,8 +752,10 @@ class ExtendedUnbinnedNLL(_UnbinnedCost):
         dtype: torch.dtype = torch.float64,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         verbose: int = 0,
+        hessian: bool | None = None,
     ) -> None:
         comps = _components(components, "ExtendedUnbinnedNLL")
         terms = [_Term(c.name, c.density, c.yield_) for c in comps]
         super().__init__(data, terms, weights, mixture=True, allow_outside=allow_outside,
-                         dtype=dtype, chunk_size=chunk_size, verbose=verbose)
+                         dtype=dtype, chunk_size=chunk_size, verbose=verbose,
+                         hessian=hessian)
