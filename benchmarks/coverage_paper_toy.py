@@ -109,14 +109,15 @@ def paper_toy_log_prob(x: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> t
 
 
 def true_density() -> TorchDensity:
-    """The exact paper-toy pdf as a :class:`~egmm.TorchDensity` on :data:`BOUNDS`."""
+    """The exact paper-toy pdf as a :class:`~egmm.TorchDensity` on :data:`BOUNDS` (not smooth:
+    cusps on the axes, so Minuit's HESSE keeps its finite differences)."""
     toy = PaperToy()
 
     def sampler(n: int, theta: dict[str, float], rng: np.random.Generator) -> np.ndarray:
         return toy.sample(n, theta["cx"], theta["cy"], seed=rng)
 
     return TorchDensity(PaperToy.space, paper_toy_log_prob, ("cx", "cy"), BOUNDS, sampler,
-                        name="paper toy (true pdf)")
+                        name="paper toy (true pdf)", smooth=False)
 
 
 def port_deviation(density: TorchDensity, n: int = 4000, seed: int = 0) -> float:

@@ -91,6 +91,7 @@ class CountingDensity(DensityModel):
         self.parameters = tuple(density.parameters)
         self.parameter_bounds = dict(density.parameter_bounds)
         self.name = getattr(density, "name", type(density).__name__)
+        self.smooth = bool(getattr(density, "smooth", False))  # an exact Hessian if smooth
         self.forward = 0
         self.backward = 0
 
@@ -137,6 +138,7 @@ def time_fits(cost: UnbinnedNLL, density: CountingDensity, repeats: int) -> dict
             "wall_seconds": seconds, "nfcn": result.nfcn, "ngrad": result.ngrad,
             "forward_passes": density.forward, "backward_passes": density.backward,
             "seconds_per_call": median / calls if calls else None,
+            "nhessian": result.nhessian,
             "valid": result.valid, "fval": result.fval, "values": result.values,
             "errors": result.errors}
 
@@ -162,16 +164,17 @@ def time_calls(cost: UnbinnedNLL, repeats: int) -> dict[str, Any]:
             "value_and_gradient_seconds_best": g["best"]}
 
 
-def row(name: str, density: Any, data: np.ndarray, *, cached: bool, repeats: int
-        ) -> tuple[dict[str, Any], UnbinnedNLL, CountingDensity]:
+def row(name: str, density: Any, data: np.ndarray, *, cached: bool, repeats: int,
+        hessian: bool | None = False) -> tuple[dict[str, Any], UnbinnedNLL, CountingDensity]:
     wrapped = CountingDensity(density, cached)
     t0 = time.perf_counter()
-    cost = UnbinnedNLL(data, wrapped)
+    cost = UnbinnedNLL(data, wrapped, hessian=hessian)
     construction = time.perf_counter() - t0
     out = {"name": name, "cached": cached, "cost_construction_seconds": construction,
            **time_fits(cost, wrapped, repeats), **time_calls(cost, max(repeats, 3))}
     print(f"{name:18s} fit {out['wall_seconds_median']:.3f} s (best "
           f"{out['wall_seconds_best']:.3f}), nfcn {out['nfcn']}, ngrad {out['ngrad']}, "
+          f"nhessian {out['nhessian']}, "
           f"passes {out['forward_passes']} + {out['backward_passes']} backward, "
           f"{1e3 * out['seconds_per_call']:.2f} ms/call; "
           f"value {1e3 * out['value_seconds_best']:.2f} ms, "
@@ -209,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--contour-size", type=int, default=None,
                     help="contour points (48; quick 8)")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the GMMDensity file")
+    ap.add_argument("--smooth-model", type=Path, default=RESULTS / "paper_toy_gmm_50k_silu.egmm",
+                    help="a SiLU GMMDensity: fits with and without its exact Hessian (skipped "
+                         "if the file is missing)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the 400 events")
     ap.add_argument("--profile", action="store_true",
                     help="torch.profiler table of one value + gradient call")
@@ -249,6 +255,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"({r['floor']['forward_equivalents']} forward-pass equivalents); "
               f"wall / floor = {r['floor']['wall_over_floor']:.1f}")
     rows = {"model_cached": cached, "model_uncached": uncached, "true_pdf": reference}
+    if args.smooth_model is not None and args.smooth_model.exists():
+        # a SiLU model: smooth in θ, so the cost can give Minuit its exact Hessian
+        smooth, smooth_origin = load_gmm(args.smooth_model, 0)
+        for key, name, hess in (("smooth_model_exact_hessian", "SiLU, exact Hessian", None),
+                                ("smooth_model_finite_differences", "SiLU, finite diff.",
+                                 False)):
+            rows[key], _, _ = row(name, smooth, data, cached=True, repeats=repeats,
+                                  hessian=hess)
+            rows[key]["model"] = smooth_origin
     grad_flops = gradient_call_flops(cost)
     forward_flops = flops_analytic * n_events
 

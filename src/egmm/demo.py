@@ -280,7 +280,9 @@ def toy_log_prob(x: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> torch.T
 def true_density(toy: PaperToy | None = None) -> TorchDensity:
     """The exact paper-toy pdf as a :class:`~egmm.TorchDensity` on (cx, cy) ∈ [−1.5, 1.5]².
 
-    Differentiable in θ (:func:`toy_log_prob`); samples with :meth:`PaperToy.sample`.
+    Differentiable in θ (:func:`toy_log_prob`); samples with :meth:`PaperToy.sample`. Not
+    ``smooth``: the pdf depends on |cx| and |cy| (cusps on the axes), so fits use Minuit's
+    finite-difference HESSE, not the autodiff Hessian.
 
     Example:
         >>> dens = true_density()
@@ -295,7 +297,7 @@ def true_density(toy: PaperToy | None = None) -> TorchDensity:
         return toy.sample(n, theta["cx"], theta["cy"], seed=rng)
 
     return TorchDensity(toy.space, toy_log_prob, ("cx", "cy"), BOUNDS, sampler,
-                        name="paper toy (true pdf)")
+                        name="paper toy (true pdf)", smooth=False)
 
 
 # -- regions ------------------------------------------------------------------------------------
