@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--activation", default="leaky_relu", choices=["leaky_relu", "silu"],
                     help="the GMM's hidden activation (paper: leaky_relu)")
+    ap.add_argument("--theta-features", default="linear", choices=["linear", "abs", "quadratic"],
+                    help="extra θ inputs of the GMM's networks (paper: linear, θ only)")
     ap.add_argument("--theta-units", type=int, default=50,
                     help="units of the GMM's θ branch, A1 (paper Table 6: 50)")
     ap.add_argument("--n-gauss", type=int, default=20,
@@ -145,6 +147,7 @@ def main() -> None:
         "latent_nll_floor": floor, "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "workers": args.workers,
         "activation": args.activation, "theta_units": args.theta_units,
+        "theta_features": args.theta_features,
         "n_gauss": args.n_gauss, "lr": args.lr, "schedule": args.schedule,
         "validation": args.validation,
         "torch": torch.__version__})
@@ -158,7 +161,7 @@ def main() -> None:
         if name == "gmm":
             model = GMMDensity(toy.space, ["cx", "cy"], proj, parameter_bounds=bounds,
                                activation=args.activation, A1=args.theta_units,
-                               n_gauss=args.n_gauss)
+                               n_gauss=args.n_gauss, theta_features=args.theta_features)
             n_weights = sum(model.n_weights())
             gmm_weights = n_weights
         else:

@@ -175,7 +175,7 @@ def fit_section(data: dict[str, Any]) -> str:
     for key, r in fits.items():
         fl = r.get("floor", {})
         rows.append([r.get("name", key), fmt(r.get("wall_seconds_median")), r.get("nfcn"),
-                     r.get("ngrad"),
+                     r.get("ngrad"), r.get("nhessian", 0),
                      f"{r.get('forward_passes')} + {r.get('backward_passes')}",
                      fmt(1e3 * r["seconds_per_call"]) if r.get("seconds_per_call") else "–",
                      fmt(1e3 * r["value_seconds_best"]) if "value_seconds_best" in r else "–",
@@ -187,7 +187,8 @@ def fit_section(data: dict[str, Any]) -> str:
     out = [f"{settings.get('n_events')} events, {settings.get('threads')} thread(s), "
            f"{settings.get('repeats')} fits per row, model: {settings.get('model')}; load "
            f"average {load_avg(data.get('machine', {}).get('load_average'))}.", "",
-           table(["fit", "wall s (median)", "nfcn", "ngrad", "passes fwd + bwd", "ms/call",
+           table(["fit", "wall s (median)", "nfcn", "ngrad", "nhessian", "passes fwd + bwd",
+                  "ms/call",
                   "value call ms", "FLOP floor ms", "wall / floor"], rows), "",
            f"Floor: {fmt(flops.get('per_event_forward_prepared'))} FLOPs/event per forward "
            f"pass (cached; {fmt(flops.get('per_event_forward_uncached'))} uncached), backward "
@@ -277,6 +278,8 @@ def fidelity_section(data: dict[str, Any]) -> str:
               }.get(_design(s), _design(s))
     units = s.get("theta_units", 50)
     design += "" if units == 50 else f"; θ branch of {units} units (Table 6: 50)"
+    feats = s.get("theta_features", "linear")
+    design += "" if feats == "linear" else f"; θ features {feats} (the networks also see it)"
     n_gauss = s.get("n_gauss", 20)
     design += "" if n_gauss == 20 else f"; {n_gauss} Gaussians per conditional (Table 6: 20)"
     schedule = (f"≤ {s.get('max_epochs')} epochs" if s.get("schedule", "plateau") == "plateau"
@@ -372,6 +375,8 @@ def goals(results: dict[str, Any]) -> str:
                     else f", θ branch {setup['theta_units']} units")
                  + ("" if setup.get("n_gauss", 20) == 20
                     else f", {setup['n_gauss']} Gaussians")
+                 + ("" if setup.get("theta_features", "linear") == "linear"
+                    else f", θ features {setup['theta_features']}")
                  + ("" if setup.get("seed", 0) == 0 else f", seed {setup['seed']}")
                  + ("" if setup.get("schedule", "plateau") == "plateau"
                     else f", {setup['schedule']} schedule, {setup.get('max_epochs')} epochs, "

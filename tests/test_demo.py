@@ -139,6 +139,19 @@ def test_demo_config_modes_and_overrides():
         demo_config(full=True, quick=True)
     with pytest.raises(InputError, match="events_per_point"):
         demo_config(events_per_point=10)
+    # the networks' θ features: a GMMDensity knob, part of the model key (no stale reuse)
+    cusp = demo_config(theta_features="abs")
+    assert cusp.network == {"theta_features": "abs"}
+    assert cusp.model_key() != demo_config().model_key()
+    assert demo_config(quick=True, theta_features="abs").network == {
+        **demo_config(quick=True).network, "theta_features": "abs"}
+    with pytest.raises(InputError, match="theta_features must be one of"):
+        demo_config(theta_features="cubic")
+    from egmm.density import THETA_FEATURES
+    for f in THETA_FEATURES:  # the command line offers every kind (spelled out there)
+        assert build_parser().parse_args(
+            ["demo", "--out", "d", "--theta-features", f]).theta_features == f
+    assert build_parser().parse_args(["demo", "--out", "d"]).theta_features == "linear"
 
 
 def test_demo_config_training_designs():

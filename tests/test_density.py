@@ -353,3 +353,46 @@ def test_smooth_activation_option(tmp_path):
     assert GMMDensity.from_config(old).config["activation"] == "leaky_relu"
     with pytest.raises(InputError, match="activation must be one of"):
         GMMDensity(space, ["c"], proj, activation="tanh")
+
+
+def test_theta_features_option(tmp_path):
+    # theta_features: the θ branch also sees |θ| ("abs") or θ² ("quadratic"), measured from
+    # θ = 0 in units of the half-width; kept in the model file; older files load as "linear"
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    x = np.random.default_rng(0).uniform(size=(400, 2))
+    proj = LatentProjection.fit(space, x)
+    bounds = {"c": (-1.0, 2.0)}  # centre 0.5, half-width 1.5
+    torch.manual_seed(0)
+    model = GMMDensity(space, ["c"], proj, parameter_bounds=bounds, theta_features="abs",
+                       activation="silu", **SMALL)
+    th = torch.tensor([[-0.6], [0.9]], dtype=torch.float64)
+    np.testing.assert_allclose(model.scale_theta(th).numpy(),
+                               [[2 * (-1.1) / 1.5, 2 * 0.6 / 1.5], [2 * 0.4 / 1.5, 2 * 0.9 / 1.5]])
+    assert all(net.theta_branch.in_features == 2 for net in model.nets)
+    assert not model.smooth  # |θ| has a kink at 0: no exact Hessian
+    quad = GMMDensity(space, ["c"], proj, parameter_bounds=bounds,
+                      theta_features="quadratic", activation="silu", **SMALL)
+    np.testing.assert_allclose(quad.scale_theta(th)[:, 1].numpy(), [(1.2 / 1.5) ** 2,
+                                                                     (1.8 / 1.5) ** 2])
+    assert quad.smooth
+    # the feature reaches the networks: without the linear input the model is exactly even
+    # in θ, with a cusp at 0 (one-sided slopes of opposite sign)
+    for net in model.nets:
+        net.theta_branch.weight[:, 0] = 0.0
+    a = model.log_prob(x[:50], {"c": 0.7})
+    np.testing.assert_array_equal(a, model.log_prob(x[:50], {"c": -0.7}))
+    assert not np.allclose(a, model.log_prob(x[:50], {"c": 0.3}))
+    h = 1e-6
+    at0 = model.log_prob(x[:50], {"c": 0.0}).sum()
+    right = (model.log_prob(x[:50], {"c": h}).sum() - at0) / h
+    left = (at0 - model.log_prob(x[:50], {"c": -h}).sum()) / h
+    assert right == pytest.approx(-left, rel=1e-4) and abs(right) > 1e-3
+    model.save(tmp_path / "abs.egmm")
+    loaded = GMMDensity.load(tmp_path / "abs.egmm")
+    assert loaded.config["theta_features"] == "abs"
+    np.testing.assert_array_equal(loaded.log_prob(x[:50], {"c": 0.7}), a)
+    old = quad.to_config()
+    del old["knobs"]["theta_features"]
+    assert GMMDensity.from_config(old).config["theta_features"] == "linear"
+    with pytest.raises(InputError, match="theta_features must be one of"):
+        GMMDensity(space, ["c"], proj, theta_features="cubic")

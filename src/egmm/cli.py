@@ -72,6 +72,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "grid (the dense one plus ±0.1), or (cx, cy) "
                         "drawn uniformly over [-1.5, 1.5]^2 for every event (as many events "
                         "in all as the 49-point grid)")
+    # egmm.density.THETA_FEATURES, spelled out (the parser stays light)
+    p.add_argument("--theta-features", choices=("linear", "abs", "quadratic"),
+                   default="linear",
+                   help="what the networks see of (cx, cy): the paper's linear inputs "
+                        "(default), or also |cx|, |cy| (abs: the toy's likelihood has cusps "
+                        "at cx = 0 and cy = 0) or cx², cy² (quadratic)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
@@ -100,7 +106,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     results = run_demo(args.out, full=args.full, quick=args.quick, seed=args.seed,
                        progress=not args.no_progress, events_per_point=args.events_per_point,
                        max_epochs=args.max_epochs, threads=args.threads, model=args.model,
-                       workers=args.workers, design=args.design)
+                       workers=args.workers, design=args.design,
+                       theta_features=args.theta_features)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

@@ -55,7 +55,7 @@ from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from egmm.base import DensityModel
-from egmm.density import GMMDensity
+from egmm.density import THETA_FEATURES, GMMDensity
 from egmm.ensemble import EnsembleDensity
 from egmm.errors import EgmmError, InputError, ModelFileError
 from egmm.groundtruth import PaperToy
@@ -198,7 +198,7 @@ class DemoConfig:
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
                 train_threads: int = 1, train_workers: int | None = None,
-                design: str = "dense") -> DemoConfig:
+                design: str = "dense", theta_features: str = "linear") -> DemoConfig:
     """The configuration of a run.
 
     Default: 10,000 events at each of the 81 points of the dense grid and at most 30 epochs
@@ -207,7 +207,9 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     point and early stopping only (an hour or more on a CPU); ``quick``: a few hundred
     events, one epoch of a small network and coarse regions (a smoke test, not a
     result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``design``
-    chooses the training parameters (see :class:`DemoConfig`; any mode).
+    chooses the training parameters (see :class:`DemoConfig`; any mode); ``theta_features``
+    is the GMMDensity knob ("linear": the paper's networks; "abs": they also see |cx|, |cy|,
+    the toy's cusps).
     """
     if full and quick:
         raise InputError("demo: choose at most one of full and quick")
@@ -217,6 +219,9 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
+    if theta_features not in THETA_FEATURES:
+        raise InputError(f"theta_features must be one of {', '.join(THETA_FEATURES)}, "
+                         f"got {theta_features!r}")
     common = {"seed": seed, "train_threads": train_threads,
               "train_workers": int(train_workers), "design": design}
     if full:
@@ -238,6 +243,8 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         changes["max_epochs"] = int(max_epochs)
     if int(train_threads) < 0:
         raise InputError(f"threads must be ≥ 0 (0: torch's default), got {train_threads}")
+    if theta_features != "linear":
+        changes["network"] = {**cfg.network, "theta_features": theta_features}
     return DemoConfig(**{**asdict(cfg), **changes}) if changes else cfg
 
 
@@ -834,7 +841,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              seed: int = 0, progress: bool = True, events_per_point: int | None = None,
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-             workers: int | None = None, design: str = "dense") -> dict[str, Any]:
+             workers: int | None = None, design: str = "dense",
+             theta_features: str = "linear") -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -848,6 +856,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         design: the training parameters: "dense" (the paper's 81-point grid, default),
             "grid" (its 49-point grid), "fine" (121 points: the dense grid plus ±0.1) or
             "uniform" (one uniform (cx, cy) per event).
+        theta_features: "linear" (the paper's networks, default) or "abs" (they also see
+            |cx| and |cy|: the toy's likelihood has cusps at cx = 0 and cy = 0); see
+            :class:`~egmm.GMMDensity`.
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
@@ -866,7 +877,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     clock = _Clock()
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
-                      design=design)
+                      design=design, theta_features=theta_features)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

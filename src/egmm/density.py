@@ -42,7 +42,15 @@ GMM_DEFAULTS: dict[str, Any] = {
     "categorical_hidden": (300, 200),
     # not in the paper: "silu" makes the likelihood smooth in θ (see egmm.networks.ACTIVATIONS)
     "activation": "leaky_relu",
+    # not in the paper: extra θ features at the network input (see THETA_FEATURES)
+    "theta_features": "linear",
 }
+
+#: ``theta_features`` knob → what the θ branch sees besides θ' (θ mapped onto [−2, 2]):
+#: "linear" nothing (the paper); "abs" also |θ| · 2/halfwidth, for a density known to depend
+#: on a parameter's magnitude with a cusp at θ = 0; "quadratic" also (θ · 2/halfwidth)², for a
+#: density known to be quadratic in θ (EFT coefficients, interference + squared terms).
+THETA_FEATURES: dict[str, int] = {"linear": 1, "abs": 2, "quadratic": 2}
 
 
 # erfc's vectorised kernels leave their fast path where the result underflows (20-40× slower
@@ -190,6 +198,10 @@ class GMMDensity(TrainedModel, SavableModel):
             (defaults = Table 6). categorical_hidden: hidden widths of discrete networks.
         activation: hidden-layer activation, "leaky_relu" (the paper's, slope 0.2) or "silu"
             (smooth: the likelihood is then infinitely differentiable in θ).
+        theta_features: "linear" (the paper: the networks see θ only), "abs" (also |θ|: a
+            density known to have a cusp at θ = 0, e.g. one that depends on |θ|) or
+            "quadratic" (also θ²: a density known to be quadratic in θ, as for EFT
+            coefficients). Known structure the networks then need not learn from the grid.
 
     Example:
         >>> from egmm import Observable, ObservableSpace, LatentProjection
@@ -221,12 +233,15 @@ class GMMDensity(TrainedModel, SavableModel):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
         check_activation(self.config["activation"])
+        if self.config["theta_features"] not in THETA_FEATURES:
+            raise InputError(f"GMMDensity: theta_features must be one of "
+                             f"{sorted(THETA_FEATURES)}, got {self.config['theta_features']!r}")
         self.config["categorical_hidden"] = tuple(self.config["categorical_hidden"])
         # the trainable networks and buffers live in one nn.Module (``model.module``): the
         # density itself is not a Module, whose ``parameters()`` would clash with θ's names
         self._init_module(parameter_bounds)
         c = self.config
-        n_theta = len(self.parameters)
+        n_theta = len(self.parameters) * THETA_FEATURES[c["theta_features"]]
         nets: list[nn.Module] = []
         for i, obs in enumerate(space):
             if obs.discrete:
@@ -255,12 +270,24 @@ class GMMDensity(TrainedModel, SavableModel):
         """Latent values (N, D) → network inputs on [−2, 2]."""
         return (u - self.module.input_lo.to(u)) * self.module.input_scale.to(u) - 2.0
 
+    def scale_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ → the θ-branch input: θ mapped onto [−2, 2] over the trained range (paper
+        Section 4), followed by the ``theta_features`` extras (:data:`THETA_FEATURES`)."""
+        scaled = super().scale_theta(theta)
+        kind = self.config["theta_features"]
+        if kind == "linear":
+            return scaled
+        about_zero = 2.0 * theta / self.module.theta_halfwidth.to(theta)
+        extra = about_zero.abs() if kind == "abs" else about_zero.square()
+        return torch.cat([scaled, extra], -1)
+
     @property
     def smooth(self) -> bool:  # type: ignore[override]
-        """True with ``activation="silu"``: the likelihood is then smooth in θ and costs give
-        Minuit its exact Hessian. LeakyReLU networks are piecewise linear in θ (their pointwise
-        Hessian misses the kinks' curvature): Minuit's HESSE takes finite differences."""
-        return self.config["activation"] == "silu"
+        """True with ``activation="silu"`` (and no ``"abs"`` θ features): the likelihood is
+        then smooth in θ and costs give Minuit its exact Hessian. LeakyReLU networks are
+        piecewise linear in θ (their pointwise Hessian misses the kinks' curvature): Minuit's
+        HESSE takes finite differences."""
+        return self.config["activation"] == "silu" and self.config["theta_features"] != "abs"
 
     @property
     def nets(self) -> nn.ModuleList:
@@ -310,7 +337,8 @@ class GMMDensity(TrainedModel, SavableModel):
                                        theta_scaled: bool = False) -> torch.Tensor:
         """(N, D) log p_i(u_i | u_<i, θ) for latent tensors (teacher forcing, no validation).
 
-        ``theta`` is (P,) or (N, P); ``theta_scaled`` says it is already mapped onto [−2, 2].
+        ``theta`` is (P,) or (N, P); ``theta_scaled`` says it is already :meth:`scale_theta`'s
+        output.
         """
         theta = theta.to(u.dtype)
         theta_s = theta if theta_scaled else self.scale_theta(theta)
