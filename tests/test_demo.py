@@ -139,19 +139,54 @@ def test_demo_config_modes_and_overrides():
         demo_config(full=True, quick=True)
     with pytest.raises(InputError, match="events_per_point"):
         demo_config(events_per_point=10)
-    # the networks' θ features: a GMMDensity knob, part of the model key (no stale reuse)
-    cusp = demo_config(theta_features="abs")
-    assert cusp.network == {"theta_features": "abs"}
-    assert cusp.model_key() != demo_config().model_key()
+    # the networks' θ features: a GMMDensity knob, part of the model key (no stale reuse);
+    # the default mode gives them |cx|, |cy|; full (the paper's recipe) and quick do not
+    assert demo_config().network == {"theta_features": "abs"}
+    assert demo_config(full=True).network == {}
+    paper = demo_config(theta_features="linear")
+    assert paper.network == {} and paper.model_key() != demo_config().model_key()
     assert demo_config(quick=True, theta_features="abs").network == {
         **demo_config(quick=True).network, "theta_features": "abs"}
+    assert demo_config(full=True, theta_features="abs").network == {"theta_features": "abs"}
     with pytest.raises(InputError, match="theta_features must be one of"):
         demo_config(theta_features="cubic")
     from egmm.density import THETA_FEATURES
     for f in THETA_FEATURES:  # the command line offers every kind (spelled out there)
         assert build_parser().parse_args(
             ["demo", "--out", "d", "--theta-features", f]).theta_features == f
-    assert build_parser().parse_args(["demo", "--out", "d"]).theta_features == "linear"
+    assert build_parser().parse_args(["demo", "--out", "d"]).theta_features is None
+    # default: the fixed-budget (cosine) recipe; full: the paper's plateau schedule
+    default, full = demo_config(), demo_config(full=True)
+    assert (default.schedule, default.lr, default.batch_size, default.validation) == (
+        "cosine", 2e-3, 1000, 0.2)
+    assert (full.schedule, full.lr, full.batch_size, full.validation) == (
+        "plateau", 1e-3, 500, 0.4)
+
+
+def test_demo_config_training_settings():
+    """schedule / lr / batch size / validation: overrides of the mode's training settings,
+    in the model key, checked up front, offered on the command line."""
+    base = demo_config()
+    cos = demo_config(schedule="cosine", lr=2e-3, batch_size=1000, validation=0.2)
+    assert (cos.schedule, cos.lr, cos.batch_size, cos.validation) == ("cosine", 2e-3, 1000, 0.2)
+    assert (base.schedule, base.lr, base.batch_size, base.validation) == (
+        demo_config(schedule=base.schedule).schedule, base.lr, base.batch_size, base.validation)
+    for changed in (demo_config(schedule="cosine" if base.schedule == "plateau" else "plateau"),
+                    demo_config(lr=base.lr * 2), demo_config(batch_size=base.batch_size + 1),
+                    demo_config(validation=0.3 if base.validation != 0.3 else 0.25)):
+        assert changed.model_key() != base.model_key()
+    for bad, match in (({"schedule": "step"}, "schedule must be one of"),
+                       ({"lr": 0.0}, "lr must be"), ({"lr": float("nan")}, "lr must be"),
+                       ({"batch_size": 0}, "batch_size"), ({"validation": 1.0}, "validation"),
+                       ({"validation": 0.0}, "validation")):
+        with pytest.raises(InputError, match=match):
+            demo_config(**bad)
+    args = build_parser().parse_args(["demo", "--out", "d", "--schedule", "cosine", "--lr",
+                                      "0.002", "--batch-size", "1000", "--validation", "0.2"])
+    assert (args.schedule, args.lr, args.batch_size, args.validation) == (
+        "cosine", 0.002, 1000, 0.2)
+    plain = build_parser().parse_args(["demo", "--out", "d"])
+    assert (plain.schedule, plain.lr, plain.batch_size, plain.validation) == (None,) * 4
 
 
 def test_demo_config_training_designs():

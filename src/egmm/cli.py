@@ -74,16 +74,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "in all as the 49-point grid)")
     # egmm.density.THETA_FEATURES, spelled out (the parser stays light)
     p.add_argument("--theta-features", choices=("linear", "abs", "quadratic"),
-                   default="linear",
-                   help="what the networks see of (cx, cy): the paper's linear inputs "
-                        "(default), or also |cx|, |cy| (abs: the toy's likelihood has cusps "
-                        "at cx = 0 and cy = 0) or cx², cy² (quadratic)")
+                   default=None,
+                   help="what the networks see of (cx, cy): also |cx|, |cy| (abs, the "
+                        "default: the toy's likelihood has cusps at cx = 0 and cy = 0), only "
+                        "cx, cy (linear: the paper's networks; --full, --quick) or also cx², "
+                        "cy² (quadratic)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
-                   help="training events per grid point (default 10000; --full 50000)")
+                   help="training events per grid point (default 30000; --full 50000)")
     p.add_argument("--max-epochs", type=_positive_int, metavar="N",
-                   help="upper bound on training epochs (default 30; --full 1000)")
+                   help="training epochs (default 11, a fixed cosine budget; --full: at most "
+                        "1000, early stopping)")
+    # egmm.training.SCHEDULES, spelled out
+    p.add_argument("--schedule", choices=("plateau", "cosine"), default=None,
+                   help="learning-rate schedule: cosine (default: a fixed budget of "
+                        "--max-epochs) or plateau (halve on a plateau, stop early; the paper's, "
+                        "--full)")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="(peak) learning rate (default 2e-3; paper and --full: 1e-3)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="training batch size (default 1000; paper and --full: 500)")
+    p.add_argument("--validation", type=float, default=None, metavar="F",
+                   help="fraction of the events held out for validation (default 0.2; paper "
+                        "and --full: 0.4)")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
@@ -107,7 +121,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, events_per_point=args.events_per_point,
                        max_epochs=args.max_epochs, threads=args.threads, model=args.model,
                        workers=args.workers, design=args.design,
-                       theta_features=args.theta_features)
+                       theta_features=args.theta_features, schedule=args.schedule,
+                       lr=args.lr, batch_size=args.batch_size, validation=args.validation)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

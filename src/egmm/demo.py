@@ -6,7 +6,9 @@
    with parameters drawn uniformly over the trained square, one per event
    (:meth:`PaperToy.training_data_uniform`).
 2. Fit the latent projection on the c = (0, 0) sample (f = 0.5), build the Table 6
-   :class:`~egmm.GMMDensity` and :func:`~egmm.train` it (resumable; a finished model whose
+   :class:`~egmm.GMMDensity` (by default with |cx|, |cy| as extra network inputs,
+   ``theta_features="abs"``) and :func:`~egmm.train` it (by default for a fixed budget of 11
+   epochs along a cosine; ``full``: the paper's recipe; resumable; a finished model whose
    configuration matches is reused).
 3. For each of the nine datasets of Fig. 16 (true c ∈ {−0.8, 0, 0.8}², N = 400 events drawn
    from the true pdf) build two costs on the same events — the exact toy pdf and the trained
@@ -62,7 +64,7 @@ from egmm.groundtruth import PaperToy
 from egmm.infer import FitResult, contour, fit, wilks_threshold
 from egmm.latent import LatentProjection
 from egmm.likelihood import TorchDensity, UnbinnedNLL
-from egmm.training import TrainingHistory, train
+from egmm.training import SCHEDULES, TrainingHistory, train
 
 try:  # POSIX only
     import resource
@@ -121,6 +123,10 @@ class DemoConfig:
         events_per_point: training events per grid point.
         max_epochs: upper bound on training epochs (early stopping usually ends earlier).
         batch_size: training batch size (paper: 500).
+        lr: (peak) learning rate (paper: 1e-3).
+        schedule: ``egmm.train``'s learning-rate schedule: "plateau" (the paper's: halve on a
+            plateau, stop early) or "cosine" (a fixed budget of ``max_epochs`` epochs).
+        validation: the fraction of events held out for validation (paper: 0.4).
         network: GMMDensity options overriding paper Table 6 (empty: Table 6).
         contour_size: vertices per confidence region.
         seed: seeds the training data, the network initialisation, the split and the nine
@@ -141,6 +147,9 @@ class DemoConfig:
     max_epochs: int
     batch_size: int = 500
     network: Mapping[str, Any] = field(default_factory=dict)
+    lr: float = 1e-3
+    schedule: str = "plateau"
+    validation: float = 0.4
     contour_size: int = 48
     seed: int = 0
     train_threads: int = 1
@@ -187,6 +196,9 @@ class DemoConfig:
             "max_epochs": self.max_epochs,
             "batch_size": self.batch_size,
             "network": dict(self.network),
+            "lr": self.lr,
+            "schedule": self.schedule,
+            "validation": self.validation,
             "seed": self.seed,
             "grid": (f"PaperToy.{_GRID_NAMES[self.design]}" if self.design in _GRID_NAMES
                      else "uniform over [-1.5, 1.5]^2"),
@@ -198,18 +210,23 @@ class DemoConfig:
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
                 train_threads: int = 1, train_workers: int | None = None,
-                design: str = "dense", theta_features: str = "linear") -> DemoConfig:
+                design: str = "dense", theta_features: str | None = None,
+                schedule: str | None = None, lr: float | None = None,
+                batch_size: int | None = None, validation: float | None = None
+                ) -> DemoConfig:
     """The configuration of a run.
 
-    Default: 10,000 events at each of the 81 points of the dense grid and at most 30 epochs
-    of the paper's network (Table 6): about 5 minutes of training with two worker
-    processes on a 2-core CPU (10 s per epoch); ``full``: the paper's 50,000 events per
-    point and early stopping only (an hour or more on a CPU); ``quick``: a few hundred
-    events, one epoch of a small network and coarse regions (a smoke test, not a
-    result). ``events_per_point`` and ``max_epochs`` override the mode's values; ``design``
-    chooses the training parameters (see :class:`DemoConfig`; any mode); ``theta_features``
-    is the GMMDensity knob ("linear": the paper's networks; "abs": they also see |cx|, |cy|,
-    the toy's cusps).
+    Default: 30,000 events at each of the 81 points of the dense grid, the paper's network
+    (Table 6) with |cx|, |cy| as extra inputs (``theta_features="abs"``: the toy's
+    likelihood has cusps at cx = 0 and cy = 0), trained for a fixed budget of 11 epochs
+    (cosine schedule from lr 2e-3, batches of 1000, 20 % validation): about 10 minutes with
+    two worker processes on a 2-core CPU. ``full``: the paper's recipe (50,000 events per
+    point, its linear inputs, batch 500, lr 1e-3 halved on plateaus, 40 % validation, early
+    stopping; an hour or more on a CPU). ``quick``: a few hundred events, one epoch of a
+    small network and coarse regions (a smoke test, not a result). ``events_per_point``,
+    ``max_epochs``, ``theta_features`` ("linear" for the paper's networks), ``schedule``,
+    ``lr``, ``batch_size`` and ``validation`` override the mode's values; ``design``
+    chooses the training parameters (see :class:`DemoConfig`; any mode).
     """
     if full and quick:
         raise InputError("demo: choose at most one of full and quick")
@@ -219,7 +236,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
-    if theta_features not in THETA_FEATURES:
+    if theta_features is not None and theta_features not in THETA_FEATURES:
         raise InputError(f"theta_features must be one of {', '.join(THETA_FEATURES)}, "
                          f"got {theta_features!r}")
     common = {"seed": seed, "train_threads": train_threads,
@@ -231,7 +248,11 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                          network={"n_gauss": 4, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2},
                          **common)
     else:
-        cfg = DemoConfig("default", 10_000, 30, **common)
+        # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Fidelity"):
+        # KL 0.0052 nats/event in ~10 min on a 2-core CPU (the paper's plateau schedule needs
+        # ~30 min for 0.0051-0.0055); |cx|, |cy| as network inputs: the toy's cusps
+        cfg = DemoConfig("default", 30_000, 11, batch_size=1000, lr=2e-3, schedule="cosine",
+                         validation=0.2, network={"theta_features": "abs"}, **common)
     changes: dict[str, Any] = {}
     if events_per_point is not None:
         if int(events_per_point) < 50:
@@ -243,8 +264,28 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         changes["max_epochs"] = int(max_epochs)
     if int(train_threads) < 0:
         raise InputError(f"threads must be ≥ 0 (0: torch's default), got {train_threads}")
-    if theta_features != "linear":
-        changes["network"] = {**cfg.network, "theta_features": theta_features}
+    if theta_features is not None:
+        network = {**cfg.network, "theta_features": theta_features}
+        if theta_features == "linear":  # GMMDensity's default: keep the key of older runs
+            del network["theta_features"]
+        changes["network"] = network
+    if schedule is not None:
+        if schedule not in SCHEDULES:
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {schedule!r}")
+        changes["schedule"] = schedule
+    if lr is not None:
+        if not (math.isfinite(float(lr)) and float(lr) > 0.0):
+            raise InputError(f"lr must be a positive number, got {lr}")
+        changes["lr"] = float(lr)
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
+        changes["batch_size"] = int(batch_size)
+    if validation is not None:
+        if not 0.0 < float(validation) < 1.0:
+            raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
+        changes["validation"] = float(validation)
     return DemoConfig(**{**asdict(cfg), **changes}) if changes else cfg
 
 
@@ -629,11 +670,14 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
     threads = cfg.train_threads or torch.get_num_threads()
     where = (f"{threads} torch thread(s)" if cfg.train_workers == 1 else
              f"the networks split over {cfg.train_workers} processes of one thread each")
-    say(f"[2/4] training {model!r} on {len(x):,} events: at most {cfg.max_epochs} epochs "
-        f"(early stopping after 8 without improvement), {where}; "
+    budget = (f"{cfg.max_epochs} epochs, learning rate {cfg.lr:g} falling along a cosine"
+              if cfg.schedule == "cosine" else
+              f"at most {cfg.max_epochs} epochs (early stopping after 8 without improvement)")
+    say(f"[2/4] training {model!r} on {len(x):,} events: {budget}, {where}; "
         f"checkpoint {ckpt.name} (Ctrl-C safe: rerun to resume)")
     def run() -> TrainingHistory:
         return train(model, x, theta, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
+                     lr=cfg.lr, schedule=cfg.schedule, validation=cfg.validation,
                      seed=cfg.seed, checkpoint=ckpt, resume=True, progress=progress,
                      workers=cfg.train_workers)
 
@@ -842,7 +886,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              workers: int | None = None, design: str = "dense",
-             theta_features: str = "linear") -> dict[str, Any]:
+             theta_features: str | None = None, schedule: str | None = None,
+             lr: float | None = None, batch_size: int | None = None,
+             validation: float | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -856,9 +902,11 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         design: the training parameters: "dense" (the paper's 81-point grid, default),
             "grid" (its 49-point grid), "fine" (121 points: the dense grid plus ±0.1) or
             "uniform" (one uniform (cx, cy) per event).
-        theta_features: "linear" (the paper's networks, default) or "abs" (they also see
-            |cx| and |cy|: the toy's likelihood has cusps at cx = 0 and cy = 0); see
-            :class:`~egmm.GMMDensity`.
+        theta_features: "abs" (the default mode's: the networks also see |cx| and |cy|,
+            the toy's likelihood having cusps at cx = 0 and cy = 0), "linear" (the paper's
+            networks; ``full`` and ``quick``) or "quadratic"; see :class:`~egmm.GMMDensity`.
+        schedule, lr, batch_size, validation: override the mode's training settings
+            (:func:`~egmm.train`'s arguments of these names).
         workers: processes the networks are trained in (default: 2 where there are two
             cores; the trained model does not depend on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
@@ -877,7 +925,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     clock = _Clock()
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
-                      design=design, theta_features=theta_features)
+                      design=design, theta_features=theta_features, schedule=schedule, lr=lr,
+                      batch_size=batch_size, validation=validation)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

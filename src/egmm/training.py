@@ -73,7 +73,7 @@ class TrainableDensity(Protocol):
     def device(self) -> torch.device: ...
 
 #: learning-rate schedules of :func:`train`
-_SCHEDULES = ("plateau", "cosine")
+SCHEDULES = ("plateau", "cosine")
 
 _CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
 
@@ -244,8 +244,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
     if batch_size < 1 or max_epochs < 0 or patience < 1:
         raise InputError("batch_size and patience must be ≥ 1 and max_epochs ≥ 0")
-    if schedule not in _SCHEDULES:
-        raise InputError(f"schedule must be one of {_SCHEDULES}, got {schedule!r}")
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine" and max_epochs < 1:
         raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
     xv, th, w = _prepare_inputs(model, x, theta, weights)
