@@ -185,6 +185,9 @@ def test_demo_config_training_settings():
                                       "0.002", "--batch-size", "1000", "--validation", "0.2"])
     assert (args.schedule, args.lr, args.batch_size, args.validation) == (
         "cosine", 0.002, 1000, 0.2)
+    assert demo_config().describe_training() == (
+        "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs")
+    assert "plateau" in demo_config(full=True).describe_training()
     plain = build_parser().parse_args(["demo", "--out", "d"])
     assert (plain.schedule, plain.lr, plain.batch_size, plain.validation) == (None,) * 4
 

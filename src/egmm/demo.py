@@ -121,7 +121,8 @@ class DemoConfig:
     Attributes:
         mode: "default", "full" (the paper's 50,000 events per point) or "quick" (smoke test).
         events_per_point: training events per grid point.
-        max_epochs: upper bound on training epochs (early stopping usually ends earlier).
+        max_epochs: training epochs: the fixed budget of the cosine schedule, or the upper
+            bound of the plateau schedule (whose early stopping usually ends earlier).
         batch_size: training batch size (paper: 500).
         lr: (peak) learning rate (paper: 1e-3).
         schedule: ``egmm.train``'s learning-rate schedule: "plateau" (the paper's: halve on a
@@ -186,6 +187,14 @@ class DemoConfig:
             return (f"{n:,} events with (cx, cy) uniform over [−1.5, 1.5]² "
                     f"({self.events_per_point:,} per 49-point-grid point)")
         return f"{self.events_per_point:,} events at each of {len(self.grid)} grid points"
+
+    def describe_training(self) -> str:
+        """The training recipe in words, for tables."""
+        inputs = self.network.get("theta_features", "linear")
+        schedule = ("cosine schedule" if self.schedule == "cosine"
+                    else "plateau schedule with early stopping")
+        return (f"{schedule} from lr {self.lr:g}, batch {self.batch_size}, "
+                f"{self.validation:.0%} validation, θ inputs {inputs}")
 
     def model_key(self) -> dict[str, Any]:
         """The settings that determine the trained model (compared before reusing one)."""
@@ -862,7 +871,7 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
         "",
         (f"Model: {meta['source']} (trained elsewhere); seed {cfg.seed}." if "source" in meta
          else f"Model: {cfg.describe_design()}, "
-              f"{meta.get('epochs', '?')} epochs"
+              f"{meta.get('epochs', '?')} epochs ({cfg.describe_training()})"
               f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}."),
         "",
         format_table(rows),
