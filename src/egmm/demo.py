@@ -257,7 +257,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                          network={"n_gauss": 4, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2},
                          **common)
     else:
-        # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Fidelity"):
+        # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Benchmarks"):
         # KL 0.0052 nats/event in ~10 min on a 2-core CPU (the paper's plateau schedule needs
         # ~30 min for 0.0051-0.0055); |cx|, |cy| as network inputs: the toy's cusps
         cfg = DemoConfig("default", 30_000, 11, batch_size=1000, lr=2e-3, schedule="cosine",
