@@ -38,6 +38,7 @@ import torch
 
 from egmm import FlowDensity, GMMDensity, LatentProjection, train
 from egmm.demo import DESIGNS, demo_config
+from egmm.density import THETA_FEATURES
 from egmm.groundtruth import PaperToy
 
 RESULTS = Path(__file__).parent / "results"
@@ -115,7 +116,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--activation", default="leaky_relu", choices=["leaky_relu", "silu"],
                     help="the GMM's hidden activation (paper: leaky_relu)")
-    ap.add_argument("--theta-features", default="linear", choices=["linear", "abs", "quadratic"],
+    ap.add_argument("--theta-features", default="linear", choices=sorted(THETA_FEATURES),
                     help="extra θ inputs of the GMM's networks (paper: linear, θ only)")
     ap.add_argument("--theta-units", type=int, default=50,
                     help="units of the GMM's θ branch, A1 (paper Table 6: 50)")

@@ -167,10 +167,12 @@ def test_demo_config_training_settings():
     """schedule / lr / batch size / validation: overrides of the mode's training settings,
     in the model key, checked up front, offered on the command line."""
     base = demo_config()
-    cos = demo_config(schedule="cosine", lr=2e-3, batch_size=1000, validation=0.2)
+    # overrides replace the mode's values (here the paper's, in full mode) and nothing else
+    cos = demo_config(full=True, schedule="cosine", lr=2e-3, batch_size=1000, validation=0.2)
     assert (cos.schedule, cos.lr, cos.batch_size, cos.validation) == ("cosine", 2e-3, 1000, 0.2)
-    assert (base.schedule, base.lr, base.batch_size, base.validation) == (
-        demo_config(schedule=base.schedule).schedule, base.lr, base.batch_size, base.validation)
+    assert cos.events_per_point == demo_config(full=True).events_per_point
+    assert demo_config(schedule=base.schedule, lr=base.lr, batch_size=base.batch_size,
+                       validation=base.validation) == base
     for changed in (demo_config(schedule="cosine" if base.schedule == "plateau" else "plateau"),
                     demo_config(lr=base.lr * 2), demo_config(batch_size=base.batch_size + 1),
                     demo_config(validation=0.3 if base.validation != 0.3 else 0.25)):
@@ -185,6 +187,10 @@ def test_demo_config_training_settings():
                                       "0.002", "--batch-size", "1000", "--validation", "0.2"])
     assert (args.schedule, args.lr, args.batch_size, args.validation) == (
         "cosine", 0.002, 1000, 0.2)
+    from egmm.training import SCHEDULES
+    for sched in SCHEDULES:  # the command line offers every schedule (spelled out there)
+        assert build_parser().parse_args(["demo", "--out", "d", "--schedule",
+                                          sched]).schedule == sched
     assert demo_config().describe_training() == (
         "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs")
     assert "plateau" in demo_config(full=True).describe_training()

@@ -322,6 +322,18 @@ def test_truncated_mixture_log_prob_against_scipy(dtype):
         np.testing.assert_allclose(mu_d.grad.sum(0).numpy(), fd, rtol=1e-5, atol=1e-7)
 
 
+def _assert_knob_kept_in_files(model, knob, x, theta, path, old_default):
+    """The GMMDensity option ``knob`` survives save/load (same log_prob at ``theta``), and a
+    file written before the option existed (no such knob) loads with ``old_default``."""
+    model.save(path)
+    loaded = GMMDensity.load(path)
+    assert loaded.config[knob] == model.config[knob]
+    np.testing.assert_array_equal(loaded.log_prob(x, theta), model.log_prob(x, theta))
+    old = model.to_config()
+    del old["knobs"][knob]
+    assert GMMDensity.from_config(old).config[knob] == old_default
+
+
 def test_smooth_activation_option(tmp_path):
     # activation="silu": a different, smooth network; kept in the model file; files without
     # the knob (older models) load as the paper's LeakyReLU; an unknown name is refused
@@ -344,13 +356,8 @@ def test_smooth_activation_option(tmp_path):
     up = silu.log_prob(x[:50], {"c": 0.3 + h}).sum()
     down = silu.log_prob(x[:50], {"c": 0.3 - h}).sum()
     assert float(th.grad[0]) == pytest.approx((up - down) / (2 * h), rel=1e-5)
-    silu.save(tmp_path / "silu.egmm")
-    loaded = GMMDensity.load(tmp_path / "silu.egmm")
-    assert loaded.config["activation"] == "silu"
-    np.testing.assert_array_equal(loaded.log_prob(x[:50], {"c": 0.3}), a)
-    old = leaky.to_config()
-    del old["knobs"]["activation"]
-    assert GMMDensity.from_config(old).config["activation"] == "leaky_relu"
+    _assert_knob_kept_in_files(silu, "activation", x[:50], {"c": 0.3}, tmp_path / "silu.egmm",
+                               "leaky_relu")
     with pytest.raises(InputError, match="activation must be one of"):
         GMMDensity(space, ["c"], proj, activation="tanh")
 
@@ -387,12 +394,7 @@ def test_theta_features_option(tmp_path):
     right = (model.log_prob(x[:50], {"c": h}).sum() - at0) / h
     left = (at0 - model.log_prob(x[:50], {"c": -h}).sum()) / h
     assert right == pytest.approx(-left, rel=1e-4) and abs(right) > 1e-3
-    model.save(tmp_path / "abs.egmm")
-    loaded = GMMDensity.load(tmp_path / "abs.egmm")
-    assert loaded.config["theta_features"] == "abs"
-    np.testing.assert_array_equal(loaded.log_prob(x[:50], {"c": 0.7}), a)
-    old = quad.to_config()
-    del old["knobs"]["theta_features"]
-    assert GMMDensity.from_config(old).config["theta_features"] == "linear"
+    _assert_knob_kept_in_files(model, "theta_features", x[:50], {"c": 0.7},
+                               tmp_path / "abs.egmm", "linear")
     with pytest.raises(InputError, match="theta_features must be one of"):
         GMMDensity(space, ["c"], proj, theta_features="cubic")

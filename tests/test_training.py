@@ -116,6 +116,9 @@ def test_bad_training_input():
               progress=False)
     with pytest.raises(InputError, match="validation"):
         train(_model(x), x, th, validation=1.0, progress=False)
+    for lr in (0.0, -1e-3, float("nan")):  # a rate that cannot train is an error, not a no-op
+        with pytest.raises(InputError, match="lr must be"):
+            train(_model(x), x, th, lr=lr, progress=False)
     bad = x.copy()
     bad[5, 1] = 2.0
     with pytest.raises(InputError, match="'b'"):

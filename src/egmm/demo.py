@@ -64,7 +64,7 @@ from egmm.groundtruth import PaperToy
 from egmm.infer import FitResult, contour, fit, wilks_threshold
 from egmm.latent import LatentProjection
 from egmm.likelihood import TorchDensity, UnbinnedNLL
-from egmm.training import SCHEDULES, TrainingHistory, train
+from egmm.training import TrainingHistory, check_training_settings, train
 
 try:  # POSIX only
     import resource
@@ -278,24 +278,16 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         if theta_features == "linear":  # GMMDensity's default: keep the key of older runs
             del network["theta_features"]
         changes["network"] = network
-    if schedule is not None:
-        if schedule not in SCHEDULES:
-            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, "
-                             f"got {schedule!r}")
-        changes["schedule"] = schedule
-    if lr is not None:
-        if not (math.isfinite(float(lr)) and float(lr) > 0.0):
-            raise InputError(f"lr must be a positive number, got {lr}")
-        changes["lr"] = float(lr)
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
-        changes["batch_size"] = int(batch_size)
-    if validation is not None:
-        if not 0.0 < float(validation) < 1.0:
-            raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
-        changes["validation"] = float(validation)
-    return DemoConfig(**{**asdict(cfg), **changes}) if changes else cfg
+    for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
+                              ("batch_size", batch_size, int), ("validation", validation, float)):
+        if value is not None:
+            changes[name] = kind(value)
+    if changes:
+        cfg = DemoConfig(**{**asdict(cfg), **changes})
+    # train()'s own checks, before any data are generated
+    check_training_settings(validation=cfg.validation, batch_size=cfg.batch_size,
+                            max_epochs=cfg.max_epochs, lr=cfg.lr, schedule=cfg.schedule)
+    return cfg
 
 
 # -- the true pdf as a differentiable density --------------------------------------------------

@@ -75,6 +75,25 @@ class TrainableDensity(Protocol):
 #: learning-rate schedules of :func:`train`
 SCHEDULES = ("plateau", "cosine")
 
+
+
+def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
+                            max_epochs: int = 1000, lr: float = 1e-3, schedule: str = "plateau",
+                            patience: int = 8) -> None:
+    """Raise :class:`InputError` for settings :func:`train` cannot use (its arguments of the
+    same names), before any data are prepared."""
+    if not 0.0 < validation < 1.0:
+        raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
+    if batch_size < 1 or max_epochs < 0 or patience < 1:
+        raise InputError("batch_size and patience must be ≥ 1 and max_epochs ≥ 0")
+    if not (math.isfinite(lr) and lr > 0.0):
+        raise InputError(f"lr must be a positive finite number, got {lr}")
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == "cosine" and max_epochs < 1:
+        raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
+
+
 _CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
 
 
@@ -240,14 +259,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         raise InputError(f"workers must be an int ≥ 1, got {workers!r}")
     if workers < 1:
         raise InputError(f"workers must be ≥ 1, got {workers}")
-    if not 0.0 < validation < 1.0:
-        raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
-    if batch_size < 1 or max_epochs < 0 or patience < 1:
-        raise InputError("batch_size and patience must be ≥ 1 and max_epochs ≥ 0")
-    if schedule not in SCHEDULES:
-        raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if schedule == "cosine" and max_epochs < 1:
-        raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
+    check_training_settings(validation=validation, batch_size=batch_size,
+                            max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience)
     xv, th, w = _prepare_inputs(model, x, theta, weights)
     if model.parameters and not model.parameter_bounds:
         model.set_parameter_bounds({p: (float(th[:, j].min()), float(th[:, j].max()))
