@@ -221,21 +221,25 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
         rate, speed = r.get("toys_per_second", {}), r.get("speedup", {})
         tight = (f"{fmt(rate['batched_tight'])} ({fmt(speed.get('batched_tight'))}×)"
                  if "batched_tight" in rate else "–")
+        all64 = (f"{fmt(rate['batched_float64'])} ({fmt(speed.get('batched_float64'))}×)"
+                 if "batched_float64" in rate else "–")
         rows.append([name, fmt(rate.get("batched")), fmt(rate.get("batched_validated")),
                      fmt(rate.get("plain_minuit")), f"{fmt(speed.get('batched'))}×",
-                     f"{fmt(speed.get('batched_validated'))}×", tight])
+                     f"{fmt(speed.get('batched_validated'))}×", all64, tight])
     c = data.get("config", {})
     tols = next((r["tolerances"] for r in data.get("results", {}).values()
                  if "tolerances" in r), None)
     goal = ("" if tols is None else
             f" Both stop at MIGRAD's EDM goal {tols['plain_minuit_edm_goal']:g} (Minuit tol "
-            f"{tols['plain_minuit_tol']:g}); last column: the batched fit at "
-            f"{tols['batched_tight']:g}.")
+            f"{tols['plain_minuit_tol']:g}); at this goal the GMM's batched Newton steps use "
+            "float32 network bodies (float64 sums and a float64 last test; `float32_steps`, "
+            "the default), \"batched, float64\" runs float64 throughout; last column: the "
+            f"batched fit at {tols['batched_tight']:g} (float64).")
     cpu = data.get("machine", {}).get("cpu")
     text = (f"{c.get('toys')} toys of {c.get('events')} events, "
             f"{c.get('torch_threads')} thread(s)" + (f", {cpu}" if cpu else "") + f".{goal}\n\n"
             + table(["model", "batched toys/s", "+ validation", "Minuit loop", "speed-up",
-                     "+ validation", "batched, tight goal"], rows))
+                     "+ validation", "batched, float64", "batched, tight goal"], rows))
     ts_rows = []
     for name, r in data.get("results", {}).items():
         ts = r.get("teststat")

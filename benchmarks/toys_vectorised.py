@@ -11,7 +11,9 @@ studies do, e.g. egmm.infer.toy_teststats):
   otherwise one trained here briefly (a rough model: fine for timing, its likelihood is
   rougher than a well-trained one's). Toys are drawn from the model itself at (0.3, −0.2).
 
-Reported per model: toys/s of the batched fit alone (``validate=False``: BHHH errors), of the
+Reported per model: toys/s of the batched fit alone (``validate=False``: BHHH errors; its
+Newton steps with float32 network bodies, the default, and float64 throughout,
+``float32_steps=False``), of the
 batched fit with a MIGRAD validation per toy (``validate=True``), and of the plain loop (MIGRAD
 + HESSE per toy); the speed-ups. All at the same precision: the batched stage stops at MIGRAD's
 EDM goal for the loop's tolerance (fit_batched's default: 2e-4 for iminuit's default tol 0.1;
@@ -136,6 +138,11 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
     print(f"[{name}] batched: {t_batched:.2f} s", flush=True)
 
     start = time.perf_counter()
+    all64 = fit_batched(costs, truth, validate=False, float32_steps=False)
+    t_all64 = time.perf_counter() - start
+    print(f"[{name}] batched, float64 throughout: {t_all64:.2f} s", flush=True)
+
+    start = time.perf_counter()
     tight = fit_batched(costs, truth, validate=False, tol=TIGHT_TOL)
     t_tight = time.perf_counter() - start
     print(f"[{name}] batched at tol {TIGHT_TOL:g}: {t_tight:.2f} s", flush=True)
@@ -158,7 +165,8 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
         distance = np.abs(batched.values[:n_reference] - ref_values) / ref_errors
     delta_f = batched.fval[:n_reference] - ref_fval
     rates = {"batched": n_toys / t_batched, "batched_validated": n_toys / t_validated,
-             "batched_tight": n_toys / t_tight, "plain_minuit": n_reference / t_plain}
+             "batched_tight": n_toys / t_tight, "batched_float64": n_toys / t_all64,
+             "plain_minuit": n_reference / t_plain}
     return {
         "description": description,
         "toys": n_toys,
@@ -167,13 +175,15 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
         "parameters": list(names),
         "truth": truth,
         "seconds": {"batched": t_batched, "batched_validated": t_validated,
-                    "batched_tight": t_tight, "plain_minuit": t_plain},
+                    "batched_tight": t_tight, "batched_float64": t_all64,
+                    "plain_minuit": t_plain},
         "tolerances": {"batched_decrement_goal": EDM_GOAL, "plain_minuit_tol": MINUIT_TOL,
                        "plain_minuit_edm_goal": EDM_GOAL, "batched_tight": TIGHT_TOL},
         "toys_per_second": rates,
         "speedup": {"batched": rates["batched"] / rates["plain_minuit"],
                     "batched_validated": rates["batched_validated"] / rates["plain_minuit"],
-                    "batched_tight": rates["batched_tight"] / rates["plain_minuit"]},
+                    "batched_tight": rates["batched_tight"] / rates["plain_minuit"],
+                    "batched_float64": rates["batched_float64"] / rates["plain_minuit"]},
         "batched": {
             "converged": int(batched.converged.sum()),
             "fallback": int(batched.fallback.sum()),
@@ -183,6 +193,11 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
             "tight_newton_iterations": {"mean": float(tight.n_iter.mean()),
                                         "max": int(tight.n_iter.max())},
             "fval_minus_tight": _quantiles(batched.fval - tight.fval),
+            "float64_newton_iterations": {"mean": float(all64.n_iter.mean()),
+                                          "max": int(all64.n_iter.max())},
+            "fval_minus_float64": _quantiles(batched.fval - all64.fval),
+            "distance_to_float64_in_errors": _quantiles(
+                np.max(np.abs(batched.values - all64.values) / all64.errors, axis=1)),
         },
         "validation": {
             "valid": int(validated.valid.sum()),

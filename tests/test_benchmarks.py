@@ -210,8 +210,12 @@ def test_toys_vectorised_json_and_table(tmp_path):
     r = data["results"]["analytic"]
     assert r["tolerances"] == {"batched_decrement_goal": 2e-4, "plain_minuit_tol": 0.1,
                                "plain_minuit_edm_goal": 2e-4, "batched_tight": 1e-7}
-    assert set(r["speedup"]) == {"batched", "batched_validated", "batched_tight"}
+    assert set(r["speedup"]) == {"batched", "batched_validated", "batched_tight",
+                                 "batched_float64"}
     assert r["batched"]["converged"] == 12 and r["plain"]["valid"] == 12
+    # an analytic density has no float32 stage: the same minima either way
+    assert r["batched"]["fval_minus_float64"]["max"] == 0.0
+    assert r["batched"]["distance_to_float64_in_errors"]["max"] == 0.0
     # both stop at EDM 2e-4: minima within ~√(2·2e-4) ≈ 0.02 σ of each other, and the tight
     # batched fit at most 2e-4 (its goal) below the default one
     assert r["agreement"]["distance_in_errors"]["max"] < 0.05
@@ -222,4 +226,5 @@ def test_toys_vectorised_json_and_table(tmp_path):
     text = _load("make_table").main(["--results", str(tmp_path), "--out",
                                      str(tmp_path / "README.md")])
     assert "Both stop at MIGRAD's EDM goal 0.0002 (Minuit tol 0.1)" in text
+    assert "batched, float64" in text
     assert data["machine"]["cpu"] in text
