@@ -62,6 +62,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -387,9 +388,11 @@ class _GMMParameters(_DensityParameters):
 
 def _lowerable(density: Any, dtype: torch.dtype) -> bool:
     """Whether the batched Newton steps may evaluate ``density`` with a float32 body: a
-    float64 :class:`~egmm.GMMDensity` on the CPU or a GPU (its weights are float32 anyway).
-    User-written densities (TorchDensity) always run in the cost's dtype."""
-    return isinstance(density, GMMDensity) and dtype == torch.float64
+    float64 :class:`~egmm.GMMDensity` with parameters, on the CPU or a GPU (its weights are
+    float32 anyway). A θ-independent one is evaluated once, in the cost's dtype; user-written
+    densities (TorchDensity) always run in the cost's dtype."""
+    return (isinstance(density, GMMDensity) and bool(density.parameters)
+            and dtype == torch.float64)
 
 
 def _chain(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tensor:
@@ -485,11 +488,19 @@ class _Batch:
 
     def lowered(self) -> _Batch | None:
         """This batch with float32 network bodies (float64 sums), for the Newton steps; None
-        where no term has a network that can run in float32 (see :func:`_lowerable`)."""
-        if not any(_lowerable(t.density, self.nll._dtype) for t in self.nll._terms):
+        where no term has a network that can run in float32 (see :func:`_lowerable`). Its
+        prepared events are cast from this batch's, not prepared again."""
+        lower = [_lowerable(t.density, self.nll._dtype) for t in self.nll._terms]
+        if not any(lower):
             return None
-        return _Batch(self.per_toy, self.position, self.names, self.vectorised_yield,
-                      low_precision=True)
+        out = copy.copy(self)
+        out.low_precision = True
+        out.maps, out.prepared = list(self.maps), list(self.prepared)
+        for j, t in enumerate(self.nll._terms):
+            if lower[j]:
+                out.maps[j] = _parameters_of(t.density, torch.float32)
+                out.prepared[j] = [_GMMParameters.lower(p) for p in self.prepared[j]]
+        return out
 
     # -- yields ----------------------------------------------------------------------------------
     def check_yields(self, theta: torch.Tensor) -> None:
