@@ -390,3 +390,13 @@ def test_float32_steps_in_a_mixture_lower_only_the_network():
     assert_fval_is_cost_value(mixed, costs)
     assert np.all(np.abs(mixed.values - plain.values) <= 0.03 * plain.errors)
     assert np.all(mixed.fval - plain.fval < 2e-3)
+
+
+def test_max_iter_bounds_both_stages(gmm_toys):
+    """``max_iter`` bounds the float32 and float64 iterations together: a toy the float32
+    stage leaves unconverged at the bound gets the float64 test only, and falls back."""
+    res = fit_batched(gmm_toys[:8], max_iter=2, validate=False)
+    assert res.n_iter.max() <= 2
+    assert np.array_equal(res.fallback, ~res.converged) and res.fallback.any()
+    for k in np.flatnonzero(res.fallback):
+        assert res.fits[k] is not None and res.fval[k] == res.fits[k].fval
