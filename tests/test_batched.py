@@ -338,7 +338,7 @@ def test_float32_steps_reach_the_float64_minima(gmm_toys):
     np.testing.assert_allclose(mixed.errors[:, 0], np.sqrt(2.0 / hess[:, 0, 0]), rtol=1e-12)
 
 
-def test_float32_batch_is_within_its_stated_noise(gmm_toys):
+def test_float32_batch_is_the_float64_one_to_float32_precision(gmm_toys):
     """The float32 batch is the float64 one to float32 precision: f within 1e-6·|f| (measured
     up to 2.2 · 2⁻²⁴ = 1.3e-7 relative here; the float32 stage's line search allows 2⁻²⁴), the
     gradients and BHHH curvatures to 1e-4, at random points."""

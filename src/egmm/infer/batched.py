@@ -425,7 +425,6 @@ class _Batch:
                  vectorised_yield: list[bool] | None = None, low_precision: bool = False
                  ) -> None:
         self.per_toy = per_toy
-        self.low_precision = low_precision
         self.position = position
         self.n_toys = len(per_toy)
         self.names = names
@@ -448,12 +447,9 @@ class _Batch:
         self.columns = [self.local[t.theta_index] for t in nll._terms]
         self.prepared: list[list[Any]] = []
         self.cached: list[list[torch.Tensor] | None] = []
-        for j, t in enumerate(nll._terms):
+        for t in nll._terms:
             preps = [t.density.prepare(x[c][:, t.columns], dtype=nll._dtype)
                      for c in self.chunks]
-            if low_precision and _lowerable(t.density, nll._dtype):
-                self.maps[j] = _parameters_of(t.density, torch.float32)
-                preps = [_GMMParameters.lower(p) for p in preps]
             if t.density.parameters:
                 self.prepared.append(preps)
                 self.cached.append(None)
@@ -480,6 +476,19 @@ class _Batch:
             elif isinstance(item, Constant):
                 self.constants += torch.tensor([float(items[j].value) for items in per_toy],
                                                dtype=torch.float64)
+        self.low_precision = False
+        if low_precision:
+            self._lower()
+
+    def _lower(self) -> None:
+        """Float32 network bodies for the terms :func:`_lowerable` allows: their maps, and
+        their prepared events cast from the float64 ones."""
+        self.maps, self.prepared = list(self.maps), list(self.prepared)
+        for j, t in enumerate(self.nll._terms):
+            if _lowerable(t.density, self.nll._dtype):
+                self.maps[j] = _parameters_of(t.density, torch.float32)
+                self.prepared[j] = [_GMMParameters.lower(p) for p in self.prepared[j]]
+        self.low_precision = True
 
     def subset(self, rows: np.ndarray) -> _Batch:
         """The batch of toys ``rows`` (indices into this batch)."""
@@ -490,16 +499,10 @@ class _Batch:
         """This batch with float32 network bodies (float64 sums), for the Newton steps; None
         where no term has a network that can run in float32 (see :func:`_lowerable`). Its
         prepared events are cast from this batch's, not prepared again."""
-        lower = [_lowerable(t.density, self.nll._dtype) for t in self.nll._terms]
-        if not any(lower):
+        if not any(_lowerable(t.density, self.nll._dtype) for t in self.nll._terms):
             return None
         out = copy.copy(self)
-        out.low_precision = True
-        out.maps, out.prepared = list(self.maps), list(self.prepared)
-        for j, t in enumerate(self.nll._terms):
-            if lower[j]:
-                out.maps[j] = _parameters_of(t.density, torch.float32)
-                out.prepared[j] = [_GMMParameters.lower(p) for p in self.prepared[j]]
+        out._lower()
         return out
 
     # -- yields ----------------------------------------------------------------------------------
