@@ -440,6 +440,7 @@ def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     names = ["fit_speed", "toys_speed", "toys_vectorised", "coverage_paper_toy"]
     names += sorted(p.stem for p in folder.glob("fidelity_paper_toy*.json"))
     names += sorted(p.stem for p in folder.glob("throughput*.json"))
+    names += sorted(p.stem for p in folder.glob("toys_vectorised_*.json"))
     for name in names:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -499,6 +500,10 @@ def render(folder: Path) -> str:
                          "toys_speed.py"))
     parts.append(section("Batched toy fits", "toys_vectorised", results,
                          toys_vectorised_section, "toys_vectorised.py"))
+    for n in (n for n in results if n.startswith("toys_vectorised_")):
+        model = next(iter(results[n].get("results", {}).values()), {}).get("description", "")
+        parts += [f"### {n}.json" + (f" ({model})" if model else ""), "",
+                  _safe(lambda n=n: toys_vectorised_section(results[n]), n), ""]
     fid = [n for n in results if n.startswith("fidelity_paper_toy")]
     body = "\n\n".join(f"### {n}.json\n\n" + _safe(lambda n=n: fidelity_section(results[n]), n)
                        for n in fid) or "No results yet: `python benchmarks/fidelity_paper_toy.py`."
