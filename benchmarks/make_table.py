@@ -33,7 +33,7 @@ HOW_TO_RUN = [
     ("toys_speed.py", "toys/s of a toy-based CLs test: egmm, a plain iminuit loop, pyhf",
      "python benchmarks/toys_speed.py --ntoys 500 --workers 2", "~1 min"),
     ("toys_vectorised.py", "batched toy fits (fit_batched) vs one Minuit fit per toy",
-     "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5 min"),
+     "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5–10 min"),
     ("fidelity_paper_toy.py", "KL(true ‖ model) of the GMM and zuko flows trained on the paper "
      "toy (`--workers 2`: the GMM's networks in two processes)",
      "python benchmarks/fidelity_paper_toy.py --models gmm,nsf,maf --workers 2", "~2 h"),

@@ -223,8 +223,12 @@ def test_toys_vectorised_json_and_table(tmp_path):
     assert r["batched"]["fval_minus_tight"]["max"] <= 4e-4
     assert r["teststat"]["abs_difference_of_t"]["max"] < 1e-3
     assert data["machine"]["cpu"] and data["machine"]["iminuit"]
+    # a variant run (another model, --out toys_vectorised_NAME.json) gets its own table
+    (tmp_path / "toys_vectorised_variant.json").write_text(out.read_text())
     text = _load("make_table").main(["--results", str(tmp_path), "--out",
                                      str(tmp_path / "README.md")])
     assert "Both stop at MIGRAD's EDM goal 0.0002 (Minuit tol 0.1)" in text
     assert "batched, float64" in text
+    assert f"### toys_vectorised_variant.json ({r['description']})" in text
+    assert text.count("| model | batched toys/s |") == 2
     assert data["machine"]["cpu"] in text
