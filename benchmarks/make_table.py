@@ -88,8 +88,9 @@ def verdict(values: Sequence[float], ok: Callable[[float], bool]) -> str:
 # -- sections ----------------------------------------------------------------------------------
 def throughput_runs(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, run) for every thread count of a throughput file."""
-    return [(f"{data.get('device', '?')}, {r['threads']} thread(s)", r)
-            for r in data.get("runs", [])]
+    machine = data.get("gpu") or data.get("machine", {}).get("cpu")
+    device = f"{data.get('device', '?')} {machine}" if machine else data.get("device", "?")
+    return [(f"{device}, {r['threads']} thread(s)", r) for r in data.get("runs", [])]
 
 
 def throughput_section(name: str, data: dict[str, Any]) -> str:
