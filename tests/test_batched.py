@@ -338,6 +338,27 @@ def test_float32_steps_reach_the_float64_minima(gmm_toys):
     np.testing.assert_allclose(mixed.errors[:, 0], np.sqrt(2.0 / hess[:, 0, 0]), rtol=1e-12)
 
 
+def test_float32_steps_before_a_fine_goal(gmm_toys):
+    """Below the kinks' precision (the toy calculators' goal 2e-6 here) the float32 stage
+    stops at 2e-4 and a fresh float64 stage reaches the goal: the same minima as float64
+    throughout, up to the kink precision, every toy at its goal (or converged at a kink,
+    decrement < 2e-4, as float64 throughout allows), and max_iter bounding both stages."""
+    goal = 2e-6
+    mixed = fit_batched(gmm_toys, validate=False, tol=goal)
+    plain = fit_batched(gmm_toys, validate=False, tol=goal, float32_steps=False)
+    assert mixed.converged.all() and plain.converged.all()
+    assert np.all(mixed.decrement < 2e-4)
+    assert (mixed.decrement < goal).sum() >= (plain.decrement < goal).sum() - 4
+    assert_fval_is_cost_value(mixed, gmm_toys)
+    distance = np.abs(mixed.value("c") - plain.value("c")) / plain.error("c")
+    same_minimum = distance < 0.1
+    assert same_minimum.sum() >= 36
+    assert np.all(np.abs(mixed.fval - plain.fval)[same_minimum] < 2e-3)
+    assert np.median(np.abs(mixed.fval - plain.fval)) < 2e-5
+    bounded = fit_batched(gmm_toys[:8], validate=False, tol=goal, max_iter=3)
+    assert bounded.n_iter.max() <= 3
+
+
 def test_float32_batch_is_the_float64_one_to_float32_precision(gmm_toys):
     """The float32 batch is the float64 one to float32 precision: f within 1e-6·|f| (measured
     up to 2.2 · 2⁻²⁴ = 1.3e-7 relative here; the float32 stage's line search allows 2⁻²⁴), the
