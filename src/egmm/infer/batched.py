@@ -492,10 +492,66 @@ class _Batch:
                 self.prepared[j] = [_GMMParameters.lower(p) for p in self.prepared[j]]
         self.low_precision = True
 
+    @property
+    def indexable(self) -> bool:
+        """Whether :meth:`subset` selects events from this batch's prepared tensors (every
+        term a GMMDensity or θ-independent) rather than preparing the toys' events again."""
+        return all(cached is not None or isinstance(t.density, GMMDensity)
+                   for t, cached in zip(self.nll._terms, self.cached))
+
     def subset(self, rows: np.ndarray) -> _Batch:
-        """The batch of toys ``rows`` (indices into this batch)."""
+        """The batch of toys ``rows`` (sorted indices into this batch)."""
+        if self.indexable:
+            return self._take(np.asarray(rows))
         return _Batch([self.per_toy[i] for i in rows], self.position, self.names,
                       self.vectorised_yield, self.low_precision)
+
+    def _take(self, rows: np.ndarray) -> _Batch:
+        """:meth:`subset` by selecting the events of toys ``rows`` from the prepared (and
+        cached) tensors, re-chunked; nothing is prepared again."""
+        picked = torch.as_tensor(rows, dtype=torch.long)
+        renumber = torch.full((self.n_toys,), -1, dtype=torch.long)
+        renumber[picked] = torch.arange(len(rows))
+        events = torch.nonzero(renumber[self.toy] >= 0).squeeze(1)
+        n = len(events)
+        out = copy.copy(self)
+        out.per_toy = [self.per_toy[i] for i in rows]
+        out.n_toys = len(rows)
+        out.toy = renumber[self.toy[events]]
+        out.w = self.w[events]
+        out.sum_weights = self.sum_weights[picked]
+        out.chunks = [slice(s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)]
+        # the picked events' positions within each old chunk
+        local = [events[(events >= c.start) & (events < c.stop)] - c.start for c in self.chunks]
+
+        def rechunk(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+            whole = torch.cat(parts) if parts else torch.zeros(0)
+            return [whole[c] for c in out.chunks]
+
+        def pick(per_chunk: list[torch.Tensor]) -> list[torch.Tensor]:
+            return rechunk([t[ix.to(t.device)] for t, ix in zip(per_chunk, local)])
+
+        out.prepared, out.cached = [], []
+        for t, preps, cached in zip(self.nll._terms, self.prepared, self.cached):
+            if cached is not None:
+                out.cached.append(pick(cached))
+                out.prepared.append([None] * len(out.chunks))
+                continue
+            out.cached.append(None)
+            u, logdet = pick([p["u"] for p in preps]), pick([p["logdet"] for p in preps])
+            parts = []
+            for j, net in enumerate(t.density.nets):
+                if net.input_branch is None:  # the bias alone, one row shared by all events
+                    parts.append([preps[0]["input_parts"][j]] * len(out.chunks))
+                else:
+                    parts.append(pick([p["input_parts"][j] for p in preps]))
+            out.prepared.append([{"u": u[c], "logdet": logdet[c],
+                                  "input_parts": [part[c] for part in parts]}
+                                 for c in range(len(out.chunks))])
+        out.constraints = [(idx, centre[picked], covinv[picked])
+                           for idx, centre, covinv in self.constraints]
+        out.constants = self.constants[picked]
+        return out
 
     def lowered(self) -> _Batch | None:
         """This batch with float32 network bodies (float64 sums), for the Newton steps; None
@@ -926,17 +982,20 @@ class _SecantHistory:
 
 
 class _Evaluator:
-    """Evaluations of the toys still being minimised: the batch shrinks (its events are
-    prepared again) once at most half of its toys still run; a few toys are evaluated on a
-    batch of their own rather than with all the others."""
+    """Evaluations of the toys still being minimised. A batch whose events can be selected
+    from its prepared tensors (:attr:`_Batch.indexable`) evaluates exactly the toys asked
+    for; otherwise it shrinks (its events prepared again) once at most half of its toys
+    still run, and a few toys are evaluated on a batch of their own."""
 
     def __init__(self, batch: _Batch) -> None:
         self.batch = batch
         self.rows = np.arange(batch.n_toys)
+        self.indexable = batch.indexable
 
     def shrink(self, running: np.ndarray) -> None:
         keep = np.flatnonzero(running)
-        if 0 < len(keep) <= len(self.rows) // 2:
+        if 0 < len(keep) < len(self.rows) and (self.indexable
+                                               or len(keep) <= len(self.rows) // 2):
             self.batch = self.batch.subset(np.searchsorted(self.rows, keep))
             self.rows = keep
 
@@ -946,7 +1005,7 @@ class _Evaluator:
         if len(sel) == len(self.rows):
             return self.batch, None
         pos = np.searchsorted(self.rows, sel)
-        if 2 * len(sel) > len(self.rows):
+        if 2 * len(sel) > len(self.rows) and not self.indexable:
             return self.batch, pos
         return self.batch.subset(pos), None
 
