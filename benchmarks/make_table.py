@@ -235,7 +235,8 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
             f"{tols['plain_minuit_tol']:g}); at this goal the GMM's batched Newton steps use "
             "float32 network bodies (float64 sums and a float64 last test; `float32_steps`, "
             "the default), \"batched, float64\" runs float64 throughout; last column: the "
-            f"batched fit at {tols['batched_tight']:g} (float64).")
+            f"batched fit at {tols['batched_tight']:g} (float32 steps to 2e-4, then float64 "
+            "ones: finer goals continue in float64; t_μ toys likewise at 2e-6).")
     cpu = data.get("machine", {}).get("cpu")
     text = (f"{c.get('toys')} toys of {c.get('events')} events, "
             f"{c.get('torch_threads')} thread(s)" + (f", {cpu}" if cpu else "") + f".{goal}\n\n"
