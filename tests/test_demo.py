@@ -331,6 +331,28 @@ def test_quick_demo_writes_its_outputs(quick_run):
     assert table.count("\n| (") == 9  # one row per dataset
 
 
+def test_demo_fits_in_worker_processes_as_in_one(quick_run):
+    """The nine datasets shared out over two spawned processes give the rows of the quick
+    run's single process, number for number (the fits are independent and deterministic)."""
+    from dataclasses import replace
+
+    from egmm.demo import _fit_datasets, demo_config, load_paper_toy_model
+
+    out, results = quick_run
+    model = load_paper_toy_model(out / "model.egmm")
+    said = []
+    rows = _fit_datasets(model, replace(demo_config(quick=True), train_workers=2), PaperToy(),
+                         said.append, False)
+    assert any("2 processes" in m for m in said)
+    assert [r["c_true"] for r in rows] == [r["c_true"] for r in results["datasets"]]
+    for mine, theirs in zip(rows, results["datasets"]):
+        for side in ("truth", "model"):
+            assert mine[side]["mle"] == theirs[side]["mle"]
+            assert mine[side]["fval"] == theirs[side]["fval"]
+        assert mine["area_ratio"] == theirs["area_ratio"]
+        assert mine["passed"] == theirs["passed"]
+
+
 def test_quick_demo_true_pdf_results_are_sane(quick_run):
     _, results = quick_run
     rows = results["datasets"]

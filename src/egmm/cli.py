@@ -102,8 +102,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
     p.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                   help="processes the networks are trained in (default 2 on a machine with "
-                        "two or more cores; the model does not depend on it)")
+                   help="processes the networks are trained in and the nine datasets "
+                        "fitted in (default 2 on a machine with two or more cores; neither "
+                        "the model nor the fits depend on it)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or stage messages (the table is still printed)")
     p.add_argument("--model", metavar="FILE", action="append",

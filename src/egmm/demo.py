@@ -37,11 +37,14 @@ References:
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import pickle
 import platform
 import time
 import warnings
@@ -140,7 +143,8 @@ class DemoConfig:
             events in all as the 49-point grid has).
         train_threads: torch threads while training (0: torch's default); fits use one.
         train_workers: processes the networks are trained in (``egmm.train(workers=)``; the
-            model is the same for any number). Default: 2, or 1 on a one-core machine.
+            model is the same for any number), and the nine datasets are fitted in (the
+            results are those of one process). Default: 2, or 1 on a one-core machine.
     """
 
     mode: str
@@ -731,31 +735,75 @@ def fig16_datasets(seed: int = 0, toy: PaperToy | None = None
     return out
 
 
+def _analyse_dataset(model: DensityModel, truth_pdf: TorchDensity, c_true: np.ndarray,
+                     events: np.ndarray, contour_size: int) -> dict[str, Any]:
+    """One dataset: MLE and regions of the true pdf and of the model, compared."""
+    t0 = time.perf_counter()
+    truth = analyse(UnbinnedNLL(events, truth_pdf), cusps=True, size=contour_size)
+    t1 = time.perf_counter()
+    fitted = analyse(UnbinnedNLL(events, model), size=contour_size, intervals=False)
+    t2 = time.perf_counter()
+    return {"c_true": {"cx": float(c_true[0]), "cy": float(c_true[1])},
+            "truth": truth, "model": fitted, **compare(truth, fitted),
+            "seconds": {"truth": t1 - t0, "model": t2 - t1}}
+
+
+def _analyse_in_worker(payload: bytes, c_true: np.ndarray, events: np.ndarray,
+                       contour_size: int) -> bytes:
+    """Worker side of :func:`_fit_datasets`: one dataset, one torch thread; the model
+    arrives pickled once per task (plain pickles, as the training workers use)."""
+    model, toy = pickle.loads(payload)
+    return pickle.dumps(_analyse_dataset(model, true_density(toy), c_true, events,
+                                         contour_size))
+
+
 def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
                   progress: bool) -> list[dict[str, Any]]:
-    """Stage 3: MLE and regions of the true pdf and of the model on the nine datasets."""
-    truth_pdf = true_density(toy)
-    rows = []
+    """Stage 3: MLE and regions of the true pdf and of the model on the nine datasets; the
+    datasets are shared out over ``cfg.train_workers`` spawned processes of one torch thread
+    each (the fits are independent, so the results are those of one process)."""
+    datasets = fig16_datasets(cfg.seed, toy)
+    workers = min(cfg.train_workers, len(datasets))
+    payload = None
+    if workers > 1:
+        try:
+            payload = pickle.dumps((model, toy))
+        except Exception as exc:  # e.g. a user density with local functions
+            say(f"      (the model cannot be pickled for worker processes: {exc}; "
+                "fitting in this process)")
     say(f"[3/4] fitting the nine datasets of Fig. 16 (N = {toy.N_EVENTS} each) with the true "
         "pdf and with the model; regions at Δ(−2 ln L) = "
-        f"{wilks_threshold(LEVELS[0], 2):.3f} / {wilks_threshold(LEVELS[1], 2):.3f}.")
+        f"{wilks_threshold(LEVELS[0], 2):.3f} / {wilks_threshold(LEVELS[1], 2):.3f}"
+        + (f"; {workers} processes." if payload is not None else "."))
     say("      The true likelihood has cusps at cx = 0 and cy = 0: Minuit may print "
         "'MnContours unable to find …' there; such regions are redone by a ray scan.")
-    with _torch_threads(1):
-        bar = tqdm(fig16_datasets(cfg.seed, toy), disable=not progress, unit="dataset",
-                   desc="fits")
-        for c_true, events in bar:
-            bar.set_postfix(c=f"({c_true[0]:+.1f}, {c_true[1]:+.1f})")
-            t0 = time.perf_counter()
-            truth = analyse(UnbinnedNLL(events, truth_pdf), cusps=True, size=cfg.contour_size)
-            t1 = time.perf_counter()
-            fitted = analyse(UnbinnedNLL(events, model), size=cfg.contour_size,
-                             intervals=False)
-            t2 = time.perf_counter()
-            rows.append({"c_true": {"cx": float(c_true[0]), "cy": float(c_true[1])},
-                         "truth": truth, "model": fitted, **compare(truth, fitted),
-                         "seconds": {"truth": t1 - t0, "model": t2 - t1}})
-    return rows
+    bar = tqdm(total=len(datasets), disable=not progress, unit="dataset", desc="fits")
+    rows: list[dict[str, Any] | None] = [None] * len(datasets)
+    try:
+        if payload is None:
+            truth_pdf = true_density(toy)
+            with _torch_threads(1):
+                for i, (c_true, events) in enumerate(datasets):
+                    bar.set_postfix(c=f"({c_true[0]:+.1f}, {c_true[1]:+.1f})")
+                    rows[i] = _analyse_dataset(model, truth_pdf, c_true, events,
+                                               cfg.contour_size)
+                    bar.update()
+        else:
+            with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_one_thread) as pool:
+                futures = {pool.submit(_analyse_in_worker, payload, c_true, events,
+                                       cfg.contour_size): i
+                           for i, (c_true, events) in enumerate(datasets)}
+                for fut in cf.as_completed(futures):
+                    rows[futures[fut]] = pickle.loads(fut.result())
+                    bar.update()
+    finally:
+        bar.close()
+    return [r for r in rows if r is not None]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
 # -- outputs -----------------------------------------------------------------------------------
@@ -908,8 +956,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
             networks; ``full`` and ``quick``) or "quadratic"; see :class:`~egmm.GMMDensity`.
         schedule, lr, batch_size, validation: override the mode's training settings
             (:func:`~egmm.train`'s arguments of these names).
-        workers: processes the networks are trained in (default: 2 where there are two
-            cores; the trained model does not depend on it).
+        workers: processes the networks are trained in and the datasets fitted in
+            (default: 2 where there are two cores; neither the model nor the fits depend
+            on it).
         threads: torch threads while training (0: torch's default). Fits always use one:
             they are latency-bound (N = 400), and on a busy machine torch's thread pool
             stalls them.
