@@ -444,6 +444,29 @@ def test_subsets_select_prepared_events(gmm_toys):
     assert not batch_of(costs)[0].indexable
 
 
+def test_subsets_of_weighted_toys_of_unequal_size():
+    """Per-event weights and per-toy sums of weights follow their toys into a subset; toys of
+    different sizes (one of them empty, as an extended toy may be) keep their events."""
+    model, x, _ = trained_toy_model(dims=2)
+    flat = TorchDensity(model.space, lambda x: torch.zeros(len(x), dtype=x.dtype),
+                        name="flat")
+    template = ExtendedUnbinnedNLL(x[:10], [Component("sig", model, "n_sig"),
+                                            Component("bkg", flat, "n_bkg")])
+    rng = np.random.default_rng(3)
+    sizes = [50, 0, 120, 7, 64]
+    starts = np.cumsum((0, *sizes))
+    costs = [template.with_data(x[a:b], weights=rng.uniform(0.5, 1.5, b - a))
+             for a, b in itertools.pairwise(starts)]
+    batch, _ = batch_of(costs)
+    assert batch.indexable
+    rows = np.array([1, 2, 4])
+    theta = np.array([[0.2, 40.0, 20.0], [0.4, 60.0, 50.0], [-0.1, 30.0, 30.0]])
+    fresh = _Batch([batch.per_toy[i] for i in rows], batch.position, batch.names)
+    _same_evaluations(batch.subset(rows), fresh, theta, 1e-12)
+    for k, i in enumerate(rows):  # and both are the costs' own values
+        assert fresh.values(theta)[k] == pytest.approx(costs[i](*theta[k]), rel=1e-12)
+
+
 def test_subsets_of_a_mixture_with_a_constraint():
     """An extended GMM + flat mixture with a Gaussian constraint whose centre differs per toy:
     the subset keeps each toy's cached background, weights, yields and constraint."""
