@@ -390,17 +390,23 @@ def test_float32_steps_leave_other_densities_in_float64():
         fit_batched(costs, float32_steps="yes")
 
 
+def gmm_on_flat():
+    """The small trained GMM as a signal (n_sig) on a user-written flat background (n_bkg),
+    extended: its training events and the cost template."""
+    model, x, _ = trained_toy_model(dims=2)
+    flat = TorchDensity(model.space, lambda x: torch.zeros(len(x), dtype=x.dtype),
+                        sampler=lambda n, theta, rng: rng.uniform(0.0, 1.0, size=(n, 2)),
+                        name="flat")
+    return x, ExtendedUnbinnedNLL(x[:10], [Component("sig", model, "n_sig"),
+                                           Component("bkg", flat, "n_bkg")])
+
+
 def test_float32_steps_in_a_mixture_lower_only_the_network():
     """A GMM signal on a user-written flat background: the float32 stage lowers the network
     alone (the background stays float64), and the fits reach the float64 ones: each stops
     within a decrement of 2e-4 of the minimum, i.e. √(2·2e-4) = 0.02 σ, so the two agree to
     0.03 σ; −2 ln L to the kink precision, 2e-3 (measured: 0.004 σ and 5e-4)."""
-    model, x, _ = trained_toy_model(dims=2)
-    flat = TorchDensity(model.space, lambda x: torch.zeros(len(x), dtype=x.dtype),
-                        sampler=lambda n, theta, rng: rng.uniform(0.0, 1.0, size=(n, 2)),
-                        name="flat")
-    template = ExtendedUnbinnedNLL(x[:10], [Component("sig", model, "n_sig"),
-                                            Component("bkg", flat, "n_bkg")])
+    _, template = gmm_on_flat()
     costs = toys(template, {"c": 0.3, "n_sig": 150.0, "n_bkg": 150.0}, 12, seed=4)
     batch, _ = batch_of(costs)
     low = batch.lowered()
@@ -447,11 +453,7 @@ def test_subsets_select_prepared_events(gmm_toys):
 def test_subsets_of_weighted_toys_of_unequal_size():
     """Per-event weights and per-toy sums of weights follow their toys into a subset; toys of
     different sizes (one of them empty, as an extended toy may be) keep their events."""
-    model, x, _ = trained_toy_model(dims=2)
-    flat = TorchDensity(model.space, lambda x: torch.zeros(len(x), dtype=x.dtype),
-                        name="flat")
-    template = ExtendedUnbinnedNLL(x[:10], [Component("sig", model, "n_sig"),
-                                            Component("bkg", flat, "n_bkg")])
+    x, template = gmm_on_flat()
     rng = np.random.default_rng(3)
     sizes = [50, 0, 120, 7, 64]
     starts = np.cumsum((0, *sizes))
@@ -470,12 +472,7 @@ def test_subsets_of_weighted_toys_of_unequal_size():
 def test_subsets_of_a_mixture_with_a_constraint():
     """An extended GMM + flat mixture with a Gaussian constraint whose centre differs per toy:
     the subset keeps each toy's cached background, weights, yields and constraint."""
-    model, x, _ = trained_toy_model(dims=2)
-    flat = TorchDensity(model.space, lambda x: torch.zeros(len(x), dtype=x.dtype),
-                        sampler=lambda n, theta, rng: rng.uniform(0.0, 1.0, size=(n, 2)),
-                        name="flat")
-    template = ExtendedUnbinnedNLL(x[:10], [Component("sig", model, "n_sig"),
-                                            Component("bkg", flat, "n_bkg")])
+    _, template = gmm_on_flat()
     template = template + NormalConstraint("n_bkg", 150.0, 15.0)
     costs = toys(template, {"c": 0.3, "n_sig": 150.0, "n_bkg": 150.0}, 8, seed=4)
     batch, _ = batch_of(costs)

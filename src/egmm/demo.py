@@ -67,7 +67,7 @@ from egmm.groundtruth import PaperToy
 from egmm.infer import FitResult, contour, fit, wilks_threshold
 from egmm.latent import LatentProjection
 from egmm.likelihood import TorchDensity, UnbinnedNLL
-from egmm.training import TrainingHistory, check_training_settings, train
+from egmm.training import TrainingHistory, _init_worker, check_training_settings, train
 
 try:  # POSIX only
     import resource
@@ -790,7 +790,7 @@ def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
                     bar.update()
         else:
             with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_one_thread) as pool:
+                                        initializer=_init_worker) as pool:
                 futures = {pool.submit(_analyse_in_worker, payload, c_true, events,
                                        cfg.contour_size): i
                            for i, (c_true, events) in enumerate(datasets)}
@@ -800,10 +800,6 @@ def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
     finally:
         bar.close()
     return [r for r in rows if r is not None]
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 # -- outputs -----------------------------------------------------------------------------------
