@@ -348,6 +348,8 @@ def test_float32_steps_before_a_fine_goal(gmm_toys):
     plain = fit_batched(gmm_toys, validate=False, tol=goal, float32_steps=False)
     assert mixed.converged.all() and plain.converged.all()
     assert np.all(mixed.decrement < 2e-4)
+    # toys at kinks may stop at either end of a kinked valley in either run: allow 10 %
+    # (4 of 40) fewer toys at the fine goal (measured: 29 in both)
     assert (mixed.decrement < goal).sum() >= (plain.decrement < goal).sum() - 4
     assert_fval_is_cost_value(mixed, gmm_toys)
     distance = np.abs(mixed.value("c") - plain.value("c")) / plain.error("c")

@@ -799,7 +799,8 @@ def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
                     bar.update()
     finally:
         bar.close()
-    return [r for r in rows if r is not None]
+    assert all(r is not None for r in rows)  # a failed dataset raises above
+    return rows  # type: ignore[return-value]
 
 
 # -- outputs -----------------------------------------------------------------------------------

@@ -1255,20 +1255,19 @@ def fit_batched(
 
     theta1, n_iter1, drop1, kink1, history1 = theta0.copy(), None, None, None, None
     low = batch.lowered() if float32_steps else None
-    if low is not None and tol >= _KINK_DECREMENT:
-        # goals no finer than the kinks' precision (the default goal): the steps with float32
-        # network bodies, then the last iterations (at least the convergence test) in the
-        # costs' dtype, with the float32 stage's secant pairs (which show the kinks it met)
-        first = _newton(low, theta1, lo, hi, fixed_mask, int(max_iter), float(tol),
-                        noise=_FLOAT32_NOISE)
-        theta1, n_iter1, drop1 = first.theta, first.n_iter, first.last_drop
-        kink1, history1 = first.at_kink, first.history
-    elif low is not None:
-        # finer goals: float32 steps to the kinks' precision, then a fresh float64 stage to
-        # the goal (float32 noise in the secant pairs would look like kinks to its test)
-        first = _newton(low, theta1, lo, hi, fixed_mask, int(max_iter), _KINK_DECREMENT,
-                        noise=_FLOAT32_NOISE)
+    if low is not None:
+        # the steps with float32 network bodies, then the last iterations (at least the
+        # convergence test) in the costs' dtype: every reported number is float64. Goals no
+        # finer than the kinks' precision (the default): the float64 stage continues with the
+        # float32 stage's secant pairs, which show the kinks it met. Finer goals: float32 steps
+        # to the kinks' precision, then a fresh float64 stage (float32 noise in the secant
+        # pairs would look like kinks to its fine test)
+        fine = tol < _KINK_DECREMENT
+        first = _newton(low, theta1, lo, hi, fixed_mask, int(max_iter),
+                        _KINK_DECREMENT if fine else float(tol), noise=_FLOAT32_NOISE)
         theta1, n_iter1 = first.theta, first.n_iter
+        if not fine:
+            drop1, kink1, history1 = first.last_drop, first.at_kink, first.history
     state = _newton(batch, theta1, lo, hi, fixed_mask, int(max_iter), float(tol), n_iter1,
                     drop1, kink1, history1)
     k_toys = len(costs)
