@@ -45,7 +45,8 @@ def quadrature_nodes(lo: float, hi: float, knots: np.ndarray, order: int = 8,
     return np.concatenate(nodes), np.concatenate(weights)
 
 
-def trained_toy_model(dims: int = 2, epochs: int = 3, seed: int = 0):
+def trained_toy_model(dims: int = 2, epochs: int = 3, seed: int = 0,
+                      activation: str = "leaky_relu"):
     """A SMALL GMMDensity p(a[, b] | c) trained briefly on :func:`toy_2d` (about a second).
     Returns (model, x, θ)."""
     import torch
@@ -57,6 +58,6 @@ def trained_toy_model(dims: int = 2, epochs: int = 3, seed: int = 0):
     space = ObservableSpace([Observable(n, 0.0, 1.0) for n in "ab"[:dims]])
     proj = LatentProjection.fit(space, x[th[:, 0] == 0])
     torch.manual_seed(seed)
-    model = GMMDensity(space, ["c"], proj, **SMALL)
+    model = GMMDensity(space, ["c"], proj, **SMALL, activation=activation)
     train(model, x, th, max_epochs=epochs, batch_size=200, progress=False)
     return model, x, th

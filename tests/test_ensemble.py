@@ -92,11 +92,12 @@ def test_fits_gradient_and_batched_fits(ensemble):
     assert res.values["mu"] == pytest.approx(ref, abs=2e-3 * res.errors["mu"])
     # the vectorised toy fitter treats an ensemble like any density
     toys = [UnbinnedNLL(ensemble.sample(300, {"mu": 0.45}, seed=s), ensemble) for s in (6, 7)]
-    batched = fit_batched(toys, start={"mu": 0.5})
+    # (both far below the default goals, which allow √(2·2e-4) ≈ 0.02 σ each)
+    batched = fit_batched(toys, start={"mu": 0.5}, tol=1e-9)
     for k, toy in enumerate(toys):
-        one = fit(toy, start={"mu": 0.5})
+        one = fit(toy, start={"mu": 0.5}, tol=1e-4)
         assert batched.values[k, 0] == pytest.approx(one.values["mu"],
-                                                     abs=1e-3 * one.errors["mu"])
+                                                     abs=2e-3 * one.errors["mu"])
 
 
 def test_ensemble_of_trained_gmms():

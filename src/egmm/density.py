@@ -108,23 +108,21 @@ def _logsumexp(t: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     return torch.where(finite[..., 0], out, top[..., 0])
 
 
-def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
-                                sigma: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi].
+def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: float
+                        ) -> torch.Tensor:
+    """log(2 Z_g σ_g) of Gaussian components (μ_g, σ_g) truncated to [lo, hi], Z_g their mass
+    there: the normalisation of each component in :func:`_truncated_mixture_log_prob`.
 
-    The same quantity as ``truncated_normal_log_mass`` gives, in fewer passes over the (N, G)
-    tensors (this is most of the elementwise work of a density evaluation): with
-    a = (lo − μ)/σ, b = (hi − μ)/σ and c = ±1/√2 chosen so that the interval lies mostly where
-    erfc(c·x) is small and accurate (c = −1/√2 for μ above the box centre, where a + b ≤ 0),
-    2 Z = |erfc(c·b) − erfc(c·a)|, and every constant is added once per event at the end.
-    Masses near underflow are recomputed exactly, for those components only.
+    With a = (lo − μ)/σ, b = (hi − μ)/σ and c = ±1/√2 chosen so that the interval lies mostly
+    where erfc(c·x) is small and accurate (c = −1/√2 for μ above the box centre, where
+    a + b ≤ 0), 2 Z = |erfc(c·b) − erfc(c·a)|. Masses near underflow are recomputed exactly,
+    for those components only.
     """
     cap = _ERFC_CAP.get(mu.dtype)
-    if cap is None:  # other precisions: the general form throughout
-        z = (u.unsqueeze(-1) - mu) / sigma
+    if cap is None:  # other precisions: the general form
         log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
-        return _logsumexp(log_f - 0.5 * z * z - torch.log(sigma) - _LOG_SQRT_2PI - log_z)
-    graph = any(records_graph(t) for t in (log_f, mu, sigma))
+        return log_z + torch.log(sigma) + _LOG_2
+    graph = any(records_graph(t) for t in (mu, sigma))
     k = torch.copysign(_SQRT_HALF / sigma, 0.5 * (lo + hi) - mu)       # c / σ
     ea = (lo - mu) * k                                                  # c·a
     eb = torch.add(ea, k, alpha=hi - lo)                                # c·b
@@ -145,9 +143,32 @@ def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.
         mu_t, sigma_t = (t.expand(tiny.shape)[where] for t in (mu, sigma))
         exact = truncated_normal_log_mass((lo - mu_t) / sigma_t, (hi - mu_t) / sigma_t)
         log_norm = log_norm.index_put(where, exact + torch.log(2.0 * sigma_t))
+    return log_norm
+
+
+def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
+                                sigma: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi].
+
+    The same quantity as ``truncated_normal_log_mass`` gives, in fewer passes over the (N, G)
+    tensors (this is most of the elementwise work of a density evaluation): the
+    normalisations log(2 Z_g σ_g) in one log (:func:`_truncated_log_norm`), and every
+    constant added once per event at the end.
+    """
+    log_norm = _truncated_log_norm(mu, sigma, lo, hi)
     z = (u.unsqueeze(-1) - mu) / sigma
     t = torch.addcmul(log_f, z, z, value=-0.5)
+    graph = any(records_graph(x) for x in (log_f, mu, sigma))
     t = t - log_norm if graph else t.sub_(log_norm)
+    return _logsumexp(t, overwrite=True) + (_LOG_2 - _LOG_SQRT_2PI)
+
+
+def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
+                      ) -> torch.Tensor:
+    """log Σ_g exp(a_g − ½((u − μ_g)/σ_g)²) / √(π/2): the truncated mixture's log density at u
+    from its normalised log amplitudes a_g = log f_g − log(2 Z_g σ_g) (per event or shared)."""
+    z = (u.unsqueeze(-1) - mu) / sigma
+    t = torch.addcmul(a, z, z, value=-0.5)
     return _logsumexp(t, overwrite=True) + (_LOG_2 - _LOG_SQRT_2PI)
 
 

@@ -23,7 +23,11 @@ per-toy Levenberg damping λ (adapted by the gain ratio), then backtrack (Armijo
 projected onto the limits; parameters at a limit whose gradient points outwards are held
 there, fixed parameters never move. A toy has converged when its Newton decrement
 ½ gᵀH⁻¹g (over its free parameters: the expected distance to the minimum in −2 ln L, like
-Minuit's EDM) and its last decrease are below ``tol``; converged toys leave the batch. By
+Minuit's EDM) is below ``tol`` and the curvature it rests on has proved itself: the last
+decrease was below ``tol`` too, or the last step gave at least half the decrease the
+quadratic model predicted and shrank the decrement tenfold (a curvature off by a factor
+1 + ε leaves a fraction ε/(1 + ε) of the distance per step, so this bounds ε to about ½ and
+the true distance to ~1.5 times the decrement); converged toys leave the batch. By
 default ``tol`` is MIGRAD's own EDM goal for the same Minuit tolerance (0.002 · ``minuit_tol``,
 2e-4 at iminuit's default 0.1): batched minima are as precise as the per-toy fits they replace.
 
@@ -33,14 +37,17 @@ their forward and backward passes take half the time, and the steps, which need 
 and curvatures rather than −2 ln L to the last digit, are as good. float32 rounding makes
 −2 ln L itself uncertain by a few 2⁻²⁴·|f| (~1e-4 for the paper toy at N = 400), so this
 stage accepts a step unless f rises by more than 2⁻²⁴·|f|, and counts the quadratic model's
-predicted decrease as a step's decrease. Its minimum is then tested (and, if need be,
-refined) in the cost's dtype: values, fvals, errors and the convergence verdict are float64
-ones, to the same goal. For goals no finer than 2e-4 (the default, MIGRAD's goal at
-iminuit's default tol) the float64 stage continues the float32 one (its secant pairs, which
-show the kinks it met, included). For finer goals (``tol=``, the toy calculators' 2e-6) the
-float32 stage stops at 2e-4 and a fresh float64 stage takes the last steps: float32 noise in
-its secant pairs would look like kinks to the fine test. User-written densities
-(``TorchDensity``) always run in the cost's dtype.
+predicted decrease as a step's decrease. For goals no finer than 2e-4 (the default,
+MIGRAD's goal at iminuit's default tol) the float32 stage's verdict stands: its gradients
+and curvatures (float32 bodies summed in float64) change the decrement by ~1 % of the goal
+and the errors by ~1e-5 relative at most (measured on the paper toy), so the float64 stage
+evaluates only −2 ln L at its minima (the reported fvals are the costs' float64 values)
+and takes float64 steps only for toys the float32 stage left unconverged, continuing it
+(its secant pairs, which show the kinks it met, included). For finer goals (``tol=``, the
+toy calculators' 2e-6) the float32 stage stops at 2e-4 and a fresh float64 stage takes
+the last steps and gives the verdict, gradients and errors: float32 noise in its secant
+pairs would look like kinks to the fine test. User-written densities (``TorchDensity``)
+always run in the cost's dtype.
 
 The −2 ln L of a :class:`~egmm.GMMDensity` is only piecewise smooth in θ (LeakyReLU units): its
 gradient jumps at kinks, and near a minimum Newton steps can only crawl along valleys under
@@ -75,11 +82,12 @@ import torch
 from iminuit.cost import Constant, CostSum, NormalConstraint
 from iminuit.util import describe
 
-from egmm.density import GMMDensity
+from egmm.density import GMMDensity, _mixture_log_prob, _truncated_log_norm
 from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
+from egmm.networks import ConditionalGMMNet
 
 __all__ = ["BatchedFitResult", "fit_batched"]
 
@@ -99,6 +107,9 @@ _SECANT_REACH = 1.0
 # below _KINK_DECREMENT (Minuit's EDM goal at its default tolerance), see _newton.
 _KINK_RATIO = 10.0
 _KINK_DECREMENT = 2e-4
+# A step that gave at least half its predicted decrease and left a decrement this fraction of
+# the one before it confirms the curvature: the decrement alone then decides (see _newton).
+_FAST_RATIO = 0.1
 # Levenberg damping: the initial value, relative to the Hessian's diagonal, and its range.
 _DAMPING_START = 1e-3
 _DAMPING_MIN = 1e-12
@@ -318,18 +329,32 @@ class _GMMParameters(_DensityParameters):
     output is added to the first joint layer (paper Fig. 4). That branch is evaluated once
     per toy (K rows) instead of once per event, and z is its output (all networks, side by
     side); the rest of each network runs per event, as in ``GMMDensity.log_prob_prepared``.
+    A network without inputs (the first observable's mixture, a function of θ alone) runs
+    once per toy entirely: its z is the mixture itself, normalised log amplitudes, means and
+    widths (3 N_G per toy), and per event only the Gaussian terms at u are left.
     """
 
     def __init__(self, density: Any, dtype: torch.dtype) -> None:
         super().__init__(density, dtype)
         self.sizes: list[int] | None = None
+        self.per_toy = [isinstance(net, ConditionalGMMNet) and net.input_branch is None
+                        for net in density.nets]
 
     def features(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.density
         th = theta.to(device=d.device, dtype=self.dtype)
         parts = d._theta_parts(d.scale_theta(th))
-        self.sizes = [p.shape[-1] for p in parts]
-        return torch.cat([p.expand(th.shape[0], -1) for p in parts], dim=1)
+        out = []
+        for net, part, whole in zip(d.nets, parts, self.per_toy):
+            part = part.expand(th.shape[0], -1)
+            if whole:  # the whole first joint pre-activation is the θ part plus the bias
+                log_f, mu, sigma = net.mixture(net.input_part(part[:, :0], part))
+                a = log_f - _truncated_log_norm(mu, sigma, d.projection.u_lo,
+                                                d.projection.u_hi)
+                part = torch.cat([a, mu, sigma], dim=1)
+            out.append(part)
+        self.sizes = [p.shape[-1] for p in out]
+        return torch.cat(out, dim=1)
 
     def jacobian(self, theta: torch.Tensor) -> torch.Tensor | None:
         # J = dz/dθ by the double-vjp trick on K rows: g(v) = Jᵀv is linear in v, and
@@ -357,22 +382,31 @@ class _GMMParameters(_DensityParameters):
     def event_inputs(self, prepared: Any, z: torch.Tensor, toy: torch.Tensor,
                      leaves: bool) -> list[torch.Tensor]:
         """Per network the events' first joint pre-activations (n, F_i): their input part
-        plus their toy's θ part. The pre-activation is what θ enters through, so its
-        gradient is the per-event gradient with respect to the toy's θ part, without a
-        per-event copy of z in the graph."""
+        plus their toy's θ part (a network without inputs: their toy's mixture, (n, 3 N_G)).
+        What θ enters through, so that its gradient is the per-event gradient with respect
+        to the toy's z, without a per-event copy of z in the graph."""
         assert self.sizes is not None
         pres = []
         with torch.no_grad():
-            for z_net, part in zip(torch.split(z, self.sizes, dim=1), prepared["input_parts"]):
+            for z_net, part, whole in zip(torch.split(z, self.sizes, dim=1),
+                                          prepared["input_parts"], self.per_toy):
                 pre = torch.index_select(z_net, 0, toy.to(z.device))
-                pres.append(pre.add_(part).requires_grad_(leaves))
+                if not whole:
+                    pre.add_(part)
+                pres.append(pre.requires_grad_(leaves))
         return pres
 
     def log_prob(self, prepared: Any, inputs: list[torch.Tensor]) -> torch.Tensor:
         d = self.density
-        cond = torch.stack([d._conditional_pre(i, prepared["u"], pre)
-                            for i, pre in enumerate(inputs)], dim=1)
-        return cond.sum(1) + prepared["logdet"]
+        u = prepared["u"]
+        cond = []
+        for i, (pre, whole) in enumerate(zip(inputs, self.per_toy)):
+            if whole:
+                a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=1)
+                cond.append(_mixture_log_prob(u[:, i], a, mu, sigma))
+            else:
+                cond.append(d._conditional_pre(i, u, pre))
+        return torch.stack(cond, dim=1).sum(1) + prepared["logdet"]
 
     def scores(self, grads: list[torch.Tensor | None], jac: torch.Tensor | None,
                toy: torch.Tensor) -> torch.Tensor | None:
@@ -881,6 +915,7 @@ class _NewtonState:
     last_drop: np.ndarray
     at_kink: np.ndarray
     history: _SecantHistory
+    prev_decrement: np.ndarray
 
 
 def _levenberg_steps(gr: np.ndarray, hr: np.ndarray, damping: np.ndarray,
@@ -1027,32 +1062,47 @@ class _Evaluator:
 
 
 def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-            fixed: np.ndarray, max_iter: int, tol: float, n_iter: np.ndarray | None = None,
-            last_drop: np.ndarray | None = None, at_kink: np.ndarray | None = None,
-            history: _SecantHistory | None = None, noise: float = 0.0) -> _NewtonState:
+            fixed: np.ndarray, max_iter: int, tol: float, noise: float = 0.0,
+            after: _NewtonState | None = None, fresh: bool = False,
+            reuse: bool = False) -> _NewtonState:
     """Projected Levenberg–Newton iterations for all toys; converged toys leave the batch.
 
-    ``n_iter`` and ``last_drop`` (K,) continue an earlier stage from ``theta``: iterations
-    already spent (``max_iter`` bounds the total) and the decrease of its last step;
-    ``at_kink`` (K,): toys it found converged at a kink (the test at ``theta`` counts them
-    as kinked); ``history``: its secant pairs.
     ``noise``: the relative precision of f (float32 bodies, see :func:`fit_batched`): a trial
     may exceed f by that much, and a step's decrease counts as the quadratic model's
-    prediction, since measured differences below the noise mean nothing."""
+    prediction, since measured differences below the noise mean nothing.
+    ``after``: an earlier stage to continue from ``theta`` (its end point): its iterations
+    count towards ``max_iter``; unless ``fresh``, also its secant pairs, the decrease and
+    decrement of its last steps and its kink verdicts (the test at ``theta`` counts toys it
+    found converged at a kink as kinked). ``reuse``: toys it found converged keep its
+    gradients and curvatures (float32 bodies summed in float64: the convergence test gives
+    its verdict again); only their f is evaluated here.
+    """
     rounding = max(_ROUNDING, noise)
     k_toys = theta.shape[0]
     ev = _Evaluator(batch)
-    f, g, hess = ev.derivatives(theta, np.arange(k_toys))
+    if after is not None and reuse:
+        f, g, hess = np.empty(k_toys), after.g.copy(), after.hess.copy()
+        known = np.flatnonzero(after.converged)
+        rest = np.flatnonzero(~after.converged)
+        if len(known):
+            f[known] = ev.values(theta, known)
+        if len(rest):
+            f[rest], g[rest], hess[rest] = ev.derivatives(theta, rest)
+    else:
+        f, g, hess = ev.derivatives(theta, np.arange(k_toys))
     converged = np.zeros(k_toys, dtype=bool)
-    n_iter = np.zeros(k_toys, dtype=int) if n_iter is None else n_iter.copy()
+    n_iter = np.zeros(k_toys, dtype=int) if after is None else after.n_iter.copy()
     damping = np.full(k_toys, _DAMPING_START)
-    last_drop = np.full(k_toys, math.inf) if last_drop is None else last_drop.copy()
-    history = _SecantHistory(theta.shape) if history is None else history.copy()
+    carry = after is not None and not fresh
+    last_drop = after.last_drop.copy() if carry else np.full(k_toys, math.inf)
+    history = after.history.copy() if carry else _SecantHistory(theta.shape)
+    # the decrement before the last step, if that step confirmed the quadratic model
+    prev_decrement = after.prev_decrement.copy() if carry else np.full(k_toys, math.inf)
+    kinked_before = after.at_kink.copy() if carry else np.zeros(k_toys, dtype=bool)
     rejected = np.zeros(k_toys, dtype=int)  # consecutive steps without any descent
     decrement = np.full(k_toys, math.inf)
     final_decrement = decrement.copy()
     running = np.isfinite(f)
-    kinked_before = np.zeros(k_toys, dtype=bool) if at_kink is None else at_kink.copy()
     at_kink = np.zeros(k_toys, dtype=bool)
     for _ in range(max_iter + 1):
         # held: fixed, or at a limit with the gradient pushing outwards (KKT satisfied there)
@@ -1060,12 +1110,16 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         gr, hr = _reduced(g, hess, free)
         # the BHHH curvature corrected by the secant pairs of the last steps
         decrement, pos_def, h_eff, kinked = _secant(gr, hr, history.pairs(free))
-        # smooth: a Newton step would gain less than tol, and the last one did. kink: a recent
+        # smooth: a Newton step would gain less than tol, and the last one did, or it
+        # confirmed the curvature (gave half its predicted decrease and shrank the decrement
+        # tenfold: a curvature off by 1 + ε shrinks it by (ε/(1 + ε))², so ε ≲ ½). kink: a recent
         # step met a kink of a piecewise-smooth f (LeakyReLU networks), where the gradient
         # jumps, and less than _KINK_DECREMENT is left: Newton steps then crawl along valleys
         # under the kinks for gains of that order, as much as the kinks make f uncertain.
         # stalled: the last two (damped, so different) steps found no descent at all.
-        smooth = (decrement < tol) & (np.abs(last_drop) < tol)
+        fast = decrement < _FAST_RATIO * np.where(np.isfinite(prev_decrement),
+                                                  prev_decrement, 0.0)
+        smooth = (decrement < tol) & ((np.abs(last_drop) < tol) | fast)
         kink = (kinked | kinked_before | (rejected >= 2)) & (decrement < _KINK_DECREMENT)
         kinked_before[:] = False
         done = running & pos_def & (smooth | kink)
@@ -1127,13 +1181,18 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             np.where(running, damping * 10.0, damping))
         drop = predicted if noise > 0 else f - new_f
         last_drop = np.where(accepted, drop, np.where(running, 0.0, last_drop))
+        # a step that did what the quadratic model predicted (at least half the decrease, up
+        # to rounding) from a point whose decrement was ``decrement``: see ``fast`` above
+        confirmed = accepted & (f - new_f >= 0.5 * predicted - rounding * np.abs(f))
+        prev_decrement = np.where(confirmed, decrement,
+                                  np.where(running, math.inf, prev_decrement))
         rejected = np.where(accepted, 0, np.where(running, rejected + 1, rejected))
         n_iter[running] += 1
         theta, f, g, hess = new_theta, new_f, new_g, new_hess
         # a toy whose damping ran away has stalled (no descent found even for tiny steps)
         running &= damping <= _DAMPING_MAX
     return _NewtonState(theta, f, g, hess, converged, n_iter, final_decrement, last_drop,
-                        at_kink, history)
+                        at_kink, history, prev_decrement)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1186,10 +1245,12 @@ def fit_batched(
             for an open end), as in :func:`egmm.infer.fit`; e.g. μ ≥ 0 for q̃_μ.
         float32_steps: take the Newton steps of float64 GMMDensity costs with float32
             network bodies, then test (and refine) the minimum in float64 (see the module
-            docstring); about 1.4× faster on a CPU at the default goal, 1.2× at the toy
+            docstring); about 2× faster on a CPU at the default goal, 1.2× at the toy
             calculators' 2e-6 (float32 steps to 2e-4, then float64 ones). ``False``: float64
-            throughout. The results are float64 either way and reach the same goal; at kinks
-            of LeakyReLU networks the two may stop at different points of a kinked valley.
+            throughout. fvals are the costs' float64 values either way and both reach the
+            same goal; at the default goal errors and decrements come from float32 bodies
+            (summed in float64; ~1e-5 relative). At kinks of LeakyReLU networks the two may
+            stop at different points of a kinked valley.
 
     Returns:
         :class:`BatchedFitResult`.
@@ -1253,23 +1314,23 @@ def fit_batched(
     fixed_mask = _fixed(fixed, names, theta0, lo, hi)
     batch.check_yields(torch.as_tensor(theta0))
 
-    theta1, n_iter1, drop1, kink1, history1 = theta0.copy(), None, None, None, None
     low = batch.lowered() if float32_steps else None
-    if low is not None:
+    if low is None:
+        state = _newton(batch, theta0, lo, hi, fixed_mask, int(max_iter), float(tol))
+    else:
         # the steps with float32 network bodies, then the last iterations (at least the
-        # convergence test) in the costs' dtype: every reported number is float64. Goals no
-        # finer than the kinks' precision (the default): the float64 stage continues with the
-        # float32 stage's secant pairs, which show the kinks it met. Finer goals: float32 steps
-        # to the kinks' precision, then a fresh float64 stage (float32 noise in the secant
-        # pairs would look like kinks to its fine test)
+        # convergence test) in the costs' dtype, whose f is reported. Goals no finer than the
+        # kinks' precision (the default): the float64 stage continues with the float32
+        # stage's secant pairs, which show the kinks it met, and keeps its gradients and
+        # curvatures where it converged (their float32 bodies change the decrement by ~1 % of
+        # the goal and the errors by ~1e-5 relative). Finer goals: float32 steps to the kinks'
+        # precision, then a fresh float64 stage (float32 noise in the secant pairs would look
+        # like kinks to its fine test)
         fine = tol < _KINK_DECREMENT
-        first = _newton(low, theta1, lo, hi, fixed_mask, int(max_iter),
+        first = _newton(low, theta0, lo, hi, fixed_mask, int(max_iter),
                         _KINK_DECREMENT if fine else float(tol), noise=_FLOAT32_NOISE)
-        theta1, n_iter1 = first.theta, first.n_iter
-        if not fine:
-            drop1, kink1, history1 = first.last_drop, first.at_kink, first.history
-    state = _newton(batch, theta1, lo, hi, fixed_mask, int(max_iter), float(tol), n_iter1,
-                    drop1, kink1, history1)
+        state = _newton(batch, first.theta, lo, hi, fixed_mask, int(max_iter), float(tol),
+                        after=first, fresh=fine, reuse=not fine)
     k_toys = len(costs)
     values = state.theta.copy()
     fval = state.f.copy()
