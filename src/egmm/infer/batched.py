@@ -1245,7 +1245,7 @@ def fit_batched(
             for an open end), as in :func:`egmm.infer.fit`; e.g. μ ≥ 0 for q̃_μ.
         float32_steps: take the Newton steps of float64 GMMDensity costs with float32
             network bodies, then test (and refine) the minimum in float64 (see the module
-            docstring); about 2× faster on a CPU at the default goal, 1.2× at the toy
+            docstring); about 1.8× faster on a CPU at the default goal, 1.2× at the toy
             calculators' 2e-6 (float32 steps to 2e-4, then float64 ones). ``False``: float64
             throughout. fvals are the costs' float64 values either way and both reach the
             same goal; at the default goal errors and decrements come from float32 bodies
