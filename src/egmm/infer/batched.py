@@ -87,7 +87,7 @@ from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
-from egmm.networks import ConditionalGMMNet
+from egmm.networks import CategoricalNet
 
 __all__ = ["BatchedFitResult", "fit_batched"]
 
@@ -329,16 +329,17 @@ class _GMMParameters(_DensityParameters):
     output is added to the first joint layer (paper Fig. 4). That branch is evaluated once
     per toy (K rows) instead of once per event, and z is its output (all networks, side by
     side); the rest of each network runs per event, as in ``GMMDensity.log_prob_prepared``.
-    A network without inputs (the first observable's mixture, a function of θ alone) runs
-    once per toy entirely: its z is the mixture itself, normalised log amplitudes, means and
-    widths (3 N_G per toy), and per event only the Gaussian terms at u are left.
+    A network without inputs (the first observable's, a function of θ alone) runs once per
+    toy entirely: its z is its output, the normalised mixture (log amplitudes less the
+    truncation normalisations, means and widths: 3 N_G per toy) or the log probabilities of
+    a discrete observable's values, and per event only the Gaussian terms at u, or the pick
+    of the event's value, are left.
     """
 
     def __init__(self, density: Any, dtype: torch.dtype) -> None:
         super().__init__(density, dtype)
         self.sizes: list[int] | None = None
-        self.per_toy = [isinstance(net, ConditionalGMMNet) and net.input_branch is None
-                        for net in density.nets]
+        self.per_toy = [net.input_branch is None for net in density.nets]
 
     def features(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.density
@@ -348,10 +349,14 @@ class _GMMParameters(_DensityParameters):
         for net, part, whole in zip(d.nets, parts, self.per_toy):
             part = part.expand(th.shape[0], -1)
             if whole:  # the whole first joint pre-activation is the θ part plus the bias
-                log_f, mu, sigma = net.mixture(net.input_part(part[:, :0], part))
-                a = log_f - _truncated_log_norm(mu, sigma, d.projection.u_lo,
-                                                d.projection.u_hi)
-                part = torch.cat([a, mu, sigma], dim=1)
+                pre = net.input_part(part[:, :0], part)
+                if isinstance(net, CategoricalNet):
+                    part = net.log_probs(pre)
+                else:
+                    log_f, mu, sigma = net.mixture(pre)
+                    a = log_f - _truncated_log_norm(mu, sigma, d.projection.u_lo,
+                                                    d.projection.u_hi)
+                    part = torch.cat([a, mu, sigma], dim=1)
             out.append(part)
         self.sizes = [p.shape[-1] for p in out]
         return torch.cat(out, dim=1)
@@ -382,9 +387,9 @@ class _GMMParameters(_DensityParameters):
     def event_inputs(self, prepared: Any, z: torch.Tensor, toy: torch.Tensor,
                      leaves: bool) -> list[torch.Tensor]:
         """Per network the events' first joint pre-activations (n, F_i): their input part
-        plus their toy's θ part (a network without inputs: their toy's mixture, (n, 3 N_G)).
-        What θ enters through, so that its gradient is the per-event gradient with respect
-        to the toy's z, without a per-event copy of z in the graph."""
+        plus their toy's θ part (a network without inputs: their toy's output, (n, 3 N_G) or
+        (n, values)). What θ enters through, so that its gradient is the per-event gradient
+        with respect to the toy's z, without a per-event copy of z in the graph."""
         assert self.sizes is not None
         pres = []
         with torch.no_grad():
@@ -401,7 +406,10 @@ class _GMMParameters(_DensityParameters):
         u = prepared["u"]
         cond = []
         for i, (pre, whole) in enumerate(zip(inputs, self.per_toy)):
-            if whole:
+            if whole and isinstance(d.nets[i], CategoricalNet):
+                k = (u[:, i] - d.space.lo[i]).round().long()
+                cond.append(pre.gather(1, k[:, None])[:, 0])
+            elif whole:
                 a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=1)
                 cond.append(_mixture_log_prob(u[:, i], a, mu, sigma))
             else:
