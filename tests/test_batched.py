@@ -138,6 +138,10 @@ def test_validation_runs_migrad_from_the_batched_minimum():
     assert np.all(gain >= -1e-9) and np.all(gain <= 2 * res.decrement + 1e-9)
     assert np.all(np.abs(res.minuit_values - res.values)
                   <= 1.5 * np.sqrt(gain + 1e-10)[:, None] * res.errors)
+    # MIGRAD's first steps are the batched errors
+    for k, r in enumerate(res.fits):
+        init = r.minuit.init_params
+        assert [init[n].error for n in res.parameters] == res.errors[k].tolist()
     hesse = fit_batched(costs[:2], strategy=1, hesse=True)
     assert all(r.fmin["has_accurate_covar"] for r in hesse.fits)
 

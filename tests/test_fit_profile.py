@@ -118,6 +118,25 @@ def test_start_values_and_overrides(model_cost):
         fit(model_cost, start={"mu": 9.0})
 
 
+
+def test_initial_errors_set_migrads_first_steps(model_cost, global_fit):
+    """``errors=`` sets Minuit's initial errors (its first step sizes), the others keep
+    Minuit's default (1 % of each value); the minimum is the same."""
+    best = dict(global_fit.values)
+    default = fit(model_cost, start=best, hesse=False)
+    seeded = fit(model_cost, start=best, hesse=False, errors=dict(global_fit.errors))
+    assert default.valid and seeded.valid
+    assert seeded.fval == pytest.approx(default.fval, abs=2e-4)  # both to the EDM goal
+    init = fit(model_cost, start=best, hesse=False, errors={"mu": 0.25}).minuit.init_params
+    assert init["mu"].error == 0.25
+    assert init["sigma"].error == Minuit(model_cost, **best).errors["sigma"]
+    with pytest.raises(ParameterError, match="unknown"):
+        fit(model_cost, errors={"bogus": 1.0})
+    with pytest.raises(ParameterError, match="initial error of 'mu'"):
+        fit(model_cost, errors={"mu": -1.0})
+    with pytest.raises(ParameterError, match="initial error of 'mu'"):
+        fit(model_cost, errors={"mu": math.nan})
+
 def test_retries_are_recorded(model_cost):
     # far too few calls for MIGRAD to converge. The cost has the exact Hessian (smooth
     # densities): the first retry goes without it, then the usual three

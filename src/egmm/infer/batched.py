@@ -1244,9 +1244,10 @@ def fit_batched(
             at kinks of network densities 2e-4 (see the module docstring).
         validate: finish each converged toy with MIGRAD started at the batched solution and
             report it in ``fits``/``valid``; ``False`` skips Minuit, the fastest.
-        strategy, hesse: of the validation MIGRAD. The defaults (strategy 0, no HESSE) take
-            ~10–20 calls from the minimum; strategy 1 with HESSE errors takes ~40–80, about
-            as many as a fit from the generation point.
+        strategy, hesse: of the validation MIGRAD, whose first steps are the batched
+            errors. The defaults (strategy 0, no HESSE) take ~10–15 calls from the minimum
+            (paper toy: 12.4, 15.4 with Minuit's default steps); strategy 1 with HESSE
+            errors takes ~40–80, about as many as a fit from the generation point.
         minuit_tol: Minuit's ``tol`` for the validation and the fallback fits (the fallback
             is :func:`egmm.infer.fit` with its defaults otherwise: the reference path).
         limits: name -> (lo, hi) replacing the costs' limits of those parameters (``None``
@@ -1360,7 +1361,12 @@ def fit_batched(
             errors[k] = [res.errors[n] for n in names]
             fval[k] = res.fval
         elif validate:
-            res = fit(cost, dict(zip(names, state.theta[k].tolist())), **checks)
+            # MIGRAD's first steps sized by the batched errors (its default, 1 % of each
+            # value, is far from them): ~20 % fewer calls from the batched minimum
+            steps = {n: float(e) for n, e, f in zip(names, errors[k], fixed_mask)
+                     if not f and math.isfinite(e) and e > 0}
+            res = fit(cost, dict(zip(names, state.theta[k].tolist())), errors=steps or None,
+                      **checks)
         else:
             continue
         fits[k] = res

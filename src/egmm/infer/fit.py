@@ -319,10 +319,12 @@ def make_minuit(
     limits: Mapping[str, tuple[float | None, float | None]] | None = None,
     strategy: int = 1,
     tol: float | None = None,
+    errors: Mapping[str, float] | None = None,
 ) -> Minuit:
     """A configured ``Minuit`` for ``cost``: defaults from :func:`start_values`, suggested
-    fixed parameters (pyhf), the user's ``start``, ``fixed`` (names, or name -> value) and
-    ``limits`` (name -> (lo, hi), overriding the cost's)."""
+    fixed parameters (pyhf), the user's ``start``, ``fixed`` (names, or name -> value),
+    ``limits`` (name -> (lo, hi), overriding the cost's) and ``errors`` (name -> initial error
+    estimate, MIGRAD's first step sizes; Minuit's default is 1 % of the start value)."""
     names = list(describe(cost))
     values = start_values(cost)
     if start is not None:
@@ -359,6 +361,13 @@ def make_minuit(
         m.values[n] = _middle(lo, hi, v)
     for n in fix_names:
         m.fixed[n] = True
+    if errors is not None:
+        _check_names(errors, names, "errors")
+        for n, e in errors.items():
+            if not (isinstance(e, (int, float, np.floating)) and math.isfinite(e) and e > 0):
+                raise ParameterError(f"initial error of {n!r} must be a positive number, "
+                                     f"got {e!r}")
+            m.errors[n] = float(e)
     m.strategy = strategy
     if tol is not None:
         m.tol = tol
@@ -409,6 +418,7 @@ def fit(
     ncall: int | None = None,
     hesse: bool = True,
     seed: int = 0,
+    errors: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Minimise ``cost`` (−2 ln L, errordef 1) with MIGRAD; errors from HESSE.
 
@@ -437,6 +447,8 @@ def fit(
         ncall: call limit per MIGRAD (Minuit's heuristic if None).
         hesse: run HESSE at a valid minimum for accurate errors.
         seed: for the perturbed restart.
+        errors: name -> initial error estimate (MIGRAD's first step sizes; Minuit's default
+            is 1 % of each start value): e.g. the errors of an earlier fit of the same model.
 
     Example:
         >>> from iminuit.cost import NormalConstraint
@@ -444,7 +456,8 @@ def fit(
         >>> res.valid, round(res.values["b"], 6), round(res.errors["b"], 6)
         (True, 2.0, 0.2)
     """
-    m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol)
+    m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol,
+                    errors=errors)
     start_point = np.array(m.values, dtype=np.float64)
     m.migrad(ncall=hessian_call_limit(m, ncall), iterate=1 if uses_exact_hessian(m) else 5)
     log: list[Retry] = []
