@@ -1246,7 +1246,7 @@ def fit_batched(
             report it in ``fits``/``valid``; ``False`` skips Minuit, the fastest.
         strategy, hesse: of the validation MIGRAD, whose first steps are the batched
             errors. The defaults (strategy 0, no HESSE) take ~10–15 calls from the minimum
-            (paper toy: 12.4, 15.4 with Minuit's default steps); strategy 1 with HESSE
+            (paper toy: 12.2, 15.4 with Minuit's default steps); strategy 1 with HESSE
             errors takes ~40–80, about as many as a fit from the generation point.
         minuit_tol: Minuit's ``tol`` for the validation and the fallback fits (the fallback
             is :func:`egmm.infer.fit` with its defaults otherwise: the reference path).
