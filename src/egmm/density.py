@@ -155,12 +155,7 @@ def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.
     normalisations log(2 Z_g σ_g) in one log (:func:`_truncated_log_norm`), and every
     constant added once per event at the end.
     """
-    log_norm = _truncated_log_norm(mu, sigma, lo, hi)
-    z = (u.unsqueeze(-1) - mu) / sigma
-    t = torch.addcmul(log_f, z, z, value=-0.5)
-    graph = any(records_graph(x) for x in (log_f, mu, sigma))
-    t = t - log_norm if graph else t.sub_(log_norm)
-    return _logsumexp(t, overwrite=True) + (_LOG_2 - _LOG_SQRT_2PI)
+    return _mixture_log_prob(u, log_f - _truncated_log_norm(mu, sigma, lo, hi), mu, sigma)
 
 
 def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
