@@ -59,6 +59,12 @@ def test_tutorial_02_limits_and_coverage(tmp_path):
     assert abs(mu.pull_width - 1) < 3 * mu.pull_width_error
     (c68,) = [c for c in study.coverage if c.parameters == ("mu",) and c.cl == 0.6827]
     assert abs(c68.deviation) < 3
+    # the same toys fitted a batch at a time give the same CLs: their statistics agree with
+    # the Minuit loop's to the fits' tolerance, so at most a toy right at the observed value
+    # could change sides (one toy of CLs+b: 1/(ntoys·CLb))
+    check = r["batched_check"]
+    assert abs(check["cls_batched"] - check["cls_loop"]) <= 1.0 / (check["ntoys"]
+                                                                  * check["clb_loop"])
     for png in ("brazil.png", "coverage.png"):
         assert (tmp_path / png).stat().st_size > 20_000
 
