@@ -265,6 +265,25 @@ def test_bad_input(trained_2d):
         trained_2d.sample(-1, {"c": 0.0})
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_folded_heads_equal_the_three_heads(dtype):
+    """Frozen weights: the three heads run as one batched product with their output maps
+    folded in (float64: padded to 24 columns for the BLAS kernels); the mixture equals the
+    one the training path computes from the three heads as written."""
+    from egmm.networks import ConditionalGMMNet
+
+    torch.manual_seed(4)
+    net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0)
+    pre = torch.randn(300, net.joint.out_features, dtype=dtype)
+    written = net.mixture(pre)  # trainable weights: three products and the output maps
+    net.requires_grad_(False)
+    folded = net.mixture(pre.clone())
+    for a, b in zip(written, folded):
+        assert b.shape == (300, 20) and b.is_contiguous()
+        torch.testing.assert_close(b, a.detach(), rtol=1e-5 if dtype == torch.float32 else 1e-12,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-12)
+
 def test_capped_logsumexp_equals_torch_logsumexp():
     # terms more than 80 below the largest are evaluated at −80: a change below float64
     # rounding of the result; rows of −inf stay −inf

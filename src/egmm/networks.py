@@ -64,6 +64,14 @@ def init_linear(layer: nn.Linear, first: bool) -> None:
 _CAST_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
+# Output columns of the folded heads' product are padded (with zeros) to a multiple of this,
+# per dtype: MKL's float64 kernels for a (N × 60) @ (60 × 20) product run at ~14 GFLOP/s on
+# this project's CPUs, 60 → 24 at ~31; in float32 the unpadded product is as fast (and the
+# slicing afterwards costs more than it gains). Measured on the paper-size model, float64,
+# 4096 events: sample ~10 % and log_prob ~3 % faster.
+_HEAD_COLUMNS = {torch.float64: 8}
+
+
 def _frozen(*tensors: torch.Tensor) -> bool:
     return not any(t.requires_grad for t in tensors)
 
@@ -248,7 +256,11 @@ class ConditionalGMMNet(_BranchedNet):
             bias = torch.stack([head_f.bias.to(dtype) * self.s_f,
                                 head_mu.bias.to(dtype) * self.s_mu + self.centers.to(dtype),
                                 head_s.bias.to(dtype) * self.s_sigma + self.sigma_offset])
-            return weight, bias.unsqueeze(1)
+            bias = bias.unsqueeze(1)
+            pad = (-self.n_gauss) % _HEAD_COLUMNS.get(dtype, 1)
+            if pad:  # zero columns: a product whose width suits the BLAS kernels
+                weight, bias = F.pad(weight, (0, pad)), F.pad(bias, (0, pad))
+            return weight, bias
 
         return _cached(self, self._head_tensors(), dtype, build)
 
@@ -279,7 +291,10 @@ class ConditionalGMMNet(_BranchedNet):
         lead = h.shape[:-1]
         z = h.reshape(-1, 3, self.head_width).transpose(0, 1)
         weight, bias = self._folded_heads(h.dtype)
-        out = torch.baddbmm(bias, z, weight).reshape(3, *lead, self.n_gauss)
+        out = torch.baddbmm(bias, z, weight)
+        if out.shape[-1] != self.n_gauss:  # padded: the components' columns, contiguous
+            out = out[..., :self.n_gauss].contiguous()
+        out = out.reshape(3, *lead, self.n_gauss)
         log_f = torch.log_softmax(out[0], dim=-1)
         sigma = F.softplus(out[2])
         sigma = sigma + self.eps if records_graph(sigma) else sigma.add_(self.eps)
