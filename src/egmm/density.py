@@ -477,13 +477,14 @@ class GMMDensity(TrainedModel, SavableModel):
                 k = _draw_index(net.log_probs(pre, fresh=True).expand(n, -1), gen)
                 u[:, i] = k.to(f64) + self.space.lo[i]
             else:
-                log_f, mu, sigma = net.mixture(pre, fresh=True)
-                log_f, mu, sigma = (t.expand(n, -1) for t in (log_f, mu, sigma))
+                # the widths of the drawn components only
+                log_f, mu, raw = net.mixture(pre, fresh=True, raw_widths=True)
+                log_f, mu, raw = (t.expand(n, -1) for t in (log_f, mu, raw))
                 pick = _draw_index(log_f, gen)[:, None]
                 r = torch.rand(n, dtype=f64, generator=gen).to(self.device)
+                sigma = net.widths(raw.gather(1, pick)[:, 0])
                 u[:, i] = _sample_truncated_normal(mu.gather(1, pick)[:, 0].to(f64),
-                                                   sigma.gather(1, pick)[:, 0].to(f64),
-                                                   lo, hi, r)
+                                                   sigma.to(f64), lo, hi, r)
             scaled = (u[:, i] - self.module.input_lo[i]) * self.module.input_scale[i] - 2.0
             inputs[:, i] = scaled.to(dtype)
         return u

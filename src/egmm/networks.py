@@ -267,11 +267,19 @@ class ConditionalGMMNet(_BranchedNet):
     def _head_tensors(self) -> list[torch.Tensor]:
         return [t for head in self.heads for t in (head.weight, head.bias)]
 
-    def mixture(self, pre: torch.Tensor, fresh: bool = False
+    def widths(self, raw: torch.Tensor) -> torch.Tensor:
+        """σ = softplus(raw) + ε from the width pre-activations ``mixture(raw_widths=True)``
+        returns."""
+        sigma = F.softplus(raw)
+        return sigma + self.eps if records_graph(sigma) else sigma.add_(self.eps)
+
+    def mixture(self, pre: torch.Tensor, fresh: bool = False, raw_widths: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """First joint pre-activation (..., first_out) → (log amplitudes, means, widths).
 
-        ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place)."""
+        ``fresh``: ``pre`` is a temporary the caller does not keep (activated in place).
+        ``raw_widths``: the widths' pre-activations instead (:meth:`widths` maps them), for a
+        caller that needs the widths of a few components only (sampling)."""
         h = self._act_fresh(pre) if fresh else self._act(pre)
         for layer in self.trunk:
             h = self._act_fresh(_linear(layer, h))
@@ -284,8 +292,8 @@ class ConditionalGMMNet(_BranchedNet):
                                   zip(self.heads, h.split(self.head_width, dim=-1)))
             log_f = torch.log_softmax(self.s_f * z_f, dim=-1)
             mu = self.s_mu * z_mu + self.centers.to(h.dtype)
-            sigma = F.softplus(self.s_sigma * z_sigma + self.sigma_offset) + self.eps
-            return log_f, mu, sigma
+            raw = self.s_sigma * z_sigma + self.sigma_offset
+            return log_f, mu, raw if raw_widths else self.widths(raw)
         # frozen weights: the three heads read column blocks of h, as one batched product
         # over strided views, with the output maps folded into the (cached) weights
         lead = h.shape[:-1]
@@ -296,8 +304,7 @@ class ConditionalGMMNet(_BranchedNet):
             out = out[..., :self.n_gauss].contiguous()
         out = out.reshape(3, *lead, self.n_gauss)
         log_f = torch.log_softmax(out[0], dim=-1)
-        sigma = F.softplus(out[2])
-        sigma = sigma + self.eps if records_graph(sigma) else sigma.add_(self.eps)
+        sigma = out[2] if raw_widths else self.widths(out[2])
         return log_f, out[1], sigma
 
 
