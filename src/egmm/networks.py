@@ -66,7 +66,7 @@ _CAST_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]] = weakref.Wea
 
 # Output columns of the folded heads' product are padded (with zeros) to a multiple of this,
 # per dtype: MKL's float64 kernels for a (N × 60) @ (60 × 20) product run at ~14 GFLOP/s on
-# this project's CPUs, 60 → 24 at ~31; in float32 the unpadded product is as fast (and the
+# the AMD EPYC of the benchmarks, 60 → 24 at ~31; in float32 the unpadded product is as fast (the
 # slicing afterwards costs more than it gains). Measured on the paper-size model, float64,
 # 4096 events: sample ~10 % and log_prob ~3 % faster.
 _HEAD_COLUMNS = {torch.float64: 8}
