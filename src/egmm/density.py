@@ -332,13 +332,16 @@ class GMMDensity(TrainedModel, SavableModel):
         """(N,) log p_i(u_i | u_<i, θ) of network ``i`` from its precomputed branch parts."""
         return self._conditional_pre(i, u, input_part + theta_part)
 
+    def _category(self, u: torch.Tensor, i: int) -> torch.Tensor:
+        """(N,) index of each event's value of discrete observable ``i`` among its values."""
+        return (u[:, i] - self.space.lo[i]).round().long()
+
     def _conditional_pre(self, i: int, u: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """As :meth:`conditional` from the whole (temporary) first joint pre-activation."""
         net = self.nets[i]
         if isinstance(net, CategoricalNet):
             logp = net.log_probs(pre, fresh=True)
-            k = (u[:, i] - self.space.lo[i]).round().long()
-            return logp.expand(u.shape[0], -1).gather(1, k[:, None])[:, 0]
+            return logp.expand(u.shape[0], -1).gather(1, self._category(u, i)[:, None])[:, 0]
         log_f, mu, sigma = net.mixture(pre, fresh=True)
         return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma,
                                            self.projection.u_lo, self.projection.u_hi)
@@ -507,7 +510,7 @@ class GMMDensity(TrainedModel, SavableModel):
                 pre = input_parts[i] + theta_parts[i]
                 if isinstance(net, CategoricalNet):
                     p = net.log_probs(pre).exp().expand(len(xv), -1)
-                    k = (u[:, i] - self.space.lo[i]).round().long()[:, None]
+                    k = self._category(u, i)[:, None]
                     below = torch.cumsum(p, 1).gather(1, k)[:, 0] - p.gather(1, k)[:, 0]
                     cols.append(below + 0.5 * p.gather(1, k)[:, 0])
                 else:

@@ -407,8 +407,7 @@ class _GMMParameters(_DensityParameters):
         cond = []
         for i, (pre, whole) in enumerate(zip(inputs, self.per_toy)):
             if whole and isinstance(d.nets[i], CategoricalNet):
-                k = (u[:, i] - d.space.lo[i]).round().long()
-                cond.append(pre.gather(1, k[:, None])[:, 0])
+                cond.append(pre.gather(1, d._category(u, i)[:, None])[:, 0])
             elif whole:
                 a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=1)
                 cond.append(_mixture_log_prob(u[:, i], a, mu, sigma))
