@@ -17,7 +17,8 @@ pytest.importorskip("zuko")
 def flow(request):
     x, th = toy_2d(400)
     space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
-    proj = LatentProjection.fit(space, x)
+    # 20 knots (the smoothed default's 1000 would make the 2-D quadrature below 2500× larger)
+    proj = LatentProjection.fit(space, x, n_knots=20)
     torch.manual_seed(0)
     model = FlowDensity(space, ["c"], proj, kind=request.param, transforms=2,
                         hidden_features=(16, 16))
