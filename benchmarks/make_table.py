@@ -42,6 +42,9 @@ HOW_TO_RUN = [
     ("cusp_scan.py", "Δ(−2 ln L) scans through a demo dataset split by observable, true pdf vs "
      "trained models: which conditional makes a model's likelihood too flat",
      "python benchmarks/cusp_scan.py --model M.egmm [--model ...]", "seconds"),
+    ("score_bias.py", "the MLE bias (in σ for N = 400) a trained model's expected score "
+     "implies at off-cusp points: what KL does not measure",
+     "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]", "~1 min/model"),
     ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
      "instant"),
 ]
@@ -383,6 +386,8 @@ def goals(results: dict[str, Any]) -> str:
                     else f", {setup['n_gauss']} Gaussians")
                  + ("" if setup.get("theta_features", "linear") == "linear"
                     else f", θ features {setup['theta_features']}")
+                 + ("" if setup.get("projection_bandwidth", 0) == 0
+                    else ", smoothed projection")
                  + ("" if setup.get("seed", 0) == 0 else f", seed {setup['seed']}")
                  + ("" if setup.get("schedule", "plateau") == "plateau"
                     else f", {setup['schedule']} schedule, {setup.get('max_epochs')} epochs, "

@@ -232,3 +232,35 @@ def test_toys_vectorised_json_and_table(tmp_path):
     assert f"### toys_vectorised_variant.json ({r['description']})" in text
     assert text.count("| model | batched toys/s |") == 2
     assert data["machine"]["cpu"] in text
+
+
+def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_path):
+    """δθ = I⁻¹(E[s_model] − E[s_true]) on the same events: the true pdf as the model gives 0
+    (up to the central difference's error); an untrained model's mean score is the finite
+    difference of its mean log density."""
+    import numpy as np
+    import torch
+
+    from egmm import GMMDensity, LatentProjection
+    from egmm.demo import true_density
+    from egmm.groundtruth import PaperToy
+    from helpers import SMALL
+
+    sb = _load("score_bias")
+    toy = PaperToy()
+    proj = LatentProjection.fit(toy.space, toy.sample(2000, 0.0, 0.0, seed=3), f=0.5)
+    torch.manual_seed(0)
+    model = GMMDensity(toy.space, ["cx", "cy"], proj, **SMALL)
+    points, summary = sb.shifts([("truth", true_density(toy)), ("m", model)], toy, 3000, 400,
+                                seed=5, points=((0.8, -0.8), (-0.3, 0.6)))
+    assert [p["cx"] for p in points] == [0.8, -0.3]
+    assert summary["truth"]["max_abs"] < 1e-5
+    assert summary["m"]["max_abs"] > 0.1  # an untrained model is far off
+    x = toy.sample(500, 0.4, 0.6, seed=9)
+    h = 1e-6
+    fd = [(model.log_prob(x, [0.4 + h, 0.6]).mean() - model.log_prob(x, [0.4 - h, 0.6]).mean())
+          / (2 * h),
+          (model.log_prob(x, [0.4, 0.6 + h]).mean() - model.log_prob(x, [0.4, 0.6 - h]).mean())
+          / (2 * h)]
+    np.testing.assert_allclose(sb.mean_model_score(model, x, 0.4, 0.6), fd, rtol=1e-5,
+                               atol=1e-7)
