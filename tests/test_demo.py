@@ -423,6 +423,49 @@ def test_demo_averages_several_model_files(quick_run, tmp_path):
                      None, [out / "model.egmm", tmp_path / "missing.egmm"])
 
 
+def test_demo_config_members():
+    """The default mode averages two independently trained models; full and quick train one;
+    members get their own seeds (member 0 the run's), all else equal."""
+    assert demo_config().members == 2 and demo_config().max_epochs == 5
+    assert demo_config(full=True).members == demo_config(quick=True).members == 1
+    cfg = demo_config(members=3)
+    seeds = [cfg.member_seed(k) for k in range(3)]
+    assert seeds[0] == cfg.seed and len(set(seeds)) == 3
+    assert seeds == [demo_config(members=3).member_seed(k) for k in range(3)]  # fixed
+    assert demo_config(seed=1, members=3).member_seed(1) != seeds[1]
+    member = cfg.member(2)
+    assert (member.seed, member.members) == (seeds[2], 1)
+    assert member.model_key() == {**cfg.model_key(), "seed": seeds[2]}
+    for bad in (0, -1, True):
+        with pytest.raises(InputError, match="members"):
+            demo_config(members=bad)
+    assert build_parser().parse_args(["demo", "--out", "d", "--members", "3"]).members == 3
+    assert build_parser().parse_args(["demo", "--out", "d"]).members is None
+
+
+def test_demo_trains_and_reuses_ensemble_members(tmp_path):
+    from egmm import EnsembleDensity
+    from egmm.demo import _Clock, _train_model
+
+    cfg = demo_config(quick=True, members=2)
+    messages: list[str] = []
+    model, meta = _train_model(tmp_path, cfg, PaperToy(), messages.append, False, _Clock())
+    assert isinstance(model, EnsembleDensity) and len(model.members) == 2
+    assert meta["ensemble"] == 2 and not meta["reused"] and len(meta["members"]) == 2
+    for k in range(2):
+        assert json.loads((tmp_path / f"member{k}.json").read_text())["config"]["seed"] == (
+            cfg.member_seed(k))
+    x = PaperToy().sample(20, 0.3, -0.3, seed=1)
+    a, b = (m.log_prob(x, [0.3, -0.3]) for m in model.members)
+    assert not np.allclose(a, b)  # independently trained
+    np.testing.assert_allclose(model.log_prob(x, [0.3, -0.3]),
+                               np.logaddexp(a, b) - np.log(2.0), rtol=1e-12)
+    # a second run reuses both members
+    again, meta2 = _train_model(tmp_path, cfg, PaperToy(), messages.append, False, _Clock())
+    assert meta2["reused"] and sum("reusing" in m for m in messages) == 2
+    np.testing.assert_allclose(again.log_prob(x, [0.3, -0.3]), model.log_prob(x, [0.3, -0.3]))
+
+
 def test_demo_restarts_training_from_an_unusable_checkpoint(tmp_path, capsys):
     # a checkpoint this version cannot resume (another format, a corrupt file) is reported and
     # replaced, not a dead end

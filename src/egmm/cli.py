@@ -84,8 +84,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
                    help="training events per grid point (default 30000; --full 50000)")
     p.add_argument("--max-epochs", type=_positive_int, metavar="N",
-                   help="training epochs (default 11, a fixed cosine budget; --full: at most "
-                        "1000, early stopping)")
+                   help="training epochs per model (default 5, a fixed cosine budget; "
+                        "--full: at most 1000, early stopping)")
     # egmm.training.SCHEDULES, spelled out
     p.add_argument("--schedule", choices=("plateau", "cosine"), default=None,
                    help="learning-rate schedule: cosine (default: a fixed budget of "
@@ -98,6 +98,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validation", type=float, default=None, metavar="F",
                    help="fraction of the events held out for validation (default 0.2; paper "
                         "and --full: 0.4)")
+    p.add_argument("--members", type=_positive_int, default=None, metavar="N",
+                   help="models trained independently (own data, projection, initialisation "
+                        "and split) and averaged (default 2; --full and --quick: 1)")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
@@ -123,7 +126,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                        max_epochs=args.max_epochs, threads=args.threads, model=args.model,
                        workers=args.workers, design=args.design,
                        theta_features=args.theta_features, schedule=args.schedule,
-                       lr=args.lr, batch_size=args.batch_size, validation=args.validation)
+                       lr=args.lr, batch_size=args.batch_size, validation=args.validation,
+                       members=args.members)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

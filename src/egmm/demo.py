@@ -5,11 +5,12 @@
    sees the likelihood's cusps at cx = 0 and cy = 0 from close by), on the 49-point grid, or
    with parameters drawn uniformly over the trained square, one per event
    (:meth:`PaperToy.training_data_uniform`).
-2. Fit the latent projection on the c = (0, 0) sample (f = 0.5), build the Table 6
+2. Fit the latent projection on the c = (0, 0) sample (f = 0.5, smoothed), build the Table 6
    :class:`~egmm.GMMDensity` (by default with |cx|, |cy| as extra network inputs,
-   ``theta_features="abs"``) and :func:`~egmm.train` it (by default for a fixed budget of 11
+   ``theta_features="abs"``) and :func:`~egmm.train` it (by default for a fixed budget of 5
    epochs along a cosine; ``full``: the paper's recipe; resumable; a finished model whose
-   configuration matches is reused).
+   configuration matches is reused). By default two such models are trained independently
+   (own data, projection, initialisation and split) and averaged (:class:`~egmm.EnsembleDensity`).
 3. For each of the nine datasets of Fig. 16 (true c ∈ {−0.8, 0, 0.8}², N = 400 events drawn
    from the true pdf) build two costs on the same events — the exact toy pdf and the trained
    model — and compute the MLE and the 68.27 % / 95.45 % profile-likelihood regions with the
@@ -20,7 +21,8 @@
    ratio of region areas model/true. Targets: |ΔMLE| < 0.25 σ and areas within 10 %.
 
 Outputs in the chosen folder: ``fig16.png``, ``table.md``, ``results.json``, the model
-(``model.egmm`` with ``model.json``) and its training history (``history.json``).
+(``model.egmm`` with ``model.json``) and its training history (``history.json``); with several
+members ``member<k>.egmm`` / ``.json`` / ``-history.json`` for each.
 
 The true pdf depends on |cx| and |cy|, so its likelihood has cusps along cx = 0 and cy = 0,
 and near-mirror minima (only p2 tells the signs of cx and cy apart). Every MLE is therefore the
@@ -49,7 +51,7 @@ import platform
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,9 @@ _DATASET_KEY = 16
 # the uniform design's projection sample (it has no c = (0, 0) events of its own; its
 # training data use SeedSequence(seed) itself, so no grid child key can coincide)
 _PROJECTION_KEY = 17
+# ensemble member k ≥ 1 trains from SeedSequence(seed, spawn_key=(_MEMBER_KEY, k)) (member 0
+# from the seed itself, as a single model does)
+_MEMBER_KEY = 18
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
 
@@ -135,6 +140,9 @@ class DemoConfig:
         contour_size: vertices per confidence region.
         seed: seeds the training data, the network initialisation, the split and the nine
             test datasets.
+        members: models trained independently (each its own training data, projection,
+            initialisation and split: :meth:`member_seed`) and averaged by
+            :class:`~egmm.EnsembleDensity`; 1: a single model.
         design: the training parameters: "dense" (default: the paper's 81-point grid, which
             adds cx, cy = ±0.2 to the 49-point one so that the model sees the likelihood's
             cusps at cx = 0 and cy = 0 from close by), "grid" (the paper's 49-point grid),
@@ -160,6 +168,21 @@ class DemoConfig:
     train_threads: int = 1
     train_workers: int = 1
     design: str = "dense"
+    members: int = 1
+
+    def member_seed(self, k: int) -> int:
+        """The seed member ``k`` is trained with: ``seed`` itself for member 0, for k ≥ 1 one
+        drawn from ``SeedSequence(seed, spawn_key=(18, k))`` (independent of the test
+        datasets' and the other members' streams)."""
+        if k == 0:
+            return self.seed
+        # 32 bits: train() derives per-epoch torch seeds from it by multiplication
+        return int(np.random.SeedSequence(self.seed, spawn_key=(_MEMBER_KEY, k))
+                   .generate_state(1)[0])
+
+    def member(self, k: int) -> DemoConfig:
+        """The configuration member ``k`` is trained with (its seed, one member)."""
+        return replace(self, seed=self.member_seed(k), members=1)
 
     @property
     def grid(self) -> np.ndarray | None:
@@ -216,6 +239,7 @@ class DemoConfig:
             "grid": (f"PaperToy.{_GRID_NAMES[self.design]}" if self.design in _GRID_NAMES
                      else "uniform over [-1.5, 1.5]^2"),
             "projection_f": 0.5,
+            "projection_bandwidth": "auto",  # LatentProjection.fit's smoothed reference CDF
             "egmm_version": __version__,
         }
 
@@ -225,15 +249,16 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 train_threads: int = 1, train_workers: int | None = None,
                 design: str = "dense", theta_features: str | None = None,
                 schedule: str | None = None, lr: float | None = None,
-                batch_size: int | None = None, validation: float | None = None
-                ) -> DemoConfig:
+                batch_size: int | None = None, validation: float | None = None,
+                members: int | None = None) -> DemoConfig:
     """The configuration of a run.
 
     Default: 30,000 events at each of the 81 points of the dense grid, the paper's network
     (Table 6) with |cx|, |cy| as extra inputs (``theta_features="abs"``: the toy's
-    likelihood has cusps at cx = 0 and cy = 0), trained for a fixed budget of 11 epochs
-    (cosine schedule from lr 2e-3, batches of 1000, 20 % validation): about 10 minutes with
-    two worker processes on a 2-core CPU. ``full``: the paper's recipe (50,000 events per
+    likelihood has cusps at cx = 0 and cy = 0), trained for a fixed budget of 5 epochs
+    (cosine schedule from lr 2e-3, batches of 1000, 20 % validation), two such models
+    (``members``) trained independently and averaged: about 10 minutes with two worker
+    processes on a 2-core CPU. ``full``: the paper's recipe (50,000 events per
     point, its linear inputs, batch 500, lr 1e-3 halved on plateaus, 40 % validation, early
     stopping; an hour or more on a CPU). ``quick``: a few hundred events, one epoch of a
     small network and coarse regions (a smoke test, not a result). ``events_per_point``,
@@ -243,6 +268,8 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     """
     if full and quick:
         raise InputError("demo: choose at most one of full and quick")
+    if members is not None and (isinstance(members, bool) or int(members) < 1):
+        raise InputError(f"members must be ≥ 1, got {members}")
     if train_workers is None:
         train_workers = 2 if (os.cpu_count() or 1) >= 2 and not quick else 1
     if design not in DESIGNS:
@@ -261,11 +288,14 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                          network={"n_gauss": 4, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2},
                          **common)
     else:
-        # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Benchmarks"):
-        # KL 0.0052 nats/event in ~10 min on a 2-core CPU (the paper's plateau schedule needs
-        # ~30 min for 0.0051-0.0055); |cx|, |cy| as network inputs: the toy's cusps
-        cfg = DemoConfig("default", 30_000, 11, batch_size=1000, lr=2e-3, schedule="cosine",
-                         validation=0.2, network={"theta_features": "abs"}, **common)
+        # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Benchmarks"),
+        # two members of 5 epochs each (~12 min with the fits on a 2-core CPU): each reaches
+        # KL ~0.002 nats/event, and averaging two independently trained models shrinks the
+        # part of their θ-dependence errors that is training noise; |cx|, |cy| as network
+        # inputs: the toy's cusps
+        cfg = DemoConfig("default", 30_000, 5, batch_size=1000, lr=2e-3, schedule="cosine",
+                         validation=0.2, network={"theta_features": "abs"}, members=2,
+                         **common)
     changes: dict[str, Any] = {}
     if events_per_point is not None:
         if int(events_per_point) < 50:
@@ -282,6 +312,8 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         if theta_features == "linear":  # GMMDensity's default: keep the key of older runs
             del network["theta_features"]
         changes["network"] = network
+    if members is not None:
+        changes["members"] = int(members)
     for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
                               ("batch_size", batch_size, int), ("validation", validation, float)):
         if value is not None:
@@ -563,8 +595,9 @@ class _Clock:
         try:
             yield
         finally:
-            self.wall[name] = time.perf_counter() - wall
-            self.cpu[name] = _cpu_seconds() - cpu
+            # repeated stages (one training per ensemble member) add up
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + _cpu_seconds() - cpu
 
     def total(self) -> float:
         return time.perf_counter() - self.start
@@ -588,9 +621,10 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _load_matching_model(out: Path, key: Mapping[str, Any]) -> tuple[GMMDensity, dict] | None:
-    """The finished model in ``out`` if its recorded configuration equals ``key``."""
-    meta_path, model_path = out / "model.json", out / "model.egmm"
+def _load_matching_model(out: Path, key: Mapping[str, Any], name: str = "model"
+                         ) -> tuple[GMMDensity, dict] | None:
+    """The finished model ``name`` in ``out`` if its recorded configuration equals ``key``."""
+    meta_path, model_path = out / f"{name}.json", out / f"{name}.egmm"
     if not (meta_path.is_file() and model_path.is_file()):
         return None
     try:
@@ -648,15 +682,34 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
         ensemble = EnsembleDensity([load_paper_toy_model(q) for q in paths])
         return ensemble, {"source": [str(q) for q in paths], "ensemble": len(paths),
                           "epochs": "?", "reused": True}
+    if cfg.members == 1:
+        return _train_one(out, cfg, toy, say, progress, clock, "model", "")
+    members, metas = [], []
+    for k in range(cfg.members):
+        model, meta = _train_one(out, cfg.member(k), toy, say, progress, clock, f"member{k}",
+                                 f" (member {k + 1} of {cfg.members})")
+        members.append(model)
+        metas.append(meta)
+    say(f"      the model is the average of the {cfg.members} members (EnsembleDensity)")
+    return EnsembleDensity(members), {
+        "ensemble": cfg.members, "members": metas,
+        "epochs": metas[0]["epochs"] if len({m["epochs"] for m in metas}) == 1 else "?",
+        "reused": all(m["reused"] for m in metas)}
+
+
+def _train_one(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bool,
+               clock: _Clock, name: str, which: str) -> tuple[GMMDensity, dict[str, Any]]:
+    """Stages 1-2 for one model, saved as ``name``.egmm / .json in ``out`` (or reused from
+    there if its configuration matches)."""
     key = cfg.model_key()
-    found = _load_matching_model(out, key)
+    found = _load_matching_model(out, key, name)
     if found is not None:
         model, meta = found
-        say(f"[1-2/4] reusing the trained model {out / 'model.egmm'} "
+        say(f"[1-2/4] reusing the trained model {out / (name + '.egmm')}{which} "
             f"(same configuration; delete it to retrain)")
         return model, {**meta, "reused": True}
 
-    say(f"[1/4] generating the paper toy: {cfg.describe_design()}")
+    say(f"[1/4] generating the paper toy{which}: {cfg.describe_design()}")
     with clock.stage("data"):
         x, theta = cfg.training_data(toy)
         x_ref = cfg.projection_events(toy, x, theta)
@@ -678,7 +731,7 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
     budget = (f"{cfg.max_epochs} epochs, learning rate {cfg.lr:g} falling along a cosine"
               if cfg.schedule == "cosine" else
               f"at most {cfg.max_epochs} epochs (early stopping after 8 without improvement)")
-    say(f"[2/4] training {model!r} on {len(x):,} events: {budget}, {where}; "
+    say(f"[2/4] training{which} {model!r} on {len(x):,} events: {budget}, {where}; "
         f"checkpoint {ckpt.name} (Ctrl-C safe: rerun to resume)")
     def run() -> TrainingHistory:
         return train(model, x, theta, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
@@ -686,6 +739,7 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
                      seed=cfg.seed, checkpoint=ckpt, resume=True, progress=progress,
                      workers=cfg.train_workers)
 
+    wall0, cpu0 = clock.wall.get("training", 0.0), clock.cpu.get("training", 0.0)
     with clock.stage("training"), _torch_threads(cfg.train_threads):
         try:
             history = run()
@@ -694,30 +748,32 @@ def _train_model(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: 
             for old in out.glob(ckpt.name + "*"):
                 old.unlink()
             history = run()
-    (out / "model.json").unlink(missing_ok=True)  # a model.egmm without it is never reused
-    model.save(out / "model.egmm")
-    _write_json(out / "history.json", history.to_dict())
-    meta = _model_meta(key, history, clock)
-    _write_json(out / "model.json", meta)  # written last: marks the model as complete
+    (out / f"{name}.json").unlink(missing_ok=True)  # an .egmm without it is never reused
+    model.save(out / f"{name}.egmm")
+    _write_json(out / ("history.json" if name == "model" else f"{name}-history.json"),
+                history.to_dict())
+    meta = _model_meta(key, history, clock.wall["training"] - wall0,
+                       clock.cpu["training"] - cpu0)
+    _write_json(out / f"{name}.json", meta)  # written last: marks the model as complete
     for done in out.glob(ckpt.name + "*"):
         done.unlink(missing_ok=True)
-    say(f"      {len(history.epochs)} epochs in {clock.wall['training']:.0f} s "
+    say(f"      {len(history.epochs)} epochs in {meta['training_wall_s']:.0f} s "
         f"({history.wall_time / max(len(history.epochs), 1):.1f} s per epoch), "
         f"{'early-stopped' if history.stopped else 'stopped at max_epochs'}; best validation "
         f"NLL per observable {[round(v, 4) for v in history.best_val_loss]} (latent, nats)")
     return model, {**meta, "reused": False}
 
 
-def _model_meta(key: Mapping[str, Any], history: TrainingHistory,
-                clock: _Clock) -> dict[str, Any]:
+def _model_meta(key: Mapping[str, Any], history: TrainingHistory, wall: float,
+                cpu: float) -> dict[str, Any]:
     return {
         "config": dict(key),
         "epochs": len(history.epochs),
         "early_stopped": history.stopped,
         "best_epoch": history.best_epoch,
         "best_val_loss": history.best_val_loss,
-        "training_wall_s": clock.wall.get("training", math.nan),
-        "training_cpu_s": clock.cpu.get("training", math.nan),
+        "training_wall_s": wall,
+        "training_cpu_s": cpu,
     }
 
 
@@ -898,6 +954,11 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
     fig.savefig(path, dpi=110)
 
 
+def _members_words(cfg: DemoConfig) -> str:
+    return ("" if cfg.members == 1 else
+            f"the average of {cfg.members} independently trained models, each ")
+
+
 def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[str, Any],
                     clock: _Clock) -> str:
     passed = sum(r["passed"] for r in rows)
@@ -907,7 +968,7 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
         "# egmm demo: the paper's inference test (Fig. 16)",
         "",
         (f"Model: {meta['source']} (trained elsewhere); seed {cfg.seed}." if "source" in meta
-         else f"Model: {cfg.describe_design()}, "
+         else f"Model: {_members_words(cfg)}{cfg.describe_design()}, "
               f"{meta.get('epochs', '?')} epochs ({cfg.describe_training()})"
               f"{' (reused)' if meta.get('reused') else ''}; mode {cfg.mode}, seed {cfg.seed}."),
         "",
@@ -934,7 +995,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              workers: int | None = None, design: str = "dense",
              theta_features: str | None = None, schedule: str | None = None,
              lr: float | None = None, batch_size: int | None = None,
-             validation: float | None = None) -> dict[str, Any]:
+             validation: float | None = None, members: int | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -953,6 +1014,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
             networks; ``full`` and ``quick``) or "quadratic"; see :class:`~egmm.GMMDensity`.
         schedule, lr, batch_size, validation: override the mode's training settings
             (:func:`~egmm.train`'s arguments of these names).
+        members: independently trained models averaged (:class:`~egmm.EnsembleDensity`;
+            default mode: 2, each with its own training data, projection, initialisation
+            and split; 1 = one model).
         workers: processes the networks are trained in and the datasets fitted in
             (default: 2 where there are two cores; neither the model nor the fits depend
             on it).
@@ -973,7 +1037,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
                       design=design, theta_features=theta_features, schedule=schedule, lr=lr,
-                      batch_size=batch_size, validation=validation)
+                      batch_size=batch_size, validation=validation, members=members)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -989,7 +1053,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         rows = _fit_datasets(model, cfg, toy, say, progress)
     say("[4/4] writing fig16.png, table.md and results.json")
     with clock.stage("figure"):
-        subtitle = (f"model: {cfg.describe_design()}, "
+        subtitle = (f"model: {'' if cfg.members == 1 else f'{cfg.members} × '}"
+                    f"{cfg.describe_design()}, "
                     f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
         if model_path is not None:
             paths = _model_paths(model_path)
