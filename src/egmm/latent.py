@@ -342,22 +342,23 @@ class LatentProjection:
     **Data side.** Q_x(x) = (1 − f)·D_x(x) + f·L_x(x): D_x is the weighted CDF of a reference
     sample, smoothed (below), taken at ``n_knots + 1`` equally spaced knots of [lo, hi] and
     linear between them; L_x is the linear CDF (x − lo)/(hi − lo). Q_x is continuous, piecewise
-    linear and, for f > 0, strictly increasing with slope ≥ f/(hi − lo).
+    linear and, for f > 0, strictly increasing with slope ≥ f/(hi − lo). An observable's own
+    ``Observable.f`` overrides the default ``f``. f = 0 (a pure empirical CDF, flat wherever
+    the sample is empty) is replaced by f = 1e-6, which keeps h invertible with a finite
+    Jacobian while changing Q_x by at most 1e-6.
 
     **Smoothing.** The paper's D_x is the raw empirical CDF: its slope is the reference
     histogram, which jumps from knot to knot by the sampling noise (±10 % at 100 events per
     interval). Every model density carries Q_x' in its Jacobian, so a smooth latent density
     becomes a comb in x, and the latent density a model must learn has those jumps: on the
     paper toy (30,000 reference events, 300 knots) they alone cost 0.0045 nats per event of
-    KL divergence, the whole of what the trained models showed. The reference histogram is
-    therefore convolved with a Gaussian of ``bandwidth`` × (the core's width), reflected at
-    the core's edges, on 1000 knots: Q_x' is then smooth (adjacent slopes differ by ~0.3 %)
+    KL divergence, nearly all of the ~0.005 the trained models showed. The reference
+    histogram is therefore convolved with a Gaussian of ``bandwidth`` × (the core's width),
+    reflected at the core's edges, on 1000 knots: Q_x' is then smooth (adjacent slopes differ
+    by ~0.3 %)
     and what it misses of the reference density is a smooth factor the model absorbs; the
     likelihood ratios in θ do not depend on h at all (Eq. 10). ``bandwidth=0`` gives the
-    paper's map. An observable's own
-    ``Observable.f`` overrides the default ``f``. f = 0 (a pure empirical CDF, flat wherever
-    the sample is empty) is replaced by f = 1e-6, which keeps h invertible with a finite
-    Jacobian while changing Q_x by at most 1e-6.
+    paper's map.
 
     **Infinite bounds.** L_x needs a finite interval, so on an infinite side the linear part
     becomes a uniform density with an exponential tail: the core [a, b] is the reference
