@@ -42,9 +42,11 @@ HOW_TO_RUN = [
     ("cusp_scan.py", "Δ(−2 ln L) scans through a demo dataset split by observable, true pdf vs "
      "trained models: which conditional makes a model's likelihood too flat",
      "python benchmarks/cusp_scan.py --model M.egmm [--model ...]", "seconds"),
-    ("score_bias.py", "the MLE bias (in σ for N = 400) a trained model's expected score "
-     "implies at off-cusp points: what KL does not measure",
-     "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]", "~1 min/model"),
+    ("score_bias.py", "the MLE bias (in σ for N = 400) and the region-area ratio a trained "
+     "model's expected score and its θ-derivative imply at off-cusp points: what KL does not "
+     "measure",
+     "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]",
+     "~4 min/model"),
     ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
      "instant"),
 ]
@@ -328,6 +330,28 @@ def coverage_section(data: dict[str, Any]) -> str:
                   "pull widths"], rows)
 
 
+def score_bias_section(data: dict[str, Any]) -> str:
+    s = data.get("settings", {})
+    pts = ", ".join(f"({p['cx']:+.1f}, {p['cy']:+.1f})" for p in data.get("points", []))
+    rows = []
+    for name, r in data.get("models", {}).items():
+        rows.append([f"`{Path(name).name}`" if name.endswith(".egmm") else name,
+                     fmt(r.get("rms")), fmt(r.get("max_abs")),
+                     fmt(r.get("area_ratio_mean")), fmt(r.get("area_ratio_max_dev")),
+                     fmt(_rms(r.get("area_ratio_error")))])
+    return (f"Expected MLE shift δθ/σ for N = {s.get('n')} and predicted region-area ratio "
+            f"model/true from {s.get('events_per_point')} true events at each of {pts}.\n\n"
+            + table(["model", "rms δθ/σ", "largest δθ/σ (abs.)", "area ratio, mean",
+                     "largest deviation of the area ratio from 1",
+                     "area ratio's error per point (rms)"], rows))
+
+
+def _rms(values: Any) -> float | None:
+    """rms of the numbers in ``values`` (None where there are none)."""
+    v = [x for x in values or [] if x is not None]
+    return math.sqrt(sum(x * x for x in v) / len(v)) if v else None
+
+
 # -- goals -------------------------------------------------------------------------------------
 def goals(results: dict[str, Any]) -> str:
     rows = []
@@ -444,7 +468,7 @@ def goals(results: dict[str, Any]) -> str:
 # -- driver ------------------------------------------------------------------------------------
 def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     results, problems = {}, []
-    names = ["fit_speed", "toys_speed", "toys_vectorised", "coverage_paper_toy"]
+    names = ["fit_speed", "toys_speed", "toys_vectorised", "coverage_paper_toy", "score_bias"]
     names += sorted(p.stem for p in folder.glob("fidelity_paper_toy*.json"))
     names += sorted(p.stem for p in folder.glob("throughput*.json"))
     names += sorted(p.stem for p in folder.glob("toys_vectorised_*.json"))
@@ -517,6 +541,8 @@ def render(folder: Path) -> str:
     parts += ["## Fidelity on the paper toy (target: KL ≤ 0.005 nats/event)", "", body, ""]
     parts.append(section("Coverage on the paper toy", "coverage_paper_toy", results,
                          coverage_section, "coverage_paper_toy.py"))
+    parts.append(section("θ-dependence of trained paper-toy models (score_bias.py)",
+                         "score_bias", results, score_bias_section, "score_bias.py"))
     if problems:
         parts += ["## Unreadable files", "", *[f"- {p}" for p in problems], ""]
     return "\n".join(parts)

@@ -256,6 +256,14 @@ def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_
     assert [p["cx"] for p in points] == [0.8, -0.3]
     assert summary["truth"]["max_abs"] < 1e-5
     assert summary["m"]["max_abs"] > 0.1  # an untrained model is far off
+    text = _load("make_table").score_bias_section(
+        {"settings": {"n": 400, "events_per_point": 3000}, "points": points, "models": summary})
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    assert [r[0] for r in rows[1:]] == ["| truth", "| m"] and len(rows[0]) == 6
+    # the truth as the model: its Hessian by differences of its autograd score against the
+    # truth's second differences of log p, area ratio 1
+    np.testing.assert_allclose(summary["truth"]["area_ratio"], 1.0, atol=1e-5)
+    assert all(0 <= e < 1e-5 for e in summary["truth"]["area_ratio_error"])  # jackknife
     x = toy.sample(500, 0.4, 0.6, seed=9)
     h = 1e-6
     fd = [(model.log_prob(x, [0.4 + h, 0.6]).mean() - model.log_prob(x, [0.4 - h, 0.6]).mean())
@@ -264,3 +272,13 @@ def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_
           / (2 * h)]
     np.testing.assert_allclose(sb.mean_model_score(model, x, 0.4, 0.6), fd, rtol=1e-5,
                                atol=1e-7)
+    # the Hessian (differences of the autograd score) against a double backward, which is
+    # exact for a network that is smooth in θ (SiLU)
+    torch.manual_seed(1)
+    smooth = GMMDensity(toy.space, ["cx", "cy"], proj, activation="silu", **SMALL)
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    exact = torch.autograd.functional.hessian(
+        lambda t: smooth.log_prob_tensor(xt, t).mean(),
+        torch.tensor([0.4, 0.6], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(sb.mean_model_hessian(smooth, x, 0.4, 0.6), exact, rtol=1e-4,
+                               atol=1e-6)
