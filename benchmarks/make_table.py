@@ -46,7 +46,7 @@ HOW_TO_RUN = [
      "model's expected score and its θ-derivative imply at off-cusp points: what KL does not "
      "measure",
      "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]",
-     "~4 min/model"),
+     "~6 min/model"),
     ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
      "instant"),
 ]
