@@ -122,7 +122,9 @@ def area_ratio(hess_true: np.ndarray, hess_model: np.ndarray, sizes: np.ndarray
 def shifts(models: list[tuple[str, Any]], toy: PaperToy, events: int, n: int, seed: int,
            points: tuple[tuple[float, float], ...] = POINTS
            ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(per point: c and σ_n; per model: δθ/σ at each point, rms, max) for named models."""
+    """(per point: c and σ_n; per model: δθ/σ at each point, rms, max, and the area ratio
+    with its jackknife error at each point, their mean and largest deviation from 1) for named
+    models."""
     out: dict[str, list[list[float]]] = {name: [] for name, _ in models}
     areas: dict[str, list[float | None]] = {name: [] for name, _ in models}
     area_errors: dict[str, list[float | None]] = {name: [] for name, _ in models}
