@@ -472,6 +472,7 @@ def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     names += sorted(p.stem for p in folder.glob("fidelity_paper_toy*.json"))
     names += sorted(p.stem for p in folder.glob("throughput*.json"))
     names += sorted(p.stem for p in folder.glob("toys_vectorised_*.json"))
+    names += sorted(p.stem for p in folder.glob("coverage_paper_toy_*.json"))
     for name in names:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -541,6 +542,11 @@ def render(folder: Path) -> str:
     parts += ["## Fidelity on the paper toy (target: KL ≤ 0.005 nats/event)", "", body, ""]
     parts.append(section("Coverage on the paper toy", "coverage_paper_toy", results,
                          coverage_section, "coverage_paper_toy.py"))
+    for n in (n for n in results if n.startswith("coverage_paper_toy_")):
+        model = results[n].get("model", {})
+        label = Path(model["path"]).name if isinstance(model, dict) and model.get("path") else ""
+        parts += [f"### {n}.json" + (f" (model `{label}`)" if label else ""), "",
+                  _safe(lambda n=n: coverage_section(results[n]), n), ""]
     parts.append(section("θ-dependence of trained paper-toy models (score_bias.py)",
                          "score_bias", results, score_bias_section, "score_bias.py"))
     if problems:
