@@ -59,6 +59,10 @@ THETA_FEATURES: dict[str, int] = {"linear": 1, "abs": 2, "quadratic": 2}
 # the cap could perturb by more than rounding — is recomputed exactly with log_ndtr.
 _ERFC_CAP = {torch.float64: 26.0, torch.float32: 9.0}          # erfc(cap) ≈ 6e-296, 4e-37
 _MASS_FLOOR = {torch.float64: 1e-280, torch.float32: 1e-28}
+# ... and where a graph is recorded, below about the square root of the smallest normal number:
+# a second derivative of log(mass) goes as 1/mass², which must not overflow (score regression
+# in egmm.train, exact Hessians differentiate twice)
+_MASS_FLOOR_GRAPH = {torch.float64: 1e-150, torch.float32: 1e-17}
 # exp likewise: terms more than 80 below the largest of a logsumexp (relative weight
 # < 2e-35) are evaluated at −80, a change far below float64 rounding.
 _LSE_FLOOR = -80.0
@@ -82,7 +86,8 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi))
     mass = 0.5 * (torch.special.erfc((hi * -_SQRT_HALF).clamp(max=cap))
                   - torch.special.erfc((lo * -_SQRT_HALF).clamp(max=cap)))
-    tiny = mass < _MASS_FLOOR[a.dtype]
+    floor = (_MASS_FLOOR_GRAPH if records_graph(mass) else _MASS_FLOOR)[a.dtype]
+    tiny = mass < floor
     log_mass = torch.log(torch.where(tiny, torch.ones_like(mass), mass))
     if not bool(tiny.any()):
         return log_mass
@@ -123,7 +128,12 @@ def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: fl
         log_z = truncated_normal_log_mass((lo - mu) / sigma, (hi - mu) / sigma)
         return log_z + torch.log(sigma) + _LOG_2
     graph = any(records_graph(t) for t in (mu, sigma))
-    k = torch.copysign(_SQRT_HALF / sigma, 0.5 * (lo + hi) - mu)       # c / σ
+    if graph:  # the sign as a constant factor: copysign's own double backward gives NaN
+        # where σ is small (score regression in egmm.train differentiates twice)
+        side = (0.5 * (lo + hi) - mu).detach()
+        k = (_SQRT_HALF / sigma) * torch.ones_like(side).copysign_(side)
+    else:
+        k = torch.copysign(_SQRT_HALF / sigma, 0.5 * (lo + hi) - mu)   # c / σ
     ea = (lo - mu) * k                                                  # c·a
     eb = torch.add(ea, k, alpha=hi - lo)                                # c·b
     if graph:
@@ -132,7 +142,7 @@ def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: fl
         ea.clamp_(max=cap)
         eb.clamp_(max=cap)
     two_mass = (torch.special.erfc(eb) - torch.special.erfc(ea)).abs()
-    tiny = two_mass < 2.0 * _MASS_FLOOR[mu.dtype]
+    tiny = two_mass < 2.0 * (_MASS_FLOOR_GRAPH if graph else _MASS_FLOOR)[mu.dtype]
     any_tiny = bool(tiny.any())
     if any_tiny and graph:  # keep log's gradient finite where the value is replaced below
         two_mass = torch.where(tiny, torch.ones_like(two_mass), two_mass)
