@@ -478,3 +478,24 @@ def test_docstring_example():
     result = doctest.testmod(groundtruth, extraglobs={"PaperToy": PaperToy})
     assert result.failed == 0
     assert result.attempted > 0
+
+
+@pytest.mark.parametrize("cx,cy", [(0.8, -0.8), (-1.5, 1.5), (0.2, 0.0), (0.0, -0.2), (0.0, 0.0),
+                                   (1.9, 0.3)])
+def test_conditional_scores_are_the_derivatives_of_the_conditionals(cx, cy):
+    # central differences of log_prob_conditionals (h = 1e-6: truncation ~1e-12, rounding
+    # ~1e-10 relative); on the cusps (cx = 0 or cy = 0) the symmetric difference is the mean
+    # of the one-sided derivatives, which is what the analytic form takes there; (1.9, 0.3):
+    # p0's rate k = 0.2, near the flat limit's series branch
+    toy = PaperToy()
+    x = toy.sample(5000, cx, cy, seed=11)
+    got = toy.conditional_scores(x, cx, cy)
+    assert got.shape == (5000, 4, 2) and not got[:, 1].any()  # p1 has no c-dependence
+    h = 1e-6
+    for p in range(2):
+        up = toy.log_prob_conditionals(x, cx + h * (p == 0), cy + h * (p == 1))
+        down = toy.log_prob_conditionals(x, cx - h * (p == 0), cy - h * (p == 1))
+        np.testing.assert_allclose(got[:, :, p], (up - down) / (2 * h), rtol=1e-7, atol=1e-7)
+    # the score has mean zero under p(x|c): Σ over conditionals, within 5 standard errors
+    total = got.sum(1)
+    assert np.all(np.abs(total.mean(0)) < 5 * total.std(0) / np.sqrt(len(x)))

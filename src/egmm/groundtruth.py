@@ -154,6 +154,39 @@ class PaperToy:
         out[:, 3] = _log_q3(xv[:, 3] + _shift3(cx, cy) * (2.0 * b - 1.0 + xv[:, 2] / _PI))
         return out
 
+    def conditional_scores(self, x: Any, cx: ArrayLike, cy: ArrayLike) -> np.ndarray:
+        """∂ log p_i/∂(cx, cy) of each conditional, ``(N, 4, 2)``: the score targets of
+        :func:`egmm.train` (``score=``), analytic; they sum over the conditionals to the
+        score of :meth:`log_prob`. p1 has none. On the cusps (cx = 0 or cy = 0) the
+        derivatives of |cx| and |cy| are taken as 0, the mean of the two one-sided ones (what
+        a central difference gives, and torch's convention for ``abs``). Arguments as in
+        :meth:`log_prob`.
+        """
+        xv = self.space.validate(x)
+        cx, cy = _parameters(cx, cy, n_events=len(xv))
+        a = (xv[:, 0] - 100.0) / 700.0
+        b = (xv[:, 1] - 100.0) / 700.0
+        x2 = xv[:, 2]
+        out = np.zeros((len(xv), 4, 2))
+        # p0: log p0 = −k a + ln k − ln(1 − e^{−k}) + const, k = 2(2 − |cx|)
+        k = _rate0(cx)
+        small = np.abs(k) < 1e-4
+        k_safe = np.where(small, 1.0, k)
+        dlog_dk = np.where(small, 0.5 - k / 12.0, 1.0 / k_safe - 1.0 / np.expm1(k_safe)) - a
+        out[:, 0, 0] = -2.0 * np.sign(cx) * dlog_dk
+        # p2: ln(1 + δ sin x + ε cos x) − ln Z2(cy), δ = 0.4 cx, ε = 0.5 cy
+        sin, cos = np.sin(x2), np.cos(x2)
+        modulation = 1.0 + 0.4 * cx * sin + 0.5 * cy * cos
+        out[:, 2, 0] = 0.4 * sin / modulation
+        out[:, 2, 1] = 0.5 * cos / modulation - _Z2_CY / _norm2(cy)
+        # p3: ln q3(y), y = x3 + s(c)(x1' + x2'), s = 0.6(√(4 + |cx|) + |cy|)
+        lever = 2.0 * b - 1.0 + x2 / _PI
+        t = _ALPHA3 * (xv[:, 3] + _shift3(cx, cy) * lever)
+        dlog_dy = _ALPHA3 * (special.expit(-t - _K3) - special.expit(t - _K3))
+        out[:, 3, 0] = dlog_dy * lever * 0.3 * np.sign(cx) / np.sqrt(4.0 + np.abs(cx))
+        out[:, 3, 1] = dlog_dy * lever * 0.6 * np.sign(cy)
+        return out
+
     # -- CDFs ---------------------------------------------------------------------------------
     def cdf0(self, x0: ArrayLike, cx: ArrayLike) -> np.ndarray:
         """F0(x0|cx) = (1 − e^{−ka})/(1 − e^{−k}); arguments broadcast together.
