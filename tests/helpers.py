@@ -20,6 +20,15 @@ def toy_2d(n_per_point: int = 600, seed: int = 1) -> tuple[np.ndarray, np.ndarra
     return np.stack([x0, x1], 1), cs[:, None]
 
 
+def toy_2d_scores(x: np.ndarray, th: np.ndarray) -> np.ndarray:
+    """∂ log p/∂c of toy_2d's two conditionals: p(a | c) ∝ e^{−c a} on [0, 1] gives
+    1/c − 1/expm1(c) − a (1/2 − a at c = 0); b | a does not depend on c."""
+    c = th[:, 0]
+    safe = np.where(c == 0.0, 1.0, c)
+    d0 = np.where(c == 0.0, 0.5, 1.0 / safe - 1.0 / np.expm1(safe)) - x[:, 0]
+    return np.stack([d0, np.zeros_like(d0)], 1)[:, :, None]  # (N, 2 observables, 1)
+
+
 def quadrature_nodes(lo: float, hi: float, knots: np.ndarray, order: int = 8,
                      edge_levels: int = 40) -> tuple[np.ndarray, np.ndarray]:
     """Nodes and weights integrating a data-space density of egmm on [lo, hi].

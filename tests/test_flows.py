@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from egmm import FlowDensity, InputError, LatentProjection, Observable, ObservableSpace, train
-from helpers import quadrature_nodes, toy_2d
+from helpers import quadrature_nodes, toy_2d, toy_2d_scores
 
 pytest.importorskip("zuko")
 
@@ -75,3 +75,20 @@ def test_flow_bad_input():
     cont = ObservableSpace([Observable("y", 0.0, 1.0)])
     with pytest.raises(InputError, match="kind"):
         FlowDensity(cont, (), LatentProjection.fit(cont, x[:, 1:]), kind="RealNVP")
+
+
+def test_flow_trains_with_the_events_score():
+    # a flow is one network: it takes the whole event's score (N, P), as (N, 1, P) too
+    x, th = toy_2d(200)
+    inside = (x[:, 1] > 0.0) & (x[:, 1] < 1.0)  # (b's clipped edges: the flow's logit is ±inf)
+    x, th = x[inside], th[inside]
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    proj = LatentProjection.fit(space, x, n_knots=20)
+    score = toy_2d_scores(x, th).sum(1)
+    for given in (score, score[:, None, :]):
+        torch.manual_seed(0)
+        model = FlowDensity(space, ["c"], proj, kind="MAF", transforms=1,
+                            hidden_features=(8,))
+        hist = train(model, x, th, score=given, max_epochs=2, batch_size=100, progress=False)
+        assert np.array(hist.val_score).shape == (2, 1)
+        assert np.isfinite(hist.val_score).all() and hist.val_score[-1][0] > 0

@@ -17,7 +17,7 @@ from egmm import (
     train,
 )
 from egmm.training import TrainingHistory
-from helpers import SMALL, toy_2d
+from helpers import SMALL, toy_2d, toy_2d_scores
 
 
 def _model(x, seed=0):
@@ -164,3 +164,81 @@ def test_bad_schedule():
         train(_model(x), x, th, schedule="linear", progress=False)
     with pytest.raises(InputError, match="max_epochs"):
         train(_model(x), x, th, schedule="cosine", max_epochs=0, progress=False)
+
+
+# -- score regression ---------------------------------------------------------------------------
+def testtoy_2d_scores_are_the_derivatives_of_its_density():
+    x, th = toy_2d(200)
+    a, c, h = x[:, 0], th[:, 0], 1e-6
+
+    def log_p0(cc):
+        return np.log(cc / -np.expm1(-cc)) - cc * a
+
+    fd = (log_p0(c + h + 1e-9) - log_p0(c - h + 1e-9)) / (2 * h)  # (no 0/0 at c = 0)
+    np.testing.assert_allclose(toy_2d_scores(x, th)[:, 0, 0], fd, atol=1e-6)
+
+
+def test_score_term_is_the_models_theta_gradient_against_the_targets():
+    # history.val_score is Σ_p E[(∂_p log p_i − t_ip)²]/I_p over the validation split, with the
+    # model's score in the parameters' own units; recomputed here through the data-space path
+    # (log_prob_latent_per_observable, float64 autograd) for a model that training leaves
+    # unchanged (lr 1e-12)
+    x, th = toy_2d(300)
+    t = toy_2d_scores(x, th)
+    model = _model(x)
+    hist = train(model, x, th, score=t, max_epochs=1, batch_size=100, lr=1e-12, seed=5,
+                 validation=0.3, progress=False)
+    n_val = round(0.3 * len(x))
+    val = torch.randperm(len(x), generator=torch.Generator().manual_seed(5))[:n_val].numpy()
+    u = model.projection.forward(torch.as_tensor(x[val]))
+    c = torch.as_tensor(th[val], dtype=torch.float64).requires_grad_(True)
+    lp = model.log_prob_latent_per_observable(u, c)
+    s = np.stack([torch.autograd.grad(lp[:, i].sum(), c, retain_graph=True)[0].numpy()
+                  for i in range(2)], 1)
+    info = (t.sum(1) ** 2).mean(0)
+    expected = (((s - t[val]) ** 2) / info).sum(2).mean(0)
+    assert expected[0] > 0.01 and expected[1] > 1e-4  # (an untrained model: far from it)
+    np.testing.assert_allclose(hist.val_score[0], expected, rtol=2e-3)
+    # and the NLL history is unchanged in meaning: the restored epoch's NLL
+    assert hist.best_val_loss == hist.val_loss[0]
+
+
+def test_score_training_learns_the_theta_dependence():
+    # the same seeds, batches and split, with the score term weighted 1 or 0 (the term is
+    # measured either way): regressing on the scores cuts the part of the information the
+    # θ-dependence gets wrong (here from 1.9 to 0.04 for a; b | a, whose clipped edges are
+    # point masses, picks up a θ-dependence of thousands of times the information without)
+    x, th = toy_2d(600)
+    t = toy_2d_scores(x, th)
+    final = {}
+    for weight in (0.0, 1.0):
+        hist = train(_model(x), x, th, score=t, score_weight=weight, max_epochs=15,
+                     batch_size=50, lr=3e-3, schedule="cosine", seed=2, progress=False)
+        final[weight] = np.array(hist.val_score[-1])
+        assert np.isfinite(hist.val_loss).all()  # (twice-differentiated mixtures stay finite)
+    assert final[1.0][0] < 0.2 * final[0.0][0], final
+    assert final[1.0][1] < 0.2 * final[0.0][1], final
+
+
+def test_score_resume_and_bad_scores(tmp_path):
+    x, th = toy_2d(100)
+    t = toy_2d_scores(x, th)
+    ckpt = tmp_path / "run.ckpt"
+    kwargs = {"max_epochs": 1, "batch_size": 64, "progress": False}
+    train(_model(x), x, th, score=t, checkpoint=ckpt, **kwargs)
+    with pytest.raises(ModelFileError, match="different training"):  # other targets
+        train(_model(x), x, th, score=2 * t, checkpoint=ckpt, resume=True, **kwargs)
+    with pytest.raises(ModelFileError, match="different training"):  # another weight
+        train(_model(x), x, th, score=t, score_weight=0.5, checkpoint=ckpt, resume=True,
+              **kwargs)
+    with pytest.raises(InputError, match=r"score: expected shape \(300, 2, 1\)"):
+        train(_model(x), x, th, score=t.sum(1), **kwargs)  # a joint score for the GMM
+    bad = t.copy()
+    bad[7, 0, 0] = np.nan
+    with pytest.raises(InputError, match="score: not finite in row 7"):
+        train(_model(x), x, th, score=bad, **kwargs)
+    with pytest.raises(InputError, match="information about 'c'"):
+        train(_model(x), x, th, score=np.zeros_like(t), **kwargs)
+    for weight in (-1.0, float("inf")):
+        with pytest.raises(InputError, match="score_weight"):
+            train(_model(x), x, th, score=t, score_weight=weight, **kwargs)

@@ -24,7 +24,7 @@ from egmm import (
     train,
 )
 from egmm.training import TrainingHistory, _merge_histories, _partition, _train_units
-from helpers import SMALL, toy_2d
+from helpers import SMALL, toy_2d, toy_2d_scores
 
 # network 1 stops one epoch before network 0 (after epochs 3 and 4): see the first test
 EARLY_STOP = {"max_epochs": 60, "batch_size": 50, "lr": 0.05, "patience": 2,
@@ -79,6 +79,18 @@ def test_workers_equal_serial_bitwise(capfd):
     assert all(math.isnan(v) for v in h2.train_loss[4][1:])  # network 1 no longer trained
     # trained weights no longer require gradients, as after a serial run
     assert not any(p.requires_grad or p.grad is not None for p in parallel.module.parameters())
+
+
+def test_workers_equal_serial_bitwise_with_scores():
+    x, th = toy_2d(200)
+    kwargs = {"score": toy_2d_scores(x, th), "max_epochs": 3, "batch_size": 50,
+              "progress": False}
+    serial, parallel = _model(x), _model(x)
+    h1 = train(serial, x, th, **kwargs)
+    h2 = train(parallel, x, th, workers=2, **kwargs)
+    assert len(h1.val_score) == 3 and len(h1.val_score[0]) == 2
+    _assert_same_weights(serial, parallel)
+    _assert_same_history(h1, h2)
 
 
 def test_group_trains_and_evaluates_only_its_networks(monkeypatch):

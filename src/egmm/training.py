@@ -22,6 +22,26 @@ serial run with one torch thread.
 Negative event weights (NLO generators) are supported: each batch's loss is
 −Σ_b w log p / (n_b · w̄) with w̄ the mean weight of the whole training set, an unbiased
 estimate of −V that does not blow up when a batch's weights happen to cancel. Σw must be > 0.
+
+Score regression (``score=``). Maximum likelihood learns how p depends on θ only from the
+differences between the samples at different θ; what a fit uses — the score ∇θ log p and its
+θ-derivative — is learned no better than that. Where the simulator knows, per event, the
+gradient of the log density with respect to θ, it can be regressed on directly, as in the
+"gold mining" methods of Brehmer, Louppe, Pavez & Cranmer (PNAS 117 (2020) 5242; SCANDAL:
+likelihood plus score loss). Network i then minimises
+
+    −V_i + α · Σ_p E_w[(∂_p log p_φ,i − t_ip)²] / I_p,
+
+with t_ip the score of observable i's conditional p(x_i | x_<i, θ) for parameter p,
+α = ``score_weight`` and I_p = E_w[(Σ_i t_ip)²] the targets' mean information per event, so
+that the term is the fraction of each parameter's information the model gets wrong and does
+not depend on the parameters' units. The projection h is θ-independent, so scores in data
+space are scores in latent space. Each network still trains alone: its target is its own
+conditional's score (shape (N, D, P)). A flow (one unit) takes the whole event's (N, P); there
+a joint score t(x, z | θ) of the simulator's latent history z is a valid target too, its
+conditional expectation given x being the true score (noisier: the term's minimum is then its
+variance rather than 0). A GMM given only the whole event's score would need its networks'
+losses coupled, which is not offered.
 """
 
 from __future__ import annotations
@@ -66,6 +86,7 @@ class TrainableDensity(Protocol):
     def training_tensors(self, x: np.ndarray, theta: np.ndarray,
                          dtype: torch.dtype) -> dict[str, torch.Tensor]: ...
     def training_log_prob(self, i: int, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def scale_theta(self, theta: torch.Tensor) -> torch.Tensor: ...
     def set_parameter_bounds(self, bounds: Any) -> None: ...
     def check_theta(self, arr: np.ndarray, *, allow_outside: bool = False) -> None: ...
     def to(self, device: Any) -> Any: ...
@@ -106,7 +127,10 @@ class TrainingHistory:
     networks were still training. A network that has stopped has no training loss (NaN) and
     keeps its last validation loss and learning rate. ``best_epoch``/``best_val_loss`` per
     network are what was restored. ``seconds``: wall time of each epoch (with workers, that of
-    the slowest group).
+    the slowest group). ``val_score`` (training with a ``score`` only): per network the
+    validation score term Σ_p E[(∂_p log p − t_p)²]/I_p, the fraction of the information the
+    network's θ-dependence gets wrong; the restored epoch is the one of least
+    ``val_loss + score_weight · val_score``.
     """
 
     observables: list[str]
@@ -119,6 +143,7 @@ class TrainingHistory:
     best_epoch: list[int] = field(default_factory=list)
     best_val_loss: list[float] = field(default_factory=list)
     stopped: bool = False
+    val_score: list[list[float]] = field(default_factory=list)
 
     @property
     def total_best_val_loss(self) -> float:
@@ -169,6 +194,37 @@ def _prepare_inputs(model: TrainableDensity, x: Any, theta: Any, weights: Any
     return xv, th, w
 
 
+def _prepare_score(model: TrainableDensity, score: Any, w: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The validated score targets as (N, units, P) and their information I_p per event."""
+    n, p = len(w), len(model.parameters)
+    n_units = len(model.training_units())
+    t = np.asarray(score, dtype=np.float64)
+    if p == 0:
+        raise InputError("score: the model has no parameters, so there is no score to learn")
+    if t.ndim == 2 and n_units == 1:
+        t = t[:, None, :]
+    if t.shape != (n, n_units, p):
+        what = ("the score of each observable's conditional, one network per observable"
+                if n_units > 1 else "the score of each event")
+        if t.ndim == 2 and n_units > 1:
+            what += ("; a whole event's score would couple the networks' losses, which is "
+                     "not supported")
+        raise InputError(f"score: expected shape ({n}, {n_units}, {p}) ({what}, for parameters "
+                         f"{list(model.parameters)}), got {t.shape}")
+    bad = ~np.isfinite(t)
+    if bad.any():
+        row, unit, par = np.argwhere(bad)[0]
+        raise InputError(f"score: not finite in row {row} (unit {unit}, parameter "
+                         f"{model.parameters[par]!r})")
+    info = (w[:, None] * t.sum(axis=1) ** 2).sum(axis=0) / w.sum()
+    for j, name in enumerate(model.parameters):
+        if not info[j] > 0.0:
+            raise InputError(f"score: the information about {name!r} in the targets is "
+                             f"{info[j]:g} (it must be > 0 to scale the score term)")
+    return t, info
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
@@ -197,16 +253,21 @@ class _LoopSettings:
     seed: int
     eval_batch_size: int
     schedule: str = "plateau"
+    score_weight: float = 0.0
 
 
 @dataclass
 class _TrainingData:
-    """The θ-independent per-event tensors, the weights (mean 1) and the seeded split."""
+    """The θ-independent per-event tensors, the weights (mean 1) and the seeded split; with
+    score targets also the raw θ (differentiated), the targets (N, units, P) and 1/I_p."""
 
     tensors: dict[str, torch.Tensor]
     weights: torch.Tensor
     train_idx: torch.Tensor
     val_idx: torch.Tensor
+    theta: torch.Tensor | None = None
+    score: torch.Tensor | None = None
+    score_scale: torch.Tensor | None = None
 
 
 def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
@@ -216,7 +277,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
           dtype: torch.dtype = torch.float32, checkpoint: str | os.PathLike | None = None,
           resume: bool = False, progress: bool = True, eval_batch_size: int = 65536,
           callback: Callable[[int, TrainingHistory], None] | None = None,
-          workers: int = 1, schedule: str = "plateau") -> TrainingHistory:
+          workers: int = 1, schedule: str = "plateau", score: Any = None,
+          score_weight: float = 1.0) -> TrainingHistory:
     """Fit ``model`` to weighted events by maximum likelihood, in place; returns the history.
 
     Arguments:
@@ -252,6 +314,11 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
             resumed with the same ``workers``. ``callback`` needs ``workers=1`` (the epochs
             run elsewhere); ``progress`` shows groups finishing, not epochs. Scripts calling
             this with ``workers > 1`` need the ``if __name__ == "__main__":`` guard.
+        score: per-event score targets ∇θ log p (module docstring, "Score regression"), in
+            the parameters' own units: for a :class:`GMMDensity` the score of each
+            observable's conditional, shape (N, D, P) (they sum to the event's score); for a
+            flow the event's, (N, P). ``None``: maximum likelihood alone.
+        score_weight: α, the weight of the score term (≥ 0; used only with ``score``).
 
     If the model has no ``parameter_bounds`` yet they are set to the (min, max) of ``theta``.
     """
@@ -262,6 +329,11 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     check_training_settings(validation=validation, batch_size=batch_size,
                             max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience)
     xv, th, w = _prepare_inputs(model, x, theta, weights)
+    if score is not None:
+        if not (isinstance(score_weight, (int, float, np.floating)) and
+                math.isfinite(score_weight) and score_weight >= 0.0):
+            raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
+        targets, info = _prepare_score(model, score, w)
     if model.parameters and not model.parameter_bounds:
         model.set_parameter_bounds({p: (float(th[:, j].min()), float(th[:, j].max()))
                                     for j, p in enumerate(model.parameters)})
@@ -287,10 +359,15 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     split = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
     data = _TrainingData(tensors=tensors, weights=wt, train_idx=split[n_val:],
                          val_idx=split[:n_val])
+    if score is not None:
+        data.theta = torch.as_tensor(th, dtype=dtype, device=dev)
+        data.score = torch.as_tensor(targets, dtype=dtype, device=dev)
+        data.score_scale = torch.as_tensor(1.0 / info, dtype=dtype, device=dev)
     settings = _LoopSettings(batch_size=batch_size, max_epochs=max_epochs, lr=lr,
                              lr_factor=lr_factor, lr_patience=lr_patience, patience=patience,
                              min_delta=min_delta, seed=seed, eval_batch_size=eval_batch_size,
-                             schedule=schedule)
+                             schedule=schedule,
+                             score_weight=float(score_weight) if score is not None else 0.0)
     # what a checkpoint must match to be resumed: the data (a digest of events, θ and
     # weights), the split, the optimisation settings and the model's shape (max_epochs may
     # change with the plateau schedule: a finished run can be continued for more epochs; the
@@ -305,6 +382,9 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                    "dtype": str(dtype)}
     if schedule != "plateau":  # (older checkpoints have no key: they are plateau runs)
         fingerprint.update(schedule=schedule, max_epochs=max_epochs)
+    if score is not None:
+        fingerprint.update(score_sha256=hashlib.sha256(np.ascontiguousarray(
+            targets).tobytes()).hexdigest(), score_weight=float(score_weight))
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     groups = _partition(fingerprint["weights"], n_workers)
     ckpt_paths = _checkpoint_paths(ckpt_path, len(groups), resume)
@@ -410,20 +490,39 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
         state = ck["state"]
         history = TrainingHistory.from_dict(ck["history"])
 
-    def batch_loss(idx: torch.Tensor, nets: list[int]) -> list[torch.Tensor]:
+    scored = data.score is not None
+
+    def batch_loss(idx: torch.Tensor, nets: list[int], graph: bool = True
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per network: the batch's weighted mean NLL and (with scores) its score term."""
         batch = {k: v[idx] for k, v in tensors.items()}
         wb = wt[idx]
-        return [-(wb * model.training_log_prob(unit_ids[k], batch)).sum() / len(idx)
-                for k in nets]
+        if not scored:
+            return [-(wb * model.training_log_prob(unit_ids[k], batch)).sum() / len(idx)
+                    for k in nets], []
+        assert data.theta is not None and data.score is not None
+        nll, term = [], []
+        for k in nets:
+            th = data.theta[idx].requires_grad_(True)
+            lp = model.training_log_prob(unit_ids[k], {**batch, "theta": model.scale_theta(th)})
+            (grad,) = torch.autograd.grad(lp.sum(), th, create_graph=graph, allow_unused=True)
+            if grad is None:  # a network without a θ input
+                grad = torch.zeros_like(th)
+            miss = (grad - data.score[idx, unit_ids[k]]).square() @ data.score_scale
+            nll.append(-(wb * lp).sum() / len(idx))
+            term.append((wb * miss).sum() / len(idx))
+        return nll, term
 
-    def evaluate(idx: torch.Tensor, nets: list[int]) -> list[float]:
-        totals = torch.zeros(len(nets), dtype=torch.float64)
-        with torch.no_grad():
+    def evaluate(idx: torch.Tensor, nets: list[int]) -> tuple[list[float], list[float]]:
+        totals = torch.zeros((2, len(nets)), dtype=torch.float64)
+        with torch.set_grad_enabled(scored):  # the score term differentiates in θ
             for start in range(0, len(idx), s.eval_batch_size):
                 chunk = idx[start:start + s.eval_batch_size]
-                for j, loss in enumerate(batch_loss(chunk, nets)):
-                    totals[j] += loss.double().cpu() * len(chunk)
-        return (totals / len(idx)).tolist()
+                for row, losses in enumerate(batch_loss(chunk, nets, graph=False)):
+                    for j, loss in enumerate(losses):
+                        totals[row, j] += loss.detach().double().cpu() * len(chunk)
+        means = totals / len(idx)
+        return means[0].tolist(), means[1].tolist() if scored else []
 
     bar = tqdm(total=s.max_epochs, initial=state["epoch"], disable=not progress, unit="epoch",
                desc="training")
@@ -442,10 +541,13 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             sums = torch.zeros(n_nets, dtype=torch.float64)
             for start in range(0, len(order), s.batch_size):
                 idx = order[start:start + s.batch_size]
-                losses = batch_loss(idx, active)
+                losses, terms = batch_loss(idx, active)
                 for k in active:
                     optims[k].zero_grad(set_to_none=True)
-                torch.stack(losses).sum().backward()
+                objective = torch.stack(losses).sum()
+                if terms:
+                    objective = objective + s.score_weight * torch.stack(terms).sum()
+                objective.backward()
                 for j, k in enumerate(active):
                     optims[k].step()
                     if per_batch:
@@ -453,13 +555,20 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
                     sums[k] += losses[j].detach().double().cpu() * len(idx)
             # a stopped network's weights no longer change: it keeps its last validation loss
             val = list(history.val_loss[-1]) if history.val_loss else [math.nan] * n_nets
-            for k, v in zip(active, evaluate(val_idx, active)):
-                val[k] = v
+            val_score = (list(history.val_score[-1]) if history.val_score
+                         else [math.nan] * n_nets)
+            nll_now, score_now = evaluate(val_idx, active)
+            for j, k in enumerate(active):
+                val[k] = nll_now[j]
+                if scored:
+                    val_score[k] = score_now[j]
             for k in active:
+                # what is minimised: the NLL, plus the weighted score term with scores
+                goal = val[k] + s.score_weight * val_score[k] if scored else val[k]
                 if not per_batch:
-                    scheds[k].step(val[k])
-                if val[k] < state["best_val"][k] - s.min_delta:
-                    state["best_val"][k] = val[k]
+                    scheds[k].step(goal)
+                if goal < state["best_val"][k] - s.min_delta:
+                    state["best_val"][k] = goal
                     state["best_epoch"][k] = epoch
                     state["best_state"][k] = copy.deepcopy(units[k].state_dict())
                     state["bad_epochs"][k] = 0
@@ -472,6 +581,8 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             history.train_loss.append([train_mean[k] if k in active else math.nan
                                        for k in range(n_nets)])
             history.val_loss.append(val)
+            if scored:
+                history.val_score.append(val_score)
             history.lr.append([o.param_groups[0]["lr"] for o in optims])
             history.active.append(list(state["active"]))
             history.seconds.append(time.perf_counter() - t0)
@@ -496,6 +607,10 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
         net.load_state_dict(state["best_state"][k])
     history.best_epoch = list(state["best_epoch"])
     history.best_val_loss = list(state["best_val"])
+    if scored and history.val_loss:  # the restored epochs' NLL (best_val: NLL + α · score)
+        history.best_val_loss = [history.val_loss[e][k] if math.isfinite(b) else b
+                                 for k, (e, b) in enumerate(zip(state["best_epoch"],
+                                                                state["best_val"]))]
     history.stopped = not any(state["active"])
     return history
 
@@ -584,6 +699,13 @@ def _merge_histories(observables: list[str], groups: list[list[int]],
                     train_loss[i], active[i] = h.train_loss[e][k], h.active[e][k]
         merged.train_loss.append(train_loss)
         merged.val_loss.append(val_loss)
+        if histories[0].val_score:  # trained with scores (every group or none)
+            val_score = [math.nan] * n_units
+            for group, h in zip(groups, histories):
+                row = e if e < len(h.epochs) else -1
+                for k, i in enumerate(group):
+                    val_score[i] = h.val_score[row][k]
+            merged.val_score.append(val_score)
         merged.lr.append(lr)
         merged.active.append(active)
         merged.seconds.append(seconds)
