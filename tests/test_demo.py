@@ -192,10 +192,29 @@ def test_demo_config_training_settings():
         assert build_parser().parse_args(["demo", "--out", "d", "--schedule",
                                           sched]).schedule == sched
     assert demo_config().describe_training() == (
+        "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs, "
+        "score regression α = 1")
+    assert demo_config(score_weight=0).describe_training() == (
         "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs")
     assert "plateau" in demo_config(full=True).describe_training()
     plain = build_parser().parse_args(["demo", "--out", "d"])
     assert (plain.schedule, plain.lr, plain.batch_size, plain.validation) == (None,) * 4
+
+
+def test_demo_config_score_weight():
+    """The score term: on by default (α = 1) and in quick mode (its smoke test), off in the
+    paper's recipe; part of the model key only when on (keys of plain runs unchanged)."""
+    assert demo_config().score_weight == demo_config(quick=True).score_weight == 1.0
+    assert demo_config(full=True).score_weight == 0.0
+    assert demo_config().model_key()["score_weight"] == 1.0
+    assert "score_weight" not in demo_config(score_weight=0).model_key()
+    assert demo_config(score_weight=0.5).model_key() != demo_config().model_key()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="score_weight"):
+            demo_config(score_weight=bad)
+    parse = build_parser().parse_args
+    assert parse(["demo", "--out", "d", "--score-weight", "0"]).score_weight == 0.0
+    assert parse(["demo", "--out", "d"]).score_weight is None
 
 
 def test_demo_config_training_designs():
@@ -233,6 +252,18 @@ def test_demo_config_training_designs():
     ref = small.projection_events(PaperToy(), x, theta)
     assert ref.shape == (60, 4) and not np.isin(ref[:, 0], x[:, 0]).any()
     np.testing.assert_array_equal(ref, small.projection_events(PaperToy(), x, theta))
+    # mixed: two thirds of each point's events on the dense grid, a third's worth uniform,
+    # as many in all as the dense design; the projection sample is the grid's c = (0, 0) one
+    mixed = demo_config(design="mixed", events_per_point=60)
+    xm, thm = mixed.training_data(PaperToy())
+    assert xm.shape == (81 * 60, 4) and len(mixed.grid) == 81
+    on_grid = (thm[:, None, :] == mixed.grid[None]).all(axis=2).any(axis=1)
+    assert on_grid.sum() == 81 * 40 and np.abs(thm).max() <= 1.5
+    assert len(np.unique(thm[~on_grid, 0])) == 81 * 20
+    np.testing.assert_array_equal(mixed.projection_events(PaperToy(), xm, thm),
+                                  xm[(thm == 0.0).all(axis=1)])
+    assert "1,620 with (cx, cy) uniform" in mixed.describe_design()
+    assert mixed.model_key() != demo_config(events_per_point=60).model_key()
 
 
 def test_uniform_training_data_covers_the_square_and_checks_its_input():
@@ -329,6 +360,10 @@ def test_quick_demo_writes_its_outputs(quick_run):
     assert set(on_disk["timings_s"]) >= {"data", "training", "fits", "figure", "total"}
     table = (out / "table.md").read_text()
     assert table.count("\n| (") == 9  # one row per dataset
+    # trained with the toy's conditional scores (the default's score term): 4 networks' terms
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["val_score"]) == len(history["epochs"]) >= 1
+    assert len(history["val_score"][0]) == 4 and all(v >= 0 for v in history["val_score"][0])
 
 
 def test_demo_fits_in_worker_processes_as_in_one(quick_run):
@@ -426,7 +461,7 @@ def test_demo_averages_several_model_files(quick_run, tmp_path):
 def test_demo_config_members():
     """The default mode averages two independently trained models; full and quick train one;
     members get their own seeds (member 0 the run's), all else equal."""
-    assert demo_config().members == 2 and demo_config().max_epochs == 5
+    assert demo_config().members == 1 and demo_config().max_epochs == 5
     assert demo_config(full=True).members == demo_config(quick=True).members == 1
     cfg = demo_config(members=3)
     seeds = [cfg.member_seed(k) for k in range(3)]

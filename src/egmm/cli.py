@@ -8,7 +8,7 @@ Subcommands:
                exit status 0 when every check passes, 1 when one fails.
 
 Example:
-    $ egmm demo --out demo-output            # about 6 minutes on two CPU cores
+    $ egmm demo --out demo-output            # about 10 minutes on two CPU cores
     $ egmm demo --out quick --quick          # smoke test, under a minute
     $ egmm validate model.egmm --data heldout.npz --out report    # x (N, D), theta (N, P)
     $ egmm validate toy.egmm --paper-toy --events 5000 --out report   # PaperToy held-out data
@@ -66,12 +66,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--quick", action="store_true",
                       help="smoke test: tiny network, one epoch, coarse regions (not a result)")
     # egmm.demo.DESIGNS, spelled out: the parser does not import the (heavy) demo module
-    p.add_argument("--design", choices=("dense", "grid", "fine", "uniform"), default="dense",
+    p.add_argument("--design", choices=("dense", "grid", "fine", "uniform", "mixed"),
+                   default="dense",
                    help="training parameters: the paper's dense 81-point grid (default; the "
                         "49-point grid plus cx, cy = ±0.2), its 49-point grid, a finer 121-point "
                         "grid (the dense one plus ±0.1), or (cx, cy) "
                         "drawn uniformly over [-1.5, 1.5]^2 for every event (as many events "
-                        "in all as the 49-point grid)")
+                        "in all as the 49-point grid), or mixed: two thirds of the events on "
+                        "the dense grid, one third uniform")
     # egmm.density.THETA_FEATURES, spelled out (the parser stays light)
     p.add_argument("--theta-features", choices=("linear", "abs", "quadratic"),
                    default=None,
@@ -100,7 +102,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "and --full: 0.4)")
     p.add_argument("--members", type=_positive_int, default=None, metavar="N",
                    help="models trained independently (own data, projection, initialisation "
-                        "and split) and averaged (default 2; --full and --quick: 1)")
+                        "and split) and averaged (default 1)")
+    p.add_argument("--score-weight", type=float, default=None, metavar="A",
+                   help="weight of the score term in training, with the toy's exact "
+                        "conditional scores as targets (default 1; 0: maximum likelihood "
+                        "alone, the paper's training; --full: 0)")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
@@ -127,7 +133,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                        workers=args.workers, design=args.design,
                        theta_features=args.theta_features, schedule=args.schedule,
                        lr=args.lr, batch_size=args.batch_size, validation=args.validation,
-                       members=args.members)
+                       members=args.members, score_weight=args.score_weight)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

@@ -8,9 +8,11 @@
 2. Fit the latent projection on the c = (0, 0) sample (f = 0.5, smoothed), build the Table 6
    :class:`~egmm.GMMDensity` (by default with |cx|, |cy| as extra network inputs,
    ``theta_features="abs"``) and :func:`~egmm.train` it (by default for a fixed budget of 5
-   epochs along a cosine; ``full``: the paper's recipe; resumable; a finished model whose
-   configuration matches is reused). By default two such models are trained independently
-   (own data, projection, initialisation and split) and averaged (:class:`~egmm.EnsembleDensity`).
+   epochs along a cosine, with the toy's exact conditional scores regressed on as well:
+   ``train(score=)``; ``full``: the paper's recipe, maximum likelihood alone; resumable; a
+   finished model whose configuration matches is reused). With ``members`` > 1 several such
+   models are trained independently (own data, projection, initialisation and split) and
+   averaged (:class:`~egmm.EnsembleDensity`).
 3. For each of the nine datasets of Fig. 16 (true c ∈ {−0.8, 0, 0.8}², N = 400 events drawn
    from the true pdf) build two costs on the same events — the exact toy pdf and the trained
    model — and compute the MLE and the 68.27 % / 95.45 % profile-likelihood regions with the
@@ -97,9 +99,9 @@ MAX_AREA_DEVIATION = 0.10  # |area_model / area_true − 1|
 #: Trained range of (cx, cy): the training grid.
 BOUNDS = {"cx": (-1.5, 1.5), "cy": (-1.5, 1.5)}
 #: Training designs (:class:`DemoConfig`'s ``design``).
-DESIGNS = ("dense", "grid", "fine", "uniform")
+DESIGNS = ("dense", "grid", "fine", "uniform", "mixed")
 # the grid designs' PaperToy attributes (one place for the grid and the model key's name of it)
-_GRID_NAMES = {"grid": "GRID_49", "dense": "GRID_81", "fine": "GRID_121"}
+_GRID_NAMES = {"grid": "GRID_49", "dense": "GRID_81", "fine": "GRID_121", "mixed": "GRID_81"}
 
 _PI = math.pi
 _LOG_700 = math.log(700.0)
@@ -117,6 +119,8 @@ _PROJECTION_KEY = 17
 # ensemble member k ≥ 1 trains from SeedSequence(seed, spawn_key=(_MEMBER_KEY, k)) (member 0
 # from the seed itself, as a single model does)
 _MEMBER_KEY = 18
+# the mixed design's uniformly drawn events: SeedSequence(seed, spawn_key=(_MIXED_KEY,))
+_MIXED_KEY = 19
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
 
@@ -148,11 +152,17 @@ class DemoConfig:
             cusps at cx = 0 and cy = 0 from close by), "grid" (the paper's 49-point grid),
             "fine" (121 points: the dense grid plus ±0.1 on both axes; not in the paper) or
             "uniform" (each event's (cx, cy) drawn uniformly over [−1.5, 1.5]², as many
-            events in all as the 49-point grid has).
+            events in all as the 49-point grid has) or "mixed" (two thirds of
+            ``events_per_point`` at each point of the dense grid, the other third's worth
+            drawn uniformly: the grid's axes pin the cusps, the uniform part covers θ
+            between the points; as many events as the dense grid).
         train_threads: torch threads while training (0: torch's default); fits use one.
         train_workers: processes the networks are trained in (``egmm.train(workers=)``; the
             model is the same for any number), and the nine datasets are fitted in (the
             results are those of one process). Default: 2, or 1 on a one-core machine.
+        score_weight: α of ``egmm.train``'s score term, with the toy's exact conditional
+            scores (:meth:`PaperToy.conditional_scores`) as targets; 0: maximum likelihood
+            alone (the paper's training).
     """
 
     mode: str
@@ -169,6 +179,7 @@ class DemoConfig:
     train_workers: int = 1
     design: str = "dense"
     members: int = 1
+    score_weight: float = 0.0
 
     def member_seed(self, k: int) -> int:
         """The seed member ``k`` is trained with: ``seed`` itself for member 0, for k ≥ 1 one
@@ -190,11 +201,25 @@ class DemoConfig:
         name = _GRID_NAMES.get(self.design)
         return None if name is None else getattr(PaperToy, name)
 
+    def _mixed_split(self) -> tuple[int, int]:
+        """The mixed design's events per grid point and its uniformly drawn events: two
+        thirds of ``events_per_point`` at each point, the other third's worth uniform."""
+        per_point = (2 * self.events_per_point) // 3
+        assert self.grid is not None
+        return per_point, (self.events_per_point - per_point) * len(self.grid)
+
     def training_data(self, toy: PaperToy) -> tuple[np.ndarray, np.ndarray]:
         """The training events and their parameters ``(x, theta)`` of this design."""
         if self.grid is None:
             n = self.events_per_point * len(PaperToy.GRID_49)
             return toy.training_data_uniform(n, *BOUNDS["cx"], seed=self.seed)
+        if self.design == "mixed":
+            per_point, n_uniform = self._mixed_split()
+            x, theta = toy.training_data(self.grid, per_point, seed=self.seed)
+            xu, thu = toy.training_data_uniform(
+                n_uniform, *BOUNDS["cx"],
+                seed=np.random.SeedSequence(self.seed, spawn_key=(_MIXED_KEY,)))
+            return np.concatenate([x, xu]), np.concatenate([theta, thu])
         return toy.training_data(self.grid, self.events_per_point, seed=self.seed)
 
     def projection_events(self, toy: PaperToy, x: np.ndarray, theta: np.ndarray
@@ -213,6 +238,10 @@ class DemoConfig:
             n = self.events_per_point * len(PaperToy.GRID_49)
             return (f"{n:,} events with (cx, cy) uniform over [−1.5, 1.5]² "
                     f"({self.events_per_point:,} per 49-point-grid point)")
+        if self.design == "mixed":
+            per_point, n_uniform = self._mixed_split()
+            return (f"{per_point:,} events at each of {len(self.grid)} grid points and "
+                    f"{n_uniform:,} with (cx, cy) uniform over [−1.5, 1.5]²")
         return f"{self.events_per_point:,} events at each of {len(self.grid)} grid points"
 
     def describe_training(self) -> str:
@@ -220,8 +249,10 @@ class DemoConfig:
         inputs = self.network.get("theta_features", "linear")
         schedule = ("cosine schedule" if self.schedule == "cosine"
                     else "plateau schedule with early stopping")
+        score = (f", score regression α = {self.score_weight:g}" if self.score_weight > 0
+                 else "")
         return (f"{schedule} from lr {self.lr:g}, batch {self.batch_size}, "
-                f"{self.validation:.0%} validation, θ inputs {inputs}")
+                f"{self.validation:.0%} validation, θ inputs {inputs}{score}")
 
     def model_key(self) -> dict[str, Any]:
         """The settings that determine the trained model (compared before reusing one)."""
@@ -236,11 +267,14 @@ class DemoConfig:
             "schedule": self.schedule,
             "validation": self.validation,
             "seed": self.seed,
-            "grid": (f"PaperToy.{_GRID_NAMES[self.design]}" if self.design in _GRID_NAMES
+            "grid": ("PaperToy.GRID_81 (2/3) + uniform over [-1.5, 1.5]^2 (1/3)"
+                     if self.design == "mixed" else
+                     f"PaperToy.{_GRID_NAMES[self.design]}" if self.design in _GRID_NAMES
                      else "uniform over [-1.5, 1.5]^2"),
             "projection_f": 0.5,
             "projection_bandwidth": "auto",  # LatentProjection.fit's smoothed reference CDF
             "egmm_version": __version__,
+            **({"score_weight": self.score_weight} if self.score_weight > 0 else {}),
         }
 
 
@@ -250,15 +284,15 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 design: str = "dense", theta_features: str | None = None,
                 schedule: str | None = None, lr: float | None = None,
                 batch_size: int | None = None, validation: float | None = None,
-                members: int | None = None) -> DemoConfig:
+                members: int | None = None, score_weight: float | None = None) -> DemoConfig:
     """The configuration of a run.
 
     Default: 30,000 events at each of the 81 points of the dense grid, the paper's network
     (Table 6) with |cx|, |cy| as extra inputs (``theta_features="abs"``: the toy's
     likelihood has cusps at cx = 0 and cy = 0), trained for a fixed budget of 5 epochs
-    (cosine schedule from lr 2e-3, batches of 1000, 20 % validation), two such models
-    (``members``) trained independently and averaged: about 10 minutes with two worker
-    processes on a 2-core CPU. ``full``: the paper's recipe (50,000 events per
+    (cosine schedule from lr 2e-3, batches of 1000, 20 % validation) on the likelihood and
+    the toy's exact conditional scores (``score_weight`` 1): about 10 minutes with two
+    worker processes on a 2-core CPU. ``full``: the paper's recipe (50,000 events per
     point, its linear inputs, batch 500, lr 1e-3 halved on plateaus, 40 % validation, early
     stopping; an hour or more on a CPU). ``quick``: a few hundred events, one epoch of a
     small network and coarse regions (a smoke test, not a result). ``events_per_point``,
@@ -286,16 +320,16 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     elif quick:
         cfg = DemoConfig("quick", 300, 1, contour_size=12,
                          network={"n_gauss": 4, "A1": 8, "B1": 8, "B2": 4, "C": 1, "D": 2},
-                         **common)
+                         score_weight=1.0, **common)
     else:
         # the fixed-budget recipe of benchmarks/fidelity_paper_toy.py (README, "Benchmarks"),
-        # two members of 5 epochs each (~12 min with the fits on a 2-core CPU): each reaches
-        # KL ~0.002 nats/event, and averaging two independently trained models shrinks the
-        # part of their θ-dependence errors that is training noise; |cx|, |cy| as network
-        # inputs: the toy's cusps
+        # 5 epochs, with the toy's exact conditional scores regressed on (α = 1): maximum
+        # likelihood alone leaves each model's θ-dependence ~0.1 σ (MLE) and 10-20 % (region
+        # areas) off, seed by seed, which the score term removes (benchmarks/score_bias.py);
+        # |cx|, |cy| as network inputs: the toy's cusps
         cfg = DemoConfig("default", 30_000, 5, batch_size=1000, lr=2e-3, schedule="cosine",
-                         validation=0.2, network={"theta_features": "abs"}, members=2,
-                         **common)
+                         validation=0.2, network={"theta_features": "abs"}, members=1,
+                         score_weight=1.0, **common)
     changes: dict[str, Any] = {}
     if events_per_point is not None:
         if int(events_per_point) < 50:
@@ -314,6 +348,10 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         changes["network"] = network
     if members is not None:
         changes["members"] = int(members)
+    if score_weight is not None:
+        if not (math.isfinite(float(score_weight)) and float(score_weight) >= 0.0):
+            raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight}")
+        changes["score_weight"] = float(score_weight)
     for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
                               ("batch_size", batch_size, int), ("validation", validation, float)):
         if value is not None:
@@ -733,11 +771,16 @@ def _train_one(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bo
               f"at most {cfg.max_epochs} epochs (early stopping after 8 without improvement)")
     say(f"[2/4] training{which} {model!r} on {len(x):,} events: {budget}, {where}; "
         f"checkpoint {ckpt.name} (Ctrl-C safe: rerun to resume)")
+    score = None
+    if cfg.score_weight > 0:
+        with clock.stage("data"):
+            score = toy.conditional_scores(x, theta[:, 0], theta[:, 1])
+
     def run() -> TrainingHistory:
         return train(model, x, theta, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size,
                      lr=cfg.lr, schedule=cfg.schedule, validation=cfg.validation,
                      seed=cfg.seed, checkpoint=ckpt, resume=True, progress=progress,
-                     workers=cfg.train_workers)
+                     workers=cfg.train_workers, score=score, score_weight=cfg.score_weight)
 
     wall0, cpu0 = clock.wall.get("training", 0.0), clock.cpu.get("training", 0.0)
     with clock.stage("training"), _torch_threads(cfg.train_threads):
@@ -760,7 +803,10 @@ def _train_one(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bo
     say(f"      {len(history.epochs)} epochs in {meta['training_wall_s']:.0f} s "
         f"({history.wall_time / max(len(history.epochs), 1):.1f} s per epoch), "
         f"{'early-stopped' if history.stopped else 'stopped at max_epochs'}; best validation "
-        f"NLL per observable {[round(v, 4) for v in history.best_val_loss]} (latent, nats)")
+        f"NLL per observable {[round(v, 4) for v in history.best_val_loss]} (latent, nats)"
+        + (f"; score term (fraction of the information missed) "
+           f"{[float(f'{history.val_score[e][k]:.2g}') for k, e in enumerate(history.best_epoch)]}"
+           if history.val_score else ""))
     return model, {**meta, "reused": False}
 
 
@@ -995,7 +1041,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              workers: int | None = None, design: str = "dense",
              theta_features: str | None = None, schedule: str | None = None,
              lr: float | None = None, batch_size: int | None = None,
-             validation: float | None = None, members: int | None = None) -> dict[str, Any]:
+             validation: float | None = None, members: int | None = None,
+             score_weight: float | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -1015,8 +1062,11 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         schedule, lr, batch_size, validation: override the mode's training settings
             (:func:`~egmm.train`'s arguments of these names).
         members: independently trained models averaged (:class:`~egmm.EnsembleDensity`;
-            default mode: 2, each with its own training data, projection, initialisation
-            and split; 1 = one model).
+            each with its own training data, projection, initialisation and split; default:
+            1 = one model).
+        score_weight: the weight α of the score term in training, with the toy's exact
+            conditional scores as targets (:func:`~egmm.train`'s ``score=``; default mode:
+            1; ``full``: 0, maximum likelihood alone as in the paper).
         workers: processes the networks are trained in and the datasets fitted in
             (default: 2 where there are two cores; neither the model nor the fits depend
             on it).
@@ -1037,7 +1087,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
                       design=design, theta_features=theta_features, schedule=schedule, lr=lr,
-                      batch_size=batch_size, validation=validation, members=members)
+                      batch_size=batch_size, validation=validation, members=members,
+                      score_weight=score_weight)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1055,7 +1106,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     with clock.stage("figure"):
         subtitle = (f"model: {'' if cfg.members == 1 else f'{cfg.members} × '}"
                     f"{cfg.describe_design()}, "
-                    f"{meta.get('epochs', '?')} epochs ({cfg.mode} demo)")
+                    f"{meta.get('epochs', '?')} epochs"
+                    f"{', with scores' if cfg.score_weight > 0 else ''} ({cfg.mode} demo)")
         if model_path is not None:
             paths = _model_paths(model_path)
             kind = "average of " if len(paths) > 1 else ""
