@@ -473,6 +473,7 @@ def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     names += sorted(p.stem for p in folder.glob("throughput*.json"))
     names += sorted(p.stem for p in folder.glob("toys_vectorised_*.json"))
     names += sorted(p.stem for p in folder.glob("coverage_paper_toy_*.json"))
+    names += sorted(p.stem for p in folder.glob("score_bias_*.json"))
     for name in names:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -549,6 +550,8 @@ def render(folder: Path) -> str:
                   _safe(lambda n=n: coverage_section(results[n]), n), ""]
     parts.append(section("θ-dependence of trained paper-toy models (score_bias.py)",
                          "score_bias", results, score_bias_section, "score_bias.py"))
+    for n in (n for n in results if n.startswith("score_bias_")):
+        parts += [f"### {n}.json", "", _safe(lambda n=n: score_bias_section(results[n]), n), ""]
     if problems:
         parts += ["## Unreadable files", "", *[f"- {p}" for p in problems], ""]
     return "\n".join(parts)

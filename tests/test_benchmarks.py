@@ -260,6 +260,14 @@ def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_
         {"settings": {"n": 400, "events_per_point": 3000}, "points": points, "models": summary})
     rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ")]
     assert [r[0] for r in rows[1:]] == ["| truth", "| m"] and len(rows[0]) == 6
+    # stored as score_bias.json and as a variant (score_bias_NAME.json): each its own table
+    stored = {"settings": {"n": 400, "events_per_point": 3000}, "points": points,
+              "models": summary}
+    for name in ("score_bias", "score_bias_variant"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(stored))
+    page = _load("make_table").main(["--results", str(tmp_path), "--out",
+                                     str(tmp_path / "README.md")])
+    assert "### score_bias_variant.json" in page and page.count(text) == 2
     # the truth as the model: its Hessian by differences of its autograd score against the
     # truth's second differences of log p, area ratio 1
     np.testing.assert_allclose(summary["truth"]["area_ratio"], 1.0, atol=1e-5)
