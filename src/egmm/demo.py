@@ -349,8 +349,6 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     if members is not None:
         changes["members"] = int(members)
     if score_weight is not None:
-        if not (math.isfinite(float(score_weight)) and float(score_weight) >= 0.0):
-            raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight}")
         changes["score_weight"] = float(score_weight)
     for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
                               ("batch_size", batch_size, int), ("validation", validation, float)):
@@ -360,7 +358,8 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         cfg = DemoConfig(**{**asdict(cfg), **changes})
     # train()'s own checks, before any data are generated
     check_training_settings(validation=cfg.validation, batch_size=cfg.batch_size,
-                            max_epochs=cfg.max_epochs, lr=cfg.lr, schedule=cfg.schedule)
+                            max_epochs=cfg.max_epochs, lr=cfg.lr, schedule=cfg.schedule,
+                            score_weight=cfg.score_weight)
     return cfg
 
 

@@ -100,7 +100,7 @@ SCHEDULES = ("plateau", "cosine")
 
 def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
                             max_epochs: int = 1000, lr: float = 1e-3, schedule: str = "plateau",
-                            patience: int = 8) -> None:
+                            patience: int = 8, score_weight: float = 1.0) -> None:
     """Raise :class:`InputError` for settings :func:`train` cannot use (its arguments of the
     same names), before any data are prepared."""
     if not 0.0 < validation < 1.0:
@@ -113,6 +113,10 @@ def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine" and max_epochs < 1:
         raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
+    if not (isinstance(score_weight, (int, float, np.floating)) and
+            not isinstance(score_weight, bool) and math.isfinite(score_weight) and
+            score_weight >= 0.0):
+        raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
 
 
 _CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
@@ -327,12 +331,10 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     if workers < 1:
         raise InputError(f"workers must be ≥ 1, got {workers}")
     check_training_settings(validation=validation, batch_size=batch_size,
-                            max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience)
+                            max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience,
+                            score_weight=score_weight)
     xv, th, w = _prepare_inputs(model, x, theta, weights)
     if score is not None:
-        if not (isinstance(score_weight, (int, float, np.floating)) and
-                math.isfinite(score_weight) and score_weight >= 0.0):
-            raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
         targets, info = _prepare_score(model, score, w)
     if model.parameters and not model.parameter_bounds:
         model.set_parameter_bounds({p: (float(th[:, j].min()), float(th[:, j].max()))
