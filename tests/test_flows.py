@@ -16,6 +16,8 @@ pytest.importorskip("zuko")
 @pytest.fixture(scope="module", params=["NSF", "MAF"])
 def flow(request):
     x, th = toy_2d(400)
+    inside = (x[:, 1] > 0.0) & (x[:, 1] < 1.0)  # (a flow is refused events on the bounds)
+    x, th = x[inside], th[inside]
     space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
     # 20 knots (the smoothed default's 1000 would make the 2-D quadrature below 2500× larger)
     proj = LatentProjection.fit(space, x, n_knots=20)
@@ -90,5 +92,21 @@ def test_flow_trains_with_the_events_score():
         model = FlowDensity(space, ["c"], proj, kind="MAF", transforms=1,
                             hidden_features=(8,))
         hist = train(model, x, th, score=given, max_epochs=2, batch_size=100, progress=False)
-        assert np.array(hist.val_score).shape == (2, 1)
+        assert np.array(hist.val_score).shape == (2, 1) and np.isfinite(hist.val_loss).all()
         assert np.isfinite(hist.val_score).all() and hist.val_score[-1][0] > 0
+
+
+def test_flow_on_the_boundary_is_zero_density_and_refused_in_training(flow):
+    # an event on an observable's bound maps to the latent box's edge, where the flow's logit
+    # is infinite: its density there is 0 (log −inf), never NaN; training on such events is
+    # refused with the observable named
+    x = np.array([[0.3, 0.6], [0.3, 1.0], [0.0, 0.5]])
+    lp = flow.log_prob(x, {"c": 0.2})
+    assert np.isfinite(lp[0]) and np.all(lp[1:] == -np.inf)
+    x_train, th = toy_2d(100)
+    assert (x_train[:, 1] == 1.0).any()  # toy_2d clips b to [0, 1]
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    model = FlowDensity(space, ["c"], LatentProjection.fit(space, x_train, n_knots=20),
+                        kind="MAF", transforms=1, hidden_features=(8,))
+    with pytest.raises(InputError, match=r"has b = .*boundary.*GMMDensity"):
+        train(model, x_train, th, max_epochs=1, progress=False)

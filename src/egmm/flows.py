@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,7 +132,13 @@ class FlowDensity(TrainedModel, SavableModel):
         u, logdet = self.projection.forward_and_log_det(x)
         y, logdet_y = self._to_real(u)
         dist = self._dist(self.scale_theta(theta.to(x.dtype)), x.dtype)
-        return dist.log_prob(y) + logdet_y + logdet
+        out = dist.log_prob(y) + logdet_y + logdet
+        inside = torch.isfinite(y).all(-1)
+        if bool(inside.all()):
+            return out
+        # on the latent box's boundary the logit is ±inf: there the flow's density is 0
+        # (its base tails fall faster than the map's Jacobian grows), not inf − inf = NaN
+        return torch.where(inside, out, out.new_tensor(-math.inf))
 
 
     def sample(self, n: int, theta: Any = None, seed: Any = None, *,
@@ -166,6 +173,15 @@ class FlowDensity(TrainedModel, SavableModel):
                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
         u = self.projection.forward(torch.as_tensor(x, device=self.device))
         y, logdet_y = self._to_real(u)
+        edge = ~torch.isfinite(y)
+        if bool(edge.any()):
+            row, col = (int(v) for v in edge.nonzero()[0])
+            name = self.space.names[col]
+            raise InputError(
+                f"training events: row {row} has {name} = {float(x[row, col])!r}, on the "
+                f"boundary of the latent box, where a flow's density is 0 (its logit map is "
+                f"infinite there): move such events inside the range of {name!r} or train a "
+                f"GMMDensity, which is finite on the boundary")
         return {"y": y.to(dtype), "logdet": logdet_y.to(dtype),
                 "theta": self.scale_theta(torch.as_tensor(theta, device=self.device)).to(dtype)}
 
