@@ -49,9 +49,11 @@ def test_training_lowers_validation_loss_and_sets_bounds():
 def test_early_stopping_and_restore_best():
     x, th = toy_2d(200)
     model = _model(x)
-    # a huge learning rate makes the validation loss stall quickly
-    hist = train(model, x, th, max_epochs=60, batch_size=50, lr=0.05, patience=2,
-                 lr_patience=100, progress=False)
+    # a huge learning rate makes the validation loss stall quickly (network 1 diverges, which
+    # is said)
+    with pytest.warns(RuntimeWarning, match=r"network 1 \('b'\): validation loss not finite"):
+        hist = train(model, x, th, max_epochs=60, batch_size=50, lr=0.05, patience=2,
+                     lr_patience=100, progress=False)
     assert hist.stopped and len(hist.epochs) < 60
     # restored weights reproduce the best validation loss
     for i, e in enumerate(hist.best_epoch):
@@ -242,3 +244,35 @@ def test_score_resume_and_bad_scores(tmp_path):
     for weight in (-1.0, float("inf")):
         with pytest.raises(InputError, match="score_weight"):
             train(_model(x), x, th, score=t, score_weight=weight, **kwargs)
+
+
+def test_a_loss_that_is_never_finite_is_an_error_and_a_diverging_one_a_warning(monkeypatch):
+    # NaN never improves on the best loss: from the first epoch on, the initial weights would
+    # be restored without a word (an error); after finite epochs, the best of them is (a
+    # warning)
+    from egmm import TrainingError
+
+    x, th = toy_2d(100)  # 180 training events: 4 batches of 50 and one validation call
+
+    def breaking(finite_calls):
+        model = _model(x)
+        real, calls = model.training_log_prob, [0]
+
+        def broken(i, batch):
+            out = real(i, batch)
+            if i == 1:
+                calls[0] += 1
+                if calls[0] > finite_calls:
+                    return out * torch.nan
+            return out
+
+        monkeypatch.setattr(model, "training_log_prob", broken)
+        return model
+
+    with pytest.raises(TrainingError, match=r"network 1 \('b'\): validation loss nan after "
+                                            r"epoch 0, and none before it was finite"):
+        train(breaking(0), x, th, max_epochs=2, batch_size=50, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"network 1 \('b'\): validation loss not finite "
+                                            r"from epoch 1 on .* restored epoch 0"):
+        hist = train(breaking(5), x, th, max_epochs=2, batch_size=50, progress=False)
+    assert hist.best_epoch[1] == 0 and np.isfinite(hist.best_val_loss[1])

@@ -7,7 +7,7 @@ from egmm import infer
 from egmm.base import DensityModel
 from egmm.density import GMMDensity
 from egmm.ensemble import EnsembleDensity
-from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError
+from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 from egmm.flows import FlowDensity
 from egmm.latent import LatentProjection
 from egmm.likelihood import (
@@ -55,6 +55,7 @@ __all__ = [
     "PyhfCost",
     "QuadraticFit",
     "TorchDensity",
+    "TrainingError",
     "TrainingHistory",
     "UnbinnedNLL",
     "Yield",

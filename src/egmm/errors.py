@@ -22,3 +22,8 @@ class ParameterError(InputError):
 
 class ModelFileError(EgmmError, OSError):
     """A model file that cannot be read or trusted: missing, corrupted, truncated or newer."""
+
+
+class TrainingError(EgmmError, FloatingPointError):
+    """A training whose loss stopped being finite (diverged, or events of zero density):
+    raised at the end of the epoch, before its checkpoint is written."""

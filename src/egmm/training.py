@@ -55,6 +55,7 @@ import multiprocessing
 import os
 import pickle
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from egmm.errors import InputError, ModelFileError, ParameterError
+from egmm.errors import InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
 
@@ -391,11 +392,12 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     groups = _partition(fingerprint["weights"], n_workers)
     ckpt_paths = _checkpoint_paths(ckpt_path, len(groups), resume)
     if len(groups) == 1:
-        return _train_units(model, data, groups[0], settings, fingerprint=fingerprint,
-                            checkpoint=ckpt_paths[0], resume=resume, progress=progress,
-                            callback=callback)
-    return _train_in_processes(model, data, groups, settings, fingerprint=fingerprint,
-                               checkpoints=ckpt_paths, resume=resume, progress=progress)
+        return _warn_diverged(model, _train_units(
+            model, data, groups[0], settings, fingerprint=fingerprint, checkpoint=ckpt_paths[0],
+            resume=resume, progress=progress, callback=callback))
+    return _warn_diverged(model, _train_in_processes(
+        model, data, groups, settings, fingerprint=fingerprint, checkpoints=ckpt_paths,
+        resume=resume, progress=progress))
 
 
 def _partition(weights: list[int], n_groups: int) -> list[list[int]]:
@@ -567,6 +569,9 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             for k in active:
                 # what is minimised: the NLL, plus the weighted score term with scores
                 goal = val[k] + s.score_weight * val_score[k] if scored else val[k]
+                if not math.isfinite(goal) and not math.isfinite(state["best_val"][k]):
+                    _not_finite(model, unit_ids[k], val[k], val_score[k] if scored else None,
+                                epoch)
                 if not per_batch:
                     scheds[k].step(goal)
                 if goal < state["best_val"][k] - s.min_delta:
@@ -614,6 +619,36 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
                                  for k, (e, b) in enumerate(zip(state["best_epoch"],
                                                                 state["best_val"]))]
     history.stopped = not any(state["active"])
+    return history
+
+
+def _unit_name(model: TrainableDensity, unit: int) -> str:
+    names = model.space.names
+    return (f"network {unit} ({names[unit]!r})"
+            if len(model.training_units()) == len(names) else f"unit {unit}")
+
+
+def _not_finite(model: TrainableDensity, unit: int, nll: float, score: float | None,
+                epoch: int) -> None:
+    """A network's validation objective is not finite and no epoch before it was: there is
+    nothing to restore (its initial weights would come back without a word)."""
+    term = f", score term {score}" if score is not None else ""
+    raise TrainingError(f"{_unit_name(model, unit)}: validation loss {nll}{term} after epoch "
+                        f"{epoch}, and none before it was finite: the training diverged (try "
+                        f"a smaller lr) or some events have zero density")
+
+
+def _warn_diverged(model: TrainableDensity, history: TrainingHistory) -> TrainingHistory:
+    """Warn (in the calling process) for each network whose validation loss stopped being
+    finite after finite epochs: such an epoch counts as one without improvement, and the best
+    epoch's weights were restored, as for any other."""
+    for k in range(len(history.best_epoch)):
+        bad = [e for e, row in zip(history.epochs, history.val_loss)
+               if not math.isfinite(row[k])]
+        if bad:
+            warnings.warn(f"{_unit_name(model, k)}: validation loss not finite from epoch "
+                          f"{bad[0]} on (the training diverged: try a smaller lr); restored "
+                          f"epoch {history.best_epoch[k]}", RuntimeWarning, stacklevel=3)
     return history
 
 
