@@ -25,5 +25,6 @@ class ModelFileError(EgmmError, OSError):
 
 
 class TrainingError(EgmmError, FloatingPointError):
-    """A training whose loss stopped being finite (diverged, or events of zero density):
-    raised at the end of the epoch, before its checkpoint is written."""
+    """A network whose validation loss is not finite from its first epoch on (diverged, or
+    events of zero density), so that there are no weights to restore: raised at the end of
+    that epoch, before its checkpoint is written."""

@@ -639,12 +639,13 @@ def _not_finite(model: TrainableDensity, unit: int, nll: float, score: float | N
 
 
 def _warn_diverged(model: TrainableDensity, history: TrainingHistory) -> TrainingHistory:
-    """Warn (in the calling process) for each network whose validation loss stopped being
-    finite after finite epochs: such an epoch counts as one without improvement, and the best
-    epoch's weights were restored, as for any other."""
+    """Warn (in the calling process) for each network whose validation loss (or score term)
+    stopped being finite after finite epochs: such an epoch counts as one without
+    improvement, and the best epoch's weights were restored, as for any other."""
     for k in range(len(history.best_epoch)):
-        bad = [e for e, row in zip(history.epochs, history.val_loss)
-               if not math.isfinite(row[k])]
+        bad = [e for i, e in enumerate(history.epochs)
+               if not math.isfinite(history.val_loss[i][k])
+               or (history.val_score and not math.isfinite(history.val_score[i][k]))]
         if bad:
             warnings.warn(f"{_unit_name(model, k)}: validation loss not finite from epoch "
                           f"{bad[0]} on (the training diverged: try a smaller lr); restored "
