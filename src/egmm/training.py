@@ -499,17 +499,20 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
     def batch_loss(idx: torch.Tensor, nets: list[int], graph: bool = True
                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per network: the batch's weighted mean NLL and (with scores) its score term."""
-        batch = {k: v[idx] for k, v in tensors.items()}
+        # (with scores, θ's network input is made per network from the raw θ below)
+        batch = {k: v[idx] for k, v in tensors.items() if not (scored and k == "theta")}
         wb = wt[idx]
         if not scored:
             return [-(wb * model.training_log_prob(unit_ids[k], batch)).sum() / len(idx)
                     for k in nets], []
         assert data.theta is not None and data.score is not None
         nll, term = [], []
+        th = data.theta[idx].requires_grad_(True)  # one leaf and one θ input for all networks
+        batch["theta"] = model.scale_theta(th)
         for k in nets:
-            th = data.theta[idx].requires_grad_(True)
-            lp = model.training_log_prob(unit_ids[k], {**batch, "theta": model.scale_theta(th)})
-            (grad,) = torch.autograd.grad(lp.sum(), th, create_graph=graph, allow_unused=True)
+            lp = model.training_log_prob(unit_ids[k], batch)
+            (grad,) = torch.autograd.grad(lp.sum(), th, create_graph=graph, retain_graph=True,
+                                          allow_unused=True)
             if grad is None:  # a network without a θ input
                 grad = torch.zeros_like(th)
             miss = (grad - data.score[idx, unit_ids[k]]).square() @ data.score_scale
