@@ -417,3 +417,45 @@ def test_theta_features_option(tmp_path):
                                tmp_path / "abs.egmm", "linear")
     with pytest.raises(InputError, match="theta_features must be one of"):
         GMMDensity(space, ["c"], proj, theta_features="cubic")
+
+
+def test_theta_features_per_observable_and_even(tmp_path):
+    # one kind per observable: "even" networks see |θ| alone, so their conditionals are
+    # exactly even in θ while a "linear" one is not; each network's θ input has its own width
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0),
+                             Observable("d", 0.0, 1.0)])
+    x = np.random.default_rng(1).uniform(size=(400, 3))
+    proj = LatentProjection.fit(space, x)
+    bounds = {"c": (-1.0, 2.0), "e": (-1.0, 1.0)}
+    torch.manual_seed(0)
+    model = GMMDensity(space, ["c", "e"], proj, parameter_bounds=bounds,
+                       theta_features=["even", "linear", "quadratic"], **SMALL)
+    assert [net.theta_branch.in_features for net in model.nets] == [2, 2, 4]
+    th = torch.tensor([[-0.6, 0.5]], dtype=torch.float64)
+    s = model.scale_theta(th)  # blocks: θ', |z|, z² (z = θ · 2/halfwidth)
+    np.testing.assert_allclose(s.numpy(), [[2 * -1.1 / 1.5, 2 * 0.5, 2 * 0.6 / 1.5, 1.0,
+                                            (1.2 / 1.5) ** 2, 1.0]])
+    np.testing.assert_array_equal(model.theta_input(0, s).numpy(), s[:, 2:4].numpy())
+    np.testing.assert_array_equal(model.theta_input(2, s).numpy(), s[:, [0, 1, 4, 5]].numpy())
+    u = proj.forward(torch.as_tensor(x[:50]))
+
+    def per_observable(c, e):
+        return model.log_prob_latent_per_observable(
+            u, torch.tensor([c, e], dtype=torch.float64)).detach().numpy()
+
+    plus, minus = per_observable(0.7, -0.4), per_observable(-0.7, 0.4)
+    np.testing.assert_array_equal(plus[:, 0], minus[:, 0])  # even in (c, e)
+    assert not np.allclose(plus[:, 1], minus[:, 1]) and not np.allclose(plus[:, 2], minus[:, 2])
+    assert not np.allclose(plus[:, 0], per_observable(0.3, -0.4)[:, 0])
+    # the same through the training hook and the sampler's path: the whole model is finite
+    assert np.isfinite(model.log_prob(x[:50], {"c": 0.0, "e": 0.0})).all()
+    assert model.sample(20, {"c": 0.5, "e": -0.5}, seed=1).shape == (20, 3)
+    assert not model.smooth  # |θ| has a kink at 0
+    _assert_knob_kept_in_files(model, "theta_features", x[:50], {"c": 0.7, "e": 0.1},
+                               tmp_path / "per.egmm", "linear")
+    assert GMMDensity.load(tmp_path / "per.egmm").config["theta_features"] == [
+        "even", "linear", "quadratic"]
+    with pytest.raises(InputError, match="one kind per observable"):
+        GMMDensity(space, ["c"], proj, theta_features=["even", "linear"])
+    with pytest.raises(InputError, match="theta_features of 'b' must be one of"):
+        GMMDensity(space, ["c"], proj, theta_features=["even", "odd", "linear"])

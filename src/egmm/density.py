@@ -46,11 +46,18 @@ GMM_DEFAULTS: dict[str, Any] = {
     "theta_features": "linear",
 }
 
-#: ``theta_features`` knob → what the θ branch sees besides θ' (θ mapped onto [−2, 2]):
-#: "linear" nothing (the paper); "abs" also |θ| · 2/halfwidth, for a density known to depend
-#: on a parameter's magnitude with a cusp at θ = 0; "quadratic" also (θ · 2/halfwidth)², for a
-#: density known to be quadratic in θ (EFT coefficients, interference + squared terms).
-THETA_FEATURES: dict[str, int] = {"linear": 1, "abs": 2, "quadratic": 2}
+#: ``theta_features`` knob → the θ-branch inputs, made from θ' (θ mapped onto [−2, 2]) and,
+#: about θ = 0, z = θ · 2/halfwidth: "linear" θ' (the paper); "abs" θ' and |z|, for a density
+#: known to depend on a parameter's magnitude with a cusp at θ = 0; "quadratic" θ' and z², for
+#: a density known to be quadratic in θ (EFT coefficients, interference + squared terms);
+#: "even" |z| alone, for a conditional known to be even in every parameter (to depend on |θ|
+#: only, e.g. one with no interference term): its network cannot represent any odd part.
+#: ``theta_features`` may also be one kind per observable (the networks see different inputs).
+THETA_FEATURES: dict[str, tuple[str, ...]] = {
+    "linear": ("linear",), "abs": ("linear", "abs"), "quadratic": ("linear", "square"),
+    "even": ("abs",)}
+# the feature blocks, in the order scale_theta concatenates those any network uses
+_FEATURE_BLOCKS = ("linear", "abs", "square")
 
 
 # erfc's vectorised kernels leave their fast path where the result underflows (20-40× slower
@@ -225,9 +232,13 @@ class GMMDensity(TrainedModel, SavableModel):
         activation: hidden-layer activation, "leaky_relu" (the paper's, slope 0.2) or "silu"
             (smooth: the likelihood is then infinitely differentiable in θ).
         theta_features: "linear" (the paper: the networks see θ only), "abs" (also |θ|: a
-            density known to have a cusp at θ = 0, e.g. one that depends on |θ|) or
+            density known to have a cusp at θ = 0, e.g. one that depends on |θ|),
             "quadratic" (also θ²: a density known to be quadratic in θ, as for EFT
-            coefficients). Known structure the networks then need not learn from the grid.
+            coefficients) or "even" (|θ| alone: a conditional known to depend on |θ| only);
+            or a sequence with one of these per observable, in chain order, e.g.
+            ``["even", "even", "linear", "even"]`` for the paper toy, whose p2 alone tells
+            the parameters' signs apart. Known structure the networks then need not learn
+            from the training data (see :data:`THETA_FEATURES`).
 
     Example:
         >>> from egmm import Observable, ObservableSpace, LatentProjection
@@ -259,17 +270,26 @@ class GMMDensity(TrainedModel, SavableModel):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
         check_activation(self.config["activation"])
-        if self.config["theta_features"] not in THETA_FEATURES:
-            raise InputError(f"GMMDensity: theta_features must be one of "
-                             f"{sorted(THETA_FEATURES)}, got {self.config['theta_features']!r}")
+        self._kinds = _theta_kinds(self.config["theta_features"], space)
+        if not isinstance(self.config["theta_features"], str):
+            self.config["theta_features"] = list(self._kinds)
         self.config["categorical_hidden"] = tuple(self.config["categorical_hidden"])
         # the trainable networks and buffers live in one nn.Module (``model.module``): the
         # density itself is not a Module, whose ``parameters()`` would clash with θ's names
         self._init_module(parameter_bounds)
         c = self.config
-        n_theta = len(self.parameters) * THETA_FEATURES[c["theta_features"]]
+        n_par = len(self.parameters)
+        self._blocks = tuple(b for b in _FEATURE_BLOCKS
+                             if any(b in THETA_FEATURES[k] for k in self._kinds))
+        # per network: its columns of scale_theta's output (None: all of them)
+        self._theta_columns: list[list[int] | None] = []
+        for kind in self._kinds:
+            cols = [j * n_par + p for j, b in enumerate(self._blocks)
+                    if b in THETA_FEATURES[kind] for p in range(n_par)]
+            self._theta_columns.append(None if len(cols) == n_par * len(self._blocks) else cols)
         nets: list[nn.Module] = []
         for i, obs in enumerate(space):
+            n_theta = n_par * len(THETA_FEATURES[self._kinds[i]])
             if obs.discrete:
                 nets.append(CategoricalNet(n_theta, i, obs.n_categories, A1=c["A1"], A2=c["A2"],
                                            B1=c["B1"], B2=c["B2"], hidden=c["categorical_hidden"],
@@ -297,23 +317,29 @@ class GMMDensity(TrainedModel, SavableModel):
         return (u - self.module.input_lo.to(u)) * self.module.input_scale.to(u) - 2.0
 
     def scale_theta(self, theta: torch.Tensor) -> torch.Tensor:
-        """θ → the θ-branch input: θ mapped onto [−2, 2] over the trained range (paper
-        Section 4), followed by the ``theta_features`` extras (:data:`THETA_FEATURES`)."""
-        scaled = super().scale_theta(theta)
-        kind = self.config["theta_features"]
-        if kind == "linear":
-            return scaled
+        """θ → the θ-branch inputs of all networks: θ mapped onto [−2, 2] over the trained
+        range (paper Section 4), and the ``theta_features`` extras (:data:`THETA_FEATURES`),
+        the blocks any network uses concatenated; each network takes its columns
+        (:meth:`theta_input`)."""
+        if self._blocks == ("linear",):
+            return super().scale_theta(theta)
         about_zero = 2.0 * theta / self.module.theta_halfwidth.to(theta)
-        extra = about_zero.abs() if kind == "abs" else about_zero.square()
-        return torch.cat([scaled, extra], -1)
+        made = {"linear": (lambda: super(GMMDensity, self).scale_theta(theta)),
+                "abs": about_zero.abs, "square": about_zero.square}
+        return torch.cat([made[b]() for b in self._blocks], -1)
+
+    def theta_input(self, i: int, theta_s: torch.Tensor) -> torch.Tensor:
+        """Network ``i``'s θ-branch input from :meth:`scale_theta`'s output (..., F)."""
+        cols = self._theta_columns[i]
+        return theta_s if cols is None else theta_s[..., cols]
 
     @property
     def smooth(self) -> bool:  # type: ignore[override]
-        """True with ``activation="silu"`` (and no ``"abs"`` θ features): the likelihood is
-        then smooth in θ and costs give Minuit its exact Hessian. LeakyReLU networks are
-        piecewise linear in θ (their pointwise Hessian misses the kinks' curvature): Minuit's
-        HESSE takes finite differences."""
-        return self.config["activation"] == "silu" and self.config["theta_features"] != "abs"
+        """True with ``activation="silu"`` (and no ``"abs"`` or ``"even"`` θ features): the
+        likelihood is then smooth in θ and costs give Minuit its exact Hessian. LeakyReLU
+        networks are piecewise linear in θ (their pointwise Hessian misses the kinks'
+        curvature): Minuit's HESSE takes finite differences."""
+        return self.config["activation"] == "silu" and "abs" not in self._blocks
 
     @property
     def nets(self) -> nn.ModuleList:
@@ -332,7 +358,7 @@ class GMMDensity(TrainedModel, SavableModel):
     # -- latent-space evaluation ---------------------------------------------------------------
     def _theta_parts(self, theta_s: torch.Tensor) -> list[torch.Tensor]:
         t = theta_s if theta_s.ndim == 2 else theta_s.unsqueeze(0)
-        return [net.theta_part(t) for net in self.nets]
+        return [net.theta_part(self.theta_input(i, t)) for i, net in enumerate(self.nets)]
 
     def _input_parts(self, inputs: torch.Tensor) -> list[torch.Tensor]:
         return [net.input_part(inputs[:, :i]) for i, net in enumerate(self.nets)]
@@ -418,7 +444,7 @@ class GMMDensity(TrainedModel, SavableModel):
 
     def training_log_prob(self, i: int, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         net = self.nets[i]
-        return self.conditional(i, batch["u"], net.theta_part(batch["theta"]),
+        return self.conditional(i, batch["u"], net.theta_part(self.theta_input(i, batch["theta"])),
                                 net.input_part(batch["inputs"][:, :i]))
 
     # -- data-space evaluation (DensityModel protocol) ----------------------------------------
@@ -550,6 +576,24 @@ class GMMDensity(TrainedModel, SavableModel):
         return (f"GMMDensity(observables={list(self.space.names)}, "
                 f"parameters={list(self.parameters)}, "
                 f"weights={self.n_weights()})")
+
+
+def _theta_kinds(features: Any, space: ObservableSpace) -> tuple[str, ...]:
+    """``theta_features`` (one kind, or one per observable) → one kind per observable."""
+    if isinstance(features, str):
+        if features not in THETA_FEATURES:
+            raise InputError(f"GMMDensity: theta_features must be one of "
+                             f"{sorted(THETA_FEATURES)}, got {features!r}")
+        return (features,) * space.dim
+    kinds = list(features)
+    if len(kinds) != space.dim:
+        raise InputError(f"GMMDensity: theta_features needs one kind per observable "
+                         f"({space.dim}: {list(space.names)}), got {len(kinds)}")
+    for name, kind in zip(space.names, kinds):
+        if kind not in THETA_FEATURES:
+            raise InputError(f"GMMDensity: theta_features of {name!r} must be one of "
+                             f"{sorted(THETA_FEATURES)}, got {kind!r}")
+    return tuple(kinds)
 
 
 def _draw_index(log_p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
