@@ -155,6 +155,16 @@ def test_demo_config_modes_and_overrides():
         assert build_parser().parse_args(
             ["demo", "--out", "d", "--theta-features", f]).theta_features == f
     assert build_parser().parse_args(["demo", "--out", "d"]).theta_features is None
+    # one kind per observable (x0..x3), on the command line separated by commas
+    per = build_parser().parse_args(
+        ["demo", "--out", "d", "--theta-features", "even,even,linear,even"]).theta_features
+    assert per == ("even", "even", "linear", "even")
+    assert demo_config(theta_features=per).network["theta_features"] == list(per)
+    for bad in ("even,linear", "even,even,linear,odd"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["demo", "--out", "d", "--theta-features", bad])
+    with pytest.raises(InputError, match="four of them"):
+        demo_config(theta_features=["even", "linear"])
     # default: the fixed-budget (cosine) recipe; full: the paper's plateau schedule
     default, full = demo_config(), demo_config(full=True)
     assert (default.schedule, default.lr, default.batch_size, default.validation) == (
@@ -264,6 +274,47 @@ def test_demo_config_training_designs():
                                   xm[(thm == 0.0).all(axis=1)])
     assert "1,620 with (cx, cy) uniform" in mixed.describe_design()
     assert mixed.model_key() != demo_config(events_per_point=60).model_key()
+    # its uniform part draws from a stream of its own: not that of grid point 19
+    # (SeedSequence(seed, spawn_key=(19,)), as it did before)
+    point19 = slice(19 * 40, 20 * 40)
+    assert not np.isin(xm[point19, 0], xm[~on_grid, 0]).any()
+
+
+def test_cusp_spread_moves_the_grid_points_on_the_cusps_off_them():
+    toy = PaperToy()
+    plain = demo_config(events_per_point=50)
+    spread = demo_config(events_per_point=50, cusp_spread=0.1)
+    x, theta = spread.training_data(toy)
+    xp, thp = plain.training_data(toy)
+    assert x.shape == xp.shape == (81 * 50, 4)
+    on_axis = (thp == 0.0)
+    # off the axes: the same points and the same events as without the spread
+    keep = ~on_axis.any(axis=1)
+    np.testing.assert_array_equal(theta[keep], thp[keep])
+    np.testing.assert_array_equal(x[keep], xp[keep])
+    # on them: the zero coordinate drawn per event from U(−0.1, 0.1), the other one kept
+    assert not (theta == 0.0).any()
+    assert np.abs(theta[on_axis]).max() <= 0.1 and len(np.unique(theta[on_axis])) == on_axis.sum()
+    np.testing.assert_array_equal(theta[~on_axis], thp[~on_axis])
+    # (17 points have a zero coordinate, (0, 0) two: 18 × 50 values; mean 0 ± 0.058/√900)
+    assert on_axis.sum() == 18 * 50 and abs(theta[on_axis].mean()) < 5 * 0.0577 / 30
+    # the events follow their own parameters (PIT uniform on the spread points)
+    rows = on_axis.any(axis=1)
+    pit = toy.pit(x[rows], theta[rows, 0], theta[rows, 1])
+    assert min(kstest(pit[:, j], "uniform").pvalue for j in range(4)) > 1e-3
+    np.testing.assert_array_equal(spread.training_data(toy)[1], theta)  # seeded
+    # the projection: a c = (0, 0) sample of its own stream (not grid point 17's)
+    ref = spread.projection_events(toy, x, theta)
+    assert ref.shape == (50, 4) and not np.isin(ref[:, 0], x[:, 0]).any()
+    assert spread.model_key() != plain.model_key() and "±0.1" in spread.describe_design()
+    assert "cusp_spread" not in plain.model_key()
+    for bad in (-0.1, 0.5, float("nan")):
+        with pytest.raises(InputError, match="cusp_spread"):
+            demo_config(cusp_spread=bad)
+    with pytest.raises(InputError, match="uniform"):
+        demo_config(design="uniform", cusp_spread=0.1)
+    args = build_parser().parse_args(["demo", "--out", "d", "--cusp-spread", "0.05"])
+    assert args.cusp_spread == 0.05
 
 
 def test_uniform_training_data_covers_the_square_and_checks_its_input():

@@ -75,12 +75,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "in all as the 49-point grid), or mixed: two thirds of the events on "
                         "the dense grid, one third uniform")
     # egmm.density.THETA_FEATURES, spelled out (the parser stays light)
-    p.add_argument("--theta-features", choices=("linear", "abs", "quadratic"),
-                   default=None,
-                   help="what the networks see of (cx, cy): also |cx|, |cy| (abs, the "
-                        "default: the toy's likelihood has cusps at cx = 0 and cy = 0), only "
-                        "cx, cy (linear: the paper's networks; --full, --quick) or also cx², "
-                        "cy² (quadratic)")
+    p.add_argument("--theta-features", type=_theta_features, default=None, metavar="KIND",
+                   help="what the networks see of (cx, cy): one of linear (cx, cy: the "
+                        "paper's networks; --full, --quick), abs (also |cx|, |cy|: the "
+                        "toy's likelihood has cusps at cx = 0 and cy = 0), quadratic (also "
+                        "cx², cy²) or even (|cx|, |cy| alone), or four of them separated by "
+                        "commas, one per observable x0..x3 (default even,even,linear,even: "
+                        "the toy's p0, p1 and p3 depend on |cx|, |cy| only)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
@@ -107,6 +108,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="weight of the score term in training, with the toy's exact "
                         "conditional scores as targets (default 1; 0: maximum likelihood "
                         "alone, the paper's training; --full: 0)")
+    p.add_argument("--cusp-spread", type=float, default=None, metavar="S",
+                   help="grid designs: a grid point's coordinate 0 is drawn per event from "
+                        "U(-S, S), so that the score term sees the cusps' one-sided slopes "
+                        "(default 0: the paper's points)")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
@@ -124,6 +129,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_demo)
 
 
+def _theta_features(text: str) -> str | tuple[str, ...]:
+    kinds = ("linear", "abs", "quadratic", "even")
+    parts = tuple(p.strip() for p in text.split(","))
+    bad = [p for p in parts if p not in kinds]
+    if bad or len(parts) not in (1, 4):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give one of {', '.join(kinds)}, or four of them separated by commas "
+            f"(one per observable x0..x3)")
+    return parts[0] if len(parts) == 1 else parts
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from egmm.demo import run_demo
 
@@ -133,7 +149,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                        workers=args.workers, design=args.design,
                        theta_features=args.theta_features, schedule=args.schedule,
                        lr=args.lr, batch_size=args.batch_size, validation=args.validation,
-                       members=args.members, score_weight=args.score_weight)
+                       members=args.members, score_weight=args.score_weight,
+                       cusp_spread=args.cusp_spread)
     if args.no_progress:  # run_demo printed nothing: the table still belongs on stdout
         print(Path(args.out, "table.md").read_text())
     n = len(results["datasets"])

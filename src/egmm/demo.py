@@ -113,13 +113,16 @@ _LOG_Z3 = math.log(2.0 * _K3 / 10.0) - math.log(-math.expm1(-2.0 * _K3))
 # the training data (grid designs: children SeedSequence(seed).spawn(P), keys (0,) … (P − 1,),
 # never two entries long; uniform design: SeedSequence(seed) itself)
 _DATASET_KEY = 16
-# the uniform design's projection sample (it has no c = (0, 0) events of its own; its
-# training data use SeedSequence(seed) itself, so no grid child key can coincide)
+# the projection sample of a design without exact c = (0, 0) events: the uniform design's
+# from SeedSequence(seed, spawn_key=(_PROJECTION_KEY,)) (its training data use
+# SeedSequence(seed) itself, so no grid child key can coincide), a grid design's with
+# cusp_spread from (_PROJECTION_KEY, 0) (a one-entry key would be grid point 17's stream)
 _PROJECTION_KEY = 17
 # ensemble member k ≥ 1 trains from SeedSequence(seed, spawn_key=(_MEMBER_KEY, k)) (member 0
 # from the seed itself, as a single model does)
 _MEMBER_KEY = 18
-# the mixed design's uniformly drawn events: SeedSequence(seed, spawn_key=(_MIXED_KEY,))
+# the mixed design's uniformly drawn events: SeedSequence(seed, spawn_key=(_MIXED_KEY, 0))
+# (two entries: (_MIXED_KEY,) is the stream of the grid's point 19)
 _MIXED_KEY = 19
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
@@ -163,6 +166,12 @@ class DemoConfig:
         score_weight: α of ``egmm.train``'s score term, with the toy's exact conditional
             scores (:meth:`PaperToy.conditional_scores`) as targets; 0: maximum likelihood
             alone (the paper's training).
+        cusp_spread: s > 0: the grid designs' points on the cusps (cx = 0 or cy = 0) get
+            that coordinate drawn per event uniformly from [−s, s] instead of exactly 0, so
+            that the score term sees the cusps' one-sided slopes (exactly on a cusp the
+            score is the mean of the two, and the slope right next to it is otherwise
+            pinned only by the points at ±0.2); the projection then gets its own
+            c = (0, 0) sample. 0: the paper's points.
     """
 
     mode: str
@@ -180,6 +189,7 @@ class DemoConfig:
     design: str = "dense"
     members: int = 1
     score_weight: float = 0.0
+    cusp_spread: float = 0.0
 
     def member_seed(self, k: int) -> int:
         """The seed member ``k`` is trained with: ``seed`` itself for member 0, for k ≥ 1 one
@@ -215,22 +225,46 @@ class DemoConfig:
             return toy.training_data_uniform(n, *BOUNDS["cx"], seed=self.seed)
         if self.design == "mixed":
             per_point, n_uniform = self._mixed_split()
-            x, theta = toy.training_data(self.grid, per_point, seed=self.seed)
+            x, theta = self._grid_data(toy, per_point)
             xu, thu = toy.training_data_uniform(
                 n_uniform, *BOUNDS["cx"],
-                seed=np.random.SeedSequence(self.seed, spawn_key=(_MIXED_KEY,)))
+                seed=np.random.SeedSequence(self.seed, spawn_key=(_MIXED_KEY, 0)))
             return np.concatenate([x, xu]), np.concatenate([theta, thu])
-        return toy.training_data(self.grid, self.events_per_point, seed=self.seed)
+        return self._grid_data(toy, self.events_per_point)
+
+    def _grid_data(self, toy: PaperToy, per_point: int) -> tuple[np.ndarray, np.ndarray]:
+        """``per_point`` events at each grid point; with ``cusp_spread`` s > 0, a zero
+        coordinate of a point is drawn per event from U(−s, s) (point i's parameters and
+        events both from the i-th child of ``SeedSequence(seed)``, as
+        :meth:`PaperToy.training_data`)."""
+        grid = self.grid
+        assert grid is not None
+        if self.cusp_spread == 0.0:
+            return toy.training_data(grid, per_point, seed=self.seed)
+        xs, thetas = [], []
+        for point, child in zip(grid, np.random.SeedSequence(self.seed).spawn(len(grid))):
+            rng = np.random.default_rng(child)
+            theta = np.tile(point, (per_point, 1))
+            for j in np.flatnonzero(point == 0.0):
+                theta[:, j] = rng.uniform(-self.cusp_spread, self.cusp_spread, per_point)
+            xs.append(toy.sample(per_point, theta[:, 0], theta[:, 1], seed=rng))
+            thetas.append(theta)
+        return np.concatenate(xs), np.concatenate(thetas)
 
     def projection_events(self, toy: PaperToy, x: np.ndarray, theta: np.ndarray
                           ) -> np.ndarray:
         """The events the latent projection is fitted on: the c = (0, 0) sample of the
         training data ``(x, theta)``, as in the paper; the uniform design has none, so it
-        gets one of the grid designs' size from its own stream of the seed."""
-        if self.grid is not None:
+        gets one of the grid designs' size from its own stream of the seed, as does a grid
+        design with ``cusp_spread`` (its events near (0, 0) are spread)."""
+        if self.grid is None:
+            key: tuple[int, ...] = (_PROJECTION_KEY,)
+        elif self.cusp_spread > 0.0:
+            key = (_PROJECTION_KEY, 0)
+        else:
             return x[(theta == 0.0).all(axis=1)]
         return toy.sample(self.events_per_point, 0.0, 0.0,
-                          seed=np.random.SeedSequence(self.seed, spawn_key=(_PROJECTION_KEY,)))
+                          seed=np.random.SeedSequence(self.seed, spawn_key=key))
 
     def describe_design(self) -> str:
         """The training design in words, for messages and tables."""
@@ -240,13 +274,20 @@ class DemoConfig:
                     f"({self.events_per_point:,} per 49-point-grid point)")
         if self.design == "mixed":
             per_point, n_uniform = self._mixed_split()
-            return (f"{per_point:,} events at each of {len(self.grid)} grid points and "
+            return (f"{per_point:,} events at each of {len(self.grid)} grid points"
+                    f"{self._spread_words()} and "
                     f"{n_uniform:,} with (cx, cy) uniform over [−1.5, 1.5]²")
-        return f"{self.events_per_point:,} events at each of {len(self.grid)} grid points"
+        return (f"{self.events_per_point:,} events at each of {len(self.grid)} grid points"
+                f"{self._spread_words()}")
+
+    def _spread_words(self) -> str:
+        return ("" if self.cusp_spread == 0.0 else
+                f" (a 0 coordinate spread over ±{self.cusp_spread:g})")
 
     def describe_training(self) -> str:
         """The training recipe in words, for tables."""
         inputs = self.network.get("theta_features", "linear")
+        inputs = inputs if isinstance(inputs, str) else "/".join(inputs)
         schedule = ("cosine schedule" if self.schedule == "cosine"
                     else "plateau schedule with early stopping")
         score = (f", score regression α = {self.score_weight:g}" if self.score_weight > 0
@@ -275,16 +316,19 @@ class DemoConfig:
             "projection_bandwidth": "auto",  # LatentProjection.fit's smoothed reference CDF
             "egmm_version": __version__,
             **({"score_weight": self.score_weight} if self.score_weight > 0 else {}),
+            **({"cusp_spread": self.cusp_spread} if self.cusp_spread > 0 else {}),
         }
 
 
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 events_per_point: int | None = None, max_epochs: int | None = None,
                 train_threads: int = 1, train_workers: int | None = None,
-                design: str = "dense", theta_features: str | None = None,
+                design: str = "dense",
+                theta_features: str | Sequence[str] | None = None,
                 schedule: str | None = None, lr: float | None = None,
                 batch_size: int | None = None, validation: float | None = None,
-                members: int | None = None, score_weight: float | None = None) -> DemoConfig:
+                members: int | None = None, score_weight: float | None = None,
+                cusp_spread: float | None = None) -> DemoConfig:
     """The configuration of a run.
 
     Default: 30,000 events at each of the 81 points of the dense grid, the paper's network
@@ -310,9 +354,13 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
     if isinstance(train_workers, bool) or int(train_workers) < 1:
         raise InputError(f"workers must be ≥ 1, got {train_workers}")
-    if theta_features is not None and theta_features not in THETA_FEATURES:
-        raise InputError(f"theta_features must be one of {', '.join(THETA_FEATURES)}, "
-                         f"got {theta_features!r}")
+    if theta_features is not None:
+        kinds = ([theta_features] if isinstance(theta_features, str)
+                 else list(theta_features))
+        if len(kinds) not in (1, 4) or any(k not in THETA_FEATURES for k in kinds):
+            raise InputError(f"theta_features must be one of {', '.join(THETA_FEATURES)}, "
+                             f"or four of them (one per observable), got {theta_features!r}")
+        theta_features = kinds[0] if isinstance(theta_features, str) else kinds
     common = {"seed": seed, "train_threads": train_threads,
               "train_workers": int(train_workers), "design": design}
     if full:
@@ -350,6 +398,14 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         changes["members"] = int(members)
     if score_weight is not None:
         changes["score_weight"] = float(score_weight)
+    if cusp_spread is not None:
+        spread = float(cusp_spread)
+        if not 0.0 <= spread < 0.5:  # the grids' nearest points off an axis are at 0.2, 0.5
+            raise InputError(f"cusp_spread must be in [0, 0.5), got {cusp_spread!r}")
+        if design == "uniform" and spread > 0:
+            raise InputError("cusp_spread applies to the grid designs, not to 'uniform' "
+                             "(which has no points on the cusps)")
+        changes["cusp_spread"] = spread
     for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
                               ("batch_size", batch_size, int), ("validation", validation, float)):
         if value is not None:
@@ -1038,10 +1094,12 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              max_epochs: int | None = None, threads: int = 1,
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              workers: int | None = None, design: str = "dense",
-             theta_features: str | None = None, schedule: str | None = None,
+             theta_features: str | Sequence[str] | None = None,
+             schedule: str | None = None,
              lr: float | None = None, batch_size: int | None = None,
              validation: float | None = None, members: int | None = None,
-             score_weight: float | None = None) -> dict[str, Any]:
+             score_weight: float | None = None,
+             cusp_spread: float | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (created if needed) and return the results.
 
     Arguments:
@@ -1066,6 +1124,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         score_weight: the weight α of the score term in training, with the toy's exact
             conditional scores as targets (:func:`~egmm.train`'s ``score=``; default mode:
             1; ``full``: 0, maximum likelihood alone as in the paper).
+        cusp_spread: s > 0 spreads the grid points' zero coordinates over U(−s, s) per
+            event (:class:`DemoConfig`).
         workers: processes the networks are trained in and the datasets fitted in
             (default: 2 where there are two cores; neither the model nor the fits depend
             on it).
@@ -1087,7 +1147,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
                       design=design, theta_features=theta_features, schedule=schedule, lr=lr,
                       batch_size=batch_size, validation=validation, members=members,
-                      score_weight=score_weight)
+                      score_weight=score_weight, cusp_spread=cusp_spread)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
