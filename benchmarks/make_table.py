@@ -47,6 +47,11 @@ HOW_TO_RUN = [
      "measure",
      "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]",
      "~6 min/model"),
+    ("cusp_datasets.py", "the demo's test (|ΔMLE| < 0.25 σ, areas within 10 %) on many "
+     "datasets drawn on the toy's cusps ((0, 0); `--axes`: also (±0.8, 0), (0, ±0.8)): how "
+     "often a model passes where one demo dataset says little",
+     "python benchmarks/cusp_datasets.py --model M.egmm [--model ...] [--datasets 8] [--axes]",
+     "~10 s per dataset and model"),
     ("make_table.py", "this file, from results/*.json", "python benchmarks/make_table.py",
      "instant"),
 ]
@@ -332,7 +337,7 @@ def coverage_section(data: dict[str, Any]) -> str:
 
 def score_bias_section(data: dict[str, Any]) -> str:
     s = data.get("settings", {})
-    pts = ", ".join(f"({p['cx']:+.1f}, {p['cy']:+.1f})" for p in data.get("points", []))
+    pts = ", ".join(f"({p['cx']:+.3g}, {p['cy']:+.3g})" for p in data.get("points", []))
     rows = []
     for name, r in data.get("models", {}).items():
         rows.append([f"`{Path(name).name}`" if name.endswith(".egmm") else name,
@@ -344,6 +349,27 @@ def score_bias_section(data: dict[str, Any]) -> str:
             + table(["model", "rms δθ/σ", "largest δθ/σ (abs.)", "area ratio, mean",
                      "largest deviation of the area ratio from 1",
                      "area ratio's error per point (rms)"], rows))
+
+
+def cusp_datasets_section(data: dict[str, Any]) -> str:
+    s = data.get("settings", {})
+    rows = []
+    for point, models in data.get("summary", {}).items():
+        for name, r in models.items():
+            p = Path(name)
+            label = f"{p.parent.name}/{p.name}" if p.name == "model.egmm" else p.name
+            rows.append([point, f"`{label}`", f"{r['passed']} / {r['datasets']}",
+                         str(r["shift_fails"]), str(r["area_fails"]),
+                         " / ".join(f"{v:+.2f}" for v in r["shift_median"]),
+                         " / ".join(f"{v:.2f}" for v in r["shift_abs_max"]),
+                         " / ".join(f"{v:.2f}" for v in r["area_median"]),
+                         f"{r['area_worst']:.2f}"])
+    return (f"{s.get('datasets_per_point')} datasets of 400 events per point (seed "
+            f"{s.get('seed')}), each analysed as the demo does; pass: |ΔMLE| < 0.25 σ in both "
+            "parameters and both region areas (68.27 %, 95.45 %) within 10 % of the truth's.\n\n"
+            + table(["true (cx, cy)", "model", "pass", "MLE fails", "area fails",
+                     "median ΔMLE/σ (cx / cy)", "largest |ΔMLE|/σ", "median areas (68 / 95 %)",
+                     "worst area"], rows))
 
 
 def _rms(values: Any) -> float | None:
@@ -474,6 +500,7 @@ def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     names += sorted(p.stem for p in folder.glob("toys_vectorised_*.json"))
     names += sorted(p.stem for p in folder.glob("coverage_paper_toy_*.json"))
     names += sorted(p.stem for p in folder.glob("score_bias_*.json"))
+    names += sorted(p.stem for p in folder.glob("cusp_datasets*.json"))
     for name in names:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -552,6 +579,12 @@ def render(folder: Path) -> str:
                          "score_bias", results, score_bias_section, "score_bias.py"))
     for n in (n for n in results if n.startswith("score_bias_")):
         parts += [f"### {n}.json", "", _safe(lambda n=n: score_bias_section(results[n]), n), ""]
+    cd = [n for n in results if n.startswith("cusp_datasets")]
+    if cd:
+        parts += ["## The demo's test on many datasets at the cusps (cusp_datasets.py)", ""]
+        for n in cd:
+            parts += [f"### {n}.json", "",
+                      _safe(lambda n=n: cusp_datasets_section(results[n]), n), ""]
     if problems:
         parts += ["## Unreadable files", "", *[f"- {p}" for p in problems], ""]
     return "\n".join(parts)

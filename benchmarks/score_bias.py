@@ -48,6 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a
 from _common import RESULTS, machine_info, write_json
 
 POINTS = ((-0.8, -0.8), (-0.8, 0.8), (0.8, -0.8), (0.8, 0.8), (0.4, 0.6), (-0.3, -1.0))
+# --near-cusps: points H off the cusps next to the demo's datasets on them, (0, 0), (±0.8, 0)
+# and (0, ±0.8), one per side: there the one-sided scores set where a fit's kink lies relative
+# to its smooth part (the truth's expected one-sided score is 0 there too)
+H = 0.005
+NEAR_CUSPS = tuple((sx * H, sy * H) for sx in (1, -1) for sy in (1, -1)) + tuple(
+    p for c in (0.8, -0.8) for s in (1, -1) for p in ((c, s * H), (s * H, c)))
 STEP = 1e-5
 H_STEP = 1e-3  # the model Hessian's difference step (see mean_model_hessian)
 BLOCKS = 8  # the events of a point are split in blocks for the area ratio's jackknife error
@@ -137,7 +143,7 @@ def shifts(models: list[tuple[str, Any]], toy: PaperToy, events: int, n: int, se
         sizes = np.array([len(b) for b in blocks], dtype=float)
         hess_true = np.stack([true_hessian(toy, x[b], cx, cy) for b in blocks])
         sigma = np.sqrt(np.diag(np.linalg.inv(info)) / n)
-        line = f"({cx:+.1f}, {cy:+.1f}) σ_{n} = ({sigma[0]:.3f}, {sigma[1]:.3f}):"
+        line = f"({cx:+.3f}, {cy:+.3f}) σ_{n} = ({sigma[0]:.3f}, {sigma[1]:.3f}):"
         for name, model in models:
             delta = mean_model_score(model, x, cx, cy) - st.mean(0)
             shift = np.linalg.solve(info, delta) / sigma
@@ -180,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=400, help="dataset size σ refers to")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--near-cusps", action="store_true",
+                    help=f"evaluate at the {len(NEAR_CUSPS)} points ±{H} off the cusps next "
+                         "to the demo's datasets on them (one-sided scores), not the "
+                         "off-cusp points")
     ap.add_argument("--out", type=Path, default=RESULTS / "score_bias.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,9 +198,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.average and len(models) > 1:
         models.append(("average of " + ", ".join(p.name for p in args.model),
                        EnsembleDensity([m for _, m in models])))
-    points, summary = shifts(models, toy, args.events, args.n, args.seed)
+    points, summary = shifts(models, toy, args.events, args.n, args.seed,
+                             NEAR_CUSPS if args.near_cusps else POINTS)
     result = {"machine": machine_info(), "settings": {
-        "events_per_point": args.events, "n": args.n, "seed": args.seed, "step": STEP},
+        "events_per_point": args.events, "n": args.n, "seed": args.seed, "step": STEP,
+        "near_cusps": args.near_cusps},
         "points": points, "models": summary}
     write_json(args.out, result)
     return result

@@ -290,3 +290,30 @@ def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_
         torch.tensor([0.4, 0.6], dtype=torch.float64)).numpy()
     np.testing.assert_allclose(sb.mean_model_hessian(smooth, x, 0.4, 0.6), exact, rtol=1e-4,
                                atol=1e-6)
+
+
+def test_cusp_datasets_compares_like_the_demo_and_renders(tmp_path):
+    # the true pdf as the "model": no shift, areas equal, a pass; summaries and the table
+    import numpy as np
+
+    from egmm.demo import true_density
+    from egmm.groundtruth import PaperToy
+
+    cd = _load("cusp_datasets")
+    toy = PaperToy()
+    events = toy.sample(400, 0.0, 0.0, seed=np.random.SeedSequence(1000, spawn_key=(0, 0)))
+    out = cd.compare_on(events, [("truth", true_density(toy))])["truth"]
+    assert out["passed"] and max(abs(v) for v in out["shift_over_sigma"].values()) < 1e-3
+    np.testing.assert_allclose(out["area_ratio"], 1.0, atol=1e-3)
+    failed = {"shift_over_sigma": {"cx": 0.3, "cy": 0.0}, "area_ratio": [1.2, 1.0],
+              "passed": False}
+    rows = [{"point": [0.0, 0.0], "k": k, "models": {"m": r}}
+            for k, r in enumerate([out, failed])]
+    s = cd.summarise(rows, "m")
+    assert (s["datasets"], s["passed"], s["shift_fails"], s["area_fails"]) == (2, 1, 1, 1)
+    assert s["area_worst"] == 1.2 and s["shift_abs_max"][0] == 0.3
+    text = _load("make_table").cusp_datasets_section(
+        {"settings": {"datasets_per_point": 2, "seed": 1000}, "summary": {"(+0.0, +0.0)": {
+            "runs/x/model.egmm": s}}})
+    row = next(line for line in text.splitlines() if line.startswith("| (+0.0"))
+    assert "`x/model.egmm`" in row and "1 / 2" in row
