@@ -47,7 +47,7 @@ HOW_TO_RUN = [
      "measure",
      "python benchmarks/score_bias.py --model M.egmm [--model ...] [--average]",
      "~6 min/model"),
-    ("cusp_datasets.py", "the demo's test (|ΔMLE| < 0.25 σ, areas within 10 %) on many "
+    ("cusp_datasets.py", "the demo's test (MLE within 0.25 σ, areas within 10 %) on many "
      "datasets drawn on the toy's cusps ((0, 0); `--axes`: also (±0.8, 0), (0, ±0.8)): how "
      "often a model passes where one demo dataset says little",
      "python benchmarks/cusp_datasets.py --model M.egmm [--model ...] [--datasets 8] [--axes]",
@@ -365,10 +365,10 @@ def cusp_datasets_section(data: dict[str, Any]) -> str:
                          " / ".join(f"{v:.2f}" for v in r["area_median"]),
                          f"{r['area_worst']:.2f}"])
     return (f"{s.get('datasets_per_point')} datasets of 400 events per point (seed "
-            f"{s.get('seed')}), each analysed as the demo does; pass: |ΔMLE| < 0.25 σ in both "
+            f"{s.get('seed')}), each analysed as the demo does; pass: ΔMLE within ±0.25 σ in both "
             "parameters and both region areas (68.27 %, 95.45 %) within 10 % of the truth's.\n\n"
             + table(["true (cx, cy)", "model", "pass", "MLE fails", "area fails",
-                     "median ΔMLE/σ (cx / cy)", "largest |ΔMLE|/σ", "median areas (68 / 95 %)",
+                     "median ΔMLE/σ (cx / cy)", "largest abs. ΔMLE/σ", "median areas (68 / 95 %)",
                      "worst area"], rows))
 
 
