@@ -77,11 +77,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     # egmm.density.THETA_FEATURES, spelled out (the parser stays light)
     p.add_argument("--theta-features", type=_theta_features, default=None, metavar="KIND",
                    help="what the networks see of (cx, cy): one of linear (cx, cy: the "
-                        "paper's networks; --full, --quick), abs (also |cx|, |cy|: the "
-                        "toy's likelihood has cusps at cx = 0 and cy = 0), quadratic (also "
-                        "cx², cy²) or even (|cx|, |cy| alone), or four of them separated by "
-                        "commas, one per observable x0..x3 (default even,even,linear,even: "
-                        "the toy's p0, p1 and p3 depend on |cx|, |cy| only)")
+                        "paper's networks; --full, --quick), abs (also |cx|, |cy|, the "
+                        "default: the toy's likelihood has cusps at cx = 0 and cy = 0), "
+                        "quadratic (also cx², cy²) or even (|cx|, |cy| alone), or four of "
+                        "them separated by commas, one per observable x0..x3, e.g. "
+                        "even,even,linear,even (the toy's p0, p1 and p3 depend on |cx|, "
+                        "|cy| only)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
