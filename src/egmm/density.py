@@ -281,12 +281,17 @@ class GMMDensity(TrainedModel, SavableModel):
         n_par = len(self.parameters)
         self._blocks = tuple(b for b in _FEATURE_BLOCKS
                              if any(b in THETA_FEATURES[k] for k in self._kinds))
-        # per network: its columns of scale_theta's output (None: all of them)
-        self._theta_columns: list[list[int] | None] = []
+        # per network: its columns of scale_theta's output (None: all of them; a slice, a
+        # view, where they are contiguous, as they are for every kind but "quadratic" next to
+        # "abs")
+        self._theta_columns: list[slice | list[int] | None] = []
         for kind in self._kinds:
             cols = [j * n_par + p for j, b in enumerate(self._blocks)
                     if b in THETA_FEATURES[kind] for p in range(n_par)]
-            self._theta_columns.append(None if len(cols) == n_par * len(self._blocks) else cols)
+            self._theta_columns.append(
+                None if len(cols) == n_par * len(self._blocks) else
+                slice(cols[0], cols[-1] + 1) if cols == list(range(cols[0], cols[-1] + 1))
+                else cols)
         nets: list[nn.Module] = []
         for i, obs in enumerate(space):
             n_theta = n_par * len(THETA_FEATURES[self._kinds[i]])
