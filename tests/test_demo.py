@@ -253,8 +253,9 @@ def test_demo_config_training_designs():
     assert demo_config().design == "dense"
     for d in DESIGNS:  # the command line offers every design (spelled out there)
         assert build_parser().parse_args(["demo", "--out", "d", "--design", d]).design == d
-    # the projection sample: the c = (0, 0) training events, or (uniform) a seeded sample
-    small_grid = demo_config(design="grid", events_per_point=60)
+    # the projection sample: with the paper's points the c = (0, 0) training events, or
+    # (uniform) a seeded sample
+    small_grid = demo_config(design="grid", events_per_point=60, cusp_spread=0)
     xg, thg = small_grid.training_data(PaperToy())
     ref_grid = small_grid.projection_events(PaperToy(), xg, thg)
     np.testing.assert_array_equal(ref_grid, xg[(thg == 0.0).all(axis=1)])
@@ -264,7 +265,7 @@ def test_demo_config_training_designs():
     np.testing.assert_array_equal(ref, small.projection_events(PaperToy(), x, theta))
     # mixed: two thirds of each point's events on the dense grid, a third's worth uniform,
     # as many in all as the dense design; the projection sample is the grid's c = (0, 0) one
-    mixed = demo_config(design="mixed", events_per_point=60)
+    mixed = demo_config(design="mixed", events_per_point=60, cusp_spread=0)
     xm, thm = mixed.training_data(PaperToy())
     assert xm.shape == (81 * 60, 4) and len(mixed.grid) == 81
     on_grid = (thm[:, None, :] == mixed.grid[None]).all(axis=2).any(axis=1)
@@ -282,8 +283,12 @@ def test_demo_config_training_designs():
 
 def test_cusp_spread_moves_the_grid_points_on_the_cusps_off_them():
     toy = PaperToy()
-    plain = demo_config(events_per_point=50)
-    spread = demo_config(events_per_point=50, cusp_spread=0.1)
+    plain = demo_config(events_per_point=50, cusp_spread=0)
+    spread = demo_config(events_per_point=50)  # the default mode's spread: 0.1
+    assert spread.cusp_spread == 0.1 and demo_config(design="grid").cusp_spread == 0.1
+    # the paper's points in the paper's recipe, the smoke test and the uniform design
+    assert demo_config(full=True).cusp_spread == demo_config(quick=True).cusp_spread == 0.0
+    assert demo_config(design="uniform").cusp_spread == 0.0
     x, theta = spread.training_data(toy)
     xp, thp = plain.training_data(toy)
     assert x.shape == xp.shape == (81 * 50, 4)

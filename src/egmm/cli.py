@@ -112,7 +112,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cusp-spread", type=float, default=None, metavar="S",
                    help="grid designs: a grid point's coordinate 0 is drawn per event from "
                         "U(-S, S), so that the score term sees the cusps' one-sided slopes "
-                        "(default 0: the paper's points)")
+                        "(default 0.1; 0: the paper's points, as --full and --design uniform)")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch threads for training (default 1; 0: torch's default). Fits "
                         "always use one thread")
