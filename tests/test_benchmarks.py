@@ -309,11 +309,43 @@ def test_cusp_datasets_compares_like_the_demo_and_renders(tmp_path):
               "passed": False}
     rows = [{"point": [0.0, 0.0], "k": k, "models": {"m": r}}
             for k, r in enumerate([out, failed])]
+    assert out["at_other_minimum"] is False
     s = cd.summarise(rows, "m")
     assert (s["datasets"], s["passed"], s["shift_fails"], s["area_fails"]) == (2, 1, 1, 1)
     assert s["area_worst"] == 1.2 and s["shift_abs_max"][0] == 0.3
+    assert s["shift_fails_other_minimum"] == 0  # "failed" predates the check: not counted
     text = _load("make_table").cusp_datasets_section(
         {"settings": {"datasets_per_point": 2, "seed": 1000}, "summary": {"(+0.0, +0.0)": {
             "runs/x/model.egmm": s}}})
     row = next(line for line in text.splitlines() if line.startswith("| (+0.0"))
-    assert "`x/model.egmm`" in row and "1 / 2" in row
+    assert "`x/model.egmm`" in row and "1 / 2" in row and "| 1 (0) |" in row
+
+
+def test_cusp_datasets_names_a_model_that_took_the_truths_other_minimum():
+    # dataset 6 at (−0.8, 0) of cusp_datasets' seed 1000: the true likelihood has mirror
+    # minima at cy ≈ ∓0.08, 0.12 apart in −2 ln L. The truth with cy's sign flipped (a
+    # "model" whose likelihood is the mirror image) has its MLE at the other one: an MLE
+    # fail of ~3.4 σ in cy, but at the truth's other minimum, with the same areas.
+    import numpy as np
+    import torch
+
+    from egmm import TorchDensity
+    from egmm.demo import BOUNDS, toy_log_prob
+    from egmm.groundtruth import PaperToy
+
+    cd = _load("cusp_datasets")
+    toy = PaperToy()
+    events = toy.sample(400, -0.8, 0.0, seed=np.random.SeedSequence(1000, spawn_key=(1, 6)))
+
+    def flipped(x: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> torch.Tensor:
+        return toy_log_prob(x, cx, -cy)
+
+    mirror = TorchDensity(toy.space, flipped, ("cx", "cy"), BOUNDS, name="mirror",
+                          smooth=False)
+    out = cd.compare_on(events, [("mirror", mirror)])["mirror"]
+    assert not out["passed"] and out["at_other_minimum"]
+    assert abs(out["shift_over_sigma"]["cy"]) > 3 and abs(out["shift_over_sigma"]["cx"]) < 0.25
+    # the mirror image's regions are the truth's reflected: the same areas
+    np.testing.assert_allclose(out["area_ratio"], 1.0, atol=0.02)
+    rows = [{"point": [-0.8, 0.0], "k": 6, "models": {"m": out}}]
+    assert cd.summarise(rows, "m")["shift_fails_other_minimum"] == 1

@@ -126,6 +126,9 @@ _MEMBER_KEY = 18
 _MIXED_KEY = 19
 # a Minuit contour whose fit lies this far (in −2 ln L) above the best quadrant fit is not used
 _FVAL_TOLERANCE = 1e-4
+# quadrant minima closer than this in cx and cy are one minimum (the narrowest σ on the toy's
+# datasets is ~0.013, at (0, 0); mirror minima lie ~0.1 apart)
+_DISTINCT = 0.01
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -571,8 +574,10 @@ def _quadrant_limits() -> list[dict[str, tuple[float, float]]]:
     return [{"cx": hx, "cy": hy} for hx in halves["cx"] for hy in halves["cy"]]
 
 
-def _best_fit(cost: Any, cusps: bool) -> tuple[dict[str, float], float, FitResult, list[str]]:
-    """MLE values, −2 ln L there, a global FitResult for MNCONTOUR, and notes.
+def _best_fit(cost: Any, cusps: bool
+              ) -> tuple[dict[str, float], float, FitResult, list[str], list[dict[str, float]]]:
+    """MLE values, −2 ln L there, a global FitResult for MNCONTOUR, notes, and the other
+    minima (:func:`_other_minima`).
 
     The toy's likelihood has near-mirror minima: |cx| and |cy| enter p0 and p3, only p2 tells
     the signs apart. So MIGRAD runs from the middle of the range and restricted to each
@@ -583,9 +588,11 @@ def _best_fit(cost: Any, cusps: bool) -> tuple[dict[str, float], float, FitResul
     notes: list[str] = []
     first = fit(cost, hesse=False)
     best_values, best_fval = dict(first.values), first.fval
+    quadrant_minima = []
     for lim in _quadrant_limits():
         middle = {p: 0.5 * (lo + hi) for p, (lo, hi) in lim.items()}  # not the corner (0, 0)
         q = fit(cost, start=middle, limits=lim, hesse=False)
+        quadrant_minima.append((dict(q.values), q.fval))
         if q.fval < best_fval:
             best_values, best_fval = dict(q.values), q.fval
     if best_fval < first.fval - 1.0:  # a distinct (mirror) minimum, not MIGRAD's tolerance
@@ -599,7 +606,38 @@ def _best_fit(cost: Any, cusps: bool) -> tuple[dict[str, float], float, FitResul
     on_cusp = [p for p in ("cx", "cy") if cusps and abs(best_values[p]) < 1e-4]
     if on_cusp:
         notes.append(f"MLE on the cusp {' and '.join(p + ' = 0' for p in on_cusp)}")
-    return best_values, best_fval, gfit, notes
+    others = _other_minima(cost, quadrant_minima, best_values, best_fval)
+    for m in others:
+        notes.append(f"a second minimum at ({m['cx']:+.3f}, {m['cy']:+.3f}), only "
+                     f"{m['delta']:.3g} above the MLE in −2 ln L: which of the two is the MLE "
+                     f"is decided by less than the 68.27 % interval's Δ = 1")
+    return best_values, best_fval, gfit, notes, others
+
+
+def _other_minima(cost: Any, minima: Sequence[tuple[Mapping[str, float], float]],
+                  best: Mapping[str, float], best_fval: float) -> list[dict[str, float]]:
+    """The local minima other than the MLE that lie less than Δ(−2 ln L) = 1 above it,
+    lowest first: where the MLE is decided by less than its own 1-σ interval (a model
+    that picks the other one has not failed by much). Candidates are the quadrant fits'
+    minima; each is polished by an unrestricted MIGRAD (a quadrant's edge is not a
+    minimum of the whole) and kept if it stays more than ``_DISTINCT`` from the MLE and
+    from those kept before it, in cx or cy."""
+    def distinct(values: Mapping[str, float], points: list[Mapping[str, float]]) -> bool:
+        return all(max(abs(values[p] - q[p]) for p in ("cx", "cy")) > _DISTINCT
+                   for q in points)
+
+    found: list[dict[str, float]] = []
+    for values, fval in sorted(minima, key=lambda m: m[1]):
+        if not fval - best_fval < 1.0 or not distinct(values, [best, *found]):
+            continue
+        polished = fit(cost, start=dict(values), hesse=False)
+        delta = min(fval, polished.fval) - best_fval
+        where = dict(polished.values) if polished.fval < fval else dict(values)
+        if delta < 1.0 and distinct(where, [best, *found]) \
+                and distinct(dict(polished.values), [best]):
+            found.append({"cx": float(where["cx"]), "cy": float(where["cy"]),
+                          "delta": float(max(delta, 0.0))})
+    return found
 
 
 def _region(cost: Any, gfit: FitResult, values: Mapping[str, float], fval: float,
@@ -643,8 +681,9 @@ def analyse(cost: Any, *, cusps: bool = False, size: int = 48, intervals: bool =
         ``areas``, ``methods`` ("contour" or "ray"), ``notes``, and with
         ``intervals`` ``sigma``, ``sigma_minus``, ``sigma_plus``.
     """
-    values, fval, gfit, notes = _best_fit(cost, cusps)
-    out: dict[str, Any] = {"mle": values, "fval": fval, "valid": bool(gfit.valid)}
+    values, fval, gfit, notes, others = _best_fit(cost, cusps)
+    out: dict[str, Any] = {"mle": values, "fval": fval, "valid": bool(gfit.valid),
+                           "other_minima": others}
     regions, methods, areas = {}, {}, {}
     for level in ((SIGMA_LEVEL,) if intervals else ()) + LEVELS:
         pts, method, why = _region(cost, gfit, values, fval, level, size)
