@@ -677,8 +677,10 @@ def analyse(cost: Any, *, cusps: bool = False, size: int = 48, intervals: bool =
     kinked along cx = 0 and cy = 0 (the true pdf), see :func:`_best_fit`.
 
     Returns:
-        a JSON-ready dict: ``mle``, ``fval``, ``valid``, ``regions`` (level → vertices),
-        ``areas``, ``methods`` ("contour" or "ray"), ``notes``, and with
+        a JSON-ready dict: ``mle``, ``fval``, ``valid``, ``other_minima`` (other local
+        minima less than Δ(−2 ln L) = 1 above the MLE: ``cx``, ``cy``, ``delta``; the toy's
+        mirror minima), ``regions`` (level → vertices), ``areas``, ``methods`` ("contour"
+        or "ray"), ``notes``, and with
         ``intervals`` ``sigma``, ``sigma_minus``, ``sigma_plus``.
     """
     values, fval, gfit, notes, others = _best_fit(cost, cusps)
