@@ -44,6 +44,12 @@ def model_terms(model: GMMDensity, x: np.ndarray, cx: float, cy: float) -> np.nd
         return -2.0 * model.log_prob_latent_per_observable(u, theta).sum(0).numpy()
 
 
+def model_label(path: Path) -> str:
+    """A model's name in the scans: its file's stem, with its folder where the file is a
+    demo's generic ``model.egmm``."""
+    return f"{path.parent.name}/{path.stem}" if path.name == "model.egmm" else path.stem
+
+
 def true_terms(toy: PaperToy, x: np.ndarray, cx: float, cy: float) -> np.ndarray:
     return -2.0 * toy.log_prob_conditionals(x, cx, cy).sum(0)
 
@@ -82,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     fns = {"true pdf": lambda cx, cy: true_terms(toy, x, cx, cy)}
     for path in args.model:
         model = GMMDensity.load(path)
-        fns[path.stem] = lambda cx, cy, m=model: model_terms(m, x, cx, cy)
+        label = model_label(path)
+        if label in fns:
+            raise SystemExit(f"--model {path}: two models would be labelled {label!r}")
+        fns[label] = lambda cx, cy, m=model: model_terms(m, x, cx, cy)
     result: dict[str, Any] = {
         "machine": machine_info(), "dataset": args.dataset,
         "true_c": [float(v) for v in truth_c], "events": len(x), "at": list(at),

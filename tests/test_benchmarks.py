@@ -196,6 +196,18 @@ def test_cusp_scan_splits_the_likelihood_by_observable(tmp_path):
                 expected = nll(log_prob, *r["c"]) - nll(log_prob, 0.1, 0.7)
                 assert r["total"] == pytest.approx(expected, abs=1e-8)
                 assert sum(r["per_observable"]) == pytest.approx(r["total"], abs=1e-9)
+    # two demos' model.egmm files get their folders' names, not one label for both
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        model.save(tmp_path / d / "model.egmm")
+    both = _load("cusp_scan").main(["--model", str(tmp_path / "a" / "model.egmm"),
+                                    "--model", str(tmp_path / "b" / "model.egmm"),
+                                    "--out", str(tmp_path / "two.json")])
+    assert set(both["scans"]["cx"]) == {"true pdf", "a/model", "b/model"}
+    with pytest.raises(SystemExit, match="labelled"):
+        _load("cusp_scan").main(["--model", str(tmp_path / "a" / "model.egmm"),
+                                 "--model", str(tmp_path / "a" / "model.egmm"),
+                                 "--out", str(tmp_path / "same.json")])
 
 
 def test_toys_vectorised_json_and_table(tmp_path):
