@@ -16,6 +16,7 @@ from egmm.cli import build_parser, main
 from egmm.demo import (
     DESIGNS,
     LEVELS,
+    _verdict,
     compare,
     demo_config,
     fig16_datasets,
@@ -126,6 +127,16 @@ def test_compare_verdicts():
     assert not compare(truth, shifted)["shift_ok"]
     wide = {**good, "areas": {"0.6827": 1.0, "0.9545": 2.3}}
     assert not compare(truth, wide)["area_ok"]
+    assert not out["at_other_minimum"] and not compare(truth, shifted)["at_other_minimum"]
+    # the truth has a second minimum at cx = 0.3, 0.2 above its MLE: a model there fails the
+    # MLE test, flagged as having taken that minimum (within 0.25 σ of it), not one nearby
+    mirror = {**truth, "other_minima": [{"cx": 0.3, "cy": 0.0, "delta": 0.2}]}
+    there = compare(mirror, {**good, "mle": {"cx": 0.31, "cy": 0.01}})
+    assert not there["passed"] and there["at_other_minimum"]
+    assert not compare(mirror, {**good, "mle": {"cx": 0.2, "cy": 0.0}})["at_other_minimum"]
+    row = {"passed": False, **there}
+    assert _verdict(row) == "no §" and _verdict({**row, "shift_ok": True}) == "no"
+    assert _verdict({"passed": False}) == "no"  # rows of older results
 
 
 # -- configuration and the command line ----------------------------------------------------------

@@ -704,13 +704,20 @@ def analyse(cost: Any, *, cusps: bool = False, size: int = 48, intervals: bool =
 
 
 def compare(truth: Mapping[str, Any], model: Mapping[str, Any]) -> dict[str, Any]:
-    """Shift of the model's MLE in units of σ_true and area ratios model/true, with verdicts."""
+    """Shift of the model's MLE in units of σ_true and area ratios model/true, with verdicts.
+
+    ``at_other_minimum``: the model's MLE lies within ``MAX_SHIFT`` σ_true of one of the
+    truth's ``other_minima`` (minima less than Δ(−2 ln L) = 1 above its MLE): a model that
+    fails the MLE test there picked the other of two near-equal minima.
+    """
     shift = {p: (model["mle"][p] - truth["mle"][p]) / truth["sigma"][p] for p in ("cx", "cy")}
     ratio = {k: model["areas"][k] / truth["areas"][k] for k in truth["areas"]}
     shift_ok = all(abs(v) < MAX_SHIFT for v in shift.values())
     area_ok = all(abs(v - 1.0) < MAX_AREA_DEVIATION for v in ratio.values())
+    other = any(all(abs(model["mle"][p] - m[p]) < MAX_SHIFT * truth["sigma"][p]
+                    for p in ("cx", "cy")) for m in truth.get("other_minima", ()))
     return {"shift_over_sigma": shift, "area_ratio": ratio, "shift_ok": shift_ok,
-            "area_ok": area_ok, "passed": shift_ok and area_ok}
+            "area_ok": area_ok, "passed": shift_ok and area_ok, "at_other_minimum": other}
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -1009,6 +1016,13 @@ def _fit_datasets(model: DensityModel, cfg: DemoConfig, toy: PaperToy, say: Any,
 
 
 # -- outputs -----------------------------------------------------------------------------------
+def _verdict(row: Mapping[str, Any]) -> str:
+    if row["passed"]:
+        return "yes"
+    # a missed MLE at the truth's other, near-equal minimum (rows of older results lack it)
+    return "no §" if not row.get("shift_ok", True) and row.get("at_other_minimum") else "no"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of the comparison, one line per dataset."""
     head = ("| true (cx, cy) | MLE true | MLE model | σ_true (cx, cy) | Δcx/σ | Δcy/σ "
@@ -1026,7 +1040,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {s['cx']:+.2f} | {s['cy']:+.2f} "
             f"| {a[f'{LEVELS[0]:g}']:.3f}{mark[f'{LEVELS[0]:g}']} "
             f"| {a[f'{LEVELS[1]:g}']:.3f}{mark[f'{LEVELS[1]:g}']} "
-            f"| {'yes' if r['passed'] else 'no'} |"
+            f"| {_verdict(r)} |"
         )
     return "\n".join(lines)
 
@@ -1132,6 +1146,9 @@ def _table_document(rows: list[dict[str, Any]], cfg: DemoConfig, meta: Mapping[s
         "- † / ‡: the true-pdf / model region was drawn by the ray scan (MNCONTOUR failed: "
         "the true likelihood has cusps at cx = 0 and cy = 0, and the model's is sharply "
         "curved there).",
+        *(["- §: the model's MLE is at the true likelihood's other minimum, less than "
+           "Δ(−2 ln L) = 1 above the true MLE (the toy's mirror minima): the two were nearly "
+           "tied in the data."] if any("§" in _verdict(r) for r in rows) else []),
         f"- Wall time: {stage_times}; total {clock.total():.1f} s.",
         "",
     ])
