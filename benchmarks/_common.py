@@ -73,6 +73,13 @@ def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
     }
 
 
+def model_label(path: str | Path) -> str:
+    """A model file's short name in tables: its file name, with its folder where the name is
+    a demo's generic ``model.egmm``."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "model.egmm" else p.name
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (temporary file + rename): a killed run never
     leaves half a file."""

@@ -44,7 +44,7 @@ from egmm.groundtruth import PaperToy
 from egmm.likelihood import UnbinnedNLL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, write_json
+from _common import RESULTS, machine_info, model_label, write_json
 
 ORIGIN = ((0.0, 0.0),)
 AXES = ((0.0, 0.0), (-0.8, 0.0), (0.8, 0.0), (0.0, -0.8), (0.0, 0.8))
@@ -98,12 +98,6 @@ def summarise(rows: list[dict[str, Any]], path: str) -> dict[str, Any]:
             "area_fails": int((np.abs(areas - 1) > MAX_AREA_DEVIATION).any(1).sum())}
 
 
-def _label(path: str) -> str:
-    """A model's short name: its file name, with its folder where the name is generic."""
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if p.name == "model.egmm" else p.name
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, type=Path,
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for path in paths:
             s = summarise(at, path)
             summary[key][path] = s
-            print(f"{key} {_label(path)}: {s['passed']} of {s['datasets']} pass "
+            print(f"{key} {model_label(path)}: {s['passed']} of {s['datasets']} pass "
                   f"(MLE fails {s['shift_fails']}, {s['shift_fails_other_minimum']} of them "
                   f"at the truth's other minimum; area fails {s['area_fails']}); median "
                   f"ΔMLE/σ ({s['shift_median'][0]:+.2f}, {s['shift_median'][1]:+.2f}), "

@@ -31,7 +31,7 @@ from egmm.demo import fig16_datasets
 from egmm.groundtruth import PaperToy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, write_json
+from _common import RESULTS, machine_info, model_label, write_json
 
 STEPS = (-0.2, -0.1, -0.05, -0.02, 0.02, 0.05, 0.1, 0.2)
 
@@ -42,12 +42,6 @@ def model_terms(model: GMMDensity, x: np.ndarray, cx: float, cy: float) -> np.nd
         u = model.projection.forward(torch.as_tensor(x, dtype=torch.float64))
         theta = torch.tensor([cx, cy], dtype=torch.float64)
         return -2.0 * model.log_prob_latent_per_observable(u, theta).sum(0).numpy()
-
-
-def model_label(path: Path) -> str:
-    """A model's name in the scans: its file's stem, with its folder where the file is a
-    demo's generic ``model.egmm``."""
-    return f"{path.parent.name}/{path.stem}" if path.name == "model.egmm" else path.stem
 
 
 def true_terms(toy: PaperToy, x: np.ndarray, cx: float, cy: float) -> np.ndarray:
@@ -88,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     fns = {"true pdf": lambda cx, cy: true_terms(toy, x, cx, cy)}
     for path in args.model:
         model = GMMDensity.load(path)
-        label = model_label(path)
+        label = model_label(path).removesuffix(".egmm")
         if label in fns:
             raise SystemExit(f"--model {path}: two models would be labelled {label!r}")
         fns[label] = lambda cx, cy, m=model: model_terms(m, x, cx, cy)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS
+from _common import RESULTS, model_label
 
 README = Path(__file__).parent / "README.md"
 
@@ -357,8 +357,7 @@ def cusp_datasets_section(data: dict[str, Any]) -> str:
     rows = []
     for point, models in data.get("summary", {}).items():
         for name, r in models.items():
-            p = Path(name)
-            label = f"{p.parent.name}/{p.name}" if p.name == "model.egmm" else p.name
+            label = model_label(name)
             other = r.get("shift_fails_other_minimum")  # absent from older results
             rows.append([point, f"`{label}`", f"{r['passed']} / {r['datasets']}",
                          str(r["shift_fails"]) + ("" if other is None else f" ({other})"),
