@@ -196,3 +196,23 @@ def test_checkpoint_per_worker_resumes_exactly(tmp_path):
     h = train(resumed, x, th, workers=2, checkpoint=ckpt, resume=True, **EARLY_STOP)
     _assert_same_weights(reference, resumed)
     _assert_same_history(h_ref, h)
+
+
+def test_workers_report_batches_to_the_parents_bar(monkeypatch, capfd):
+    x, th = toy_2d(200)  # 600 events, 40 % validation: 360 to train on, 36 batches of 10
+    reports = []
+
+    def with_report(*args, **kwargs):
+        return _train_units(*args, **kwargs, report=reports.append)
+
+    # the loop a worker runs, in this process: told in fives, the rest at each epoch's end
+    monkeypatch.setattr(egmm.training, "_REPORT_BATCHES", 5)
+    monkeypatch.setattr(egmm.training, "_train_units", with_report)
+    train(_model(x), x, th, max_epochs=2, batch_size=10, progress=False)
+    assert reports == ([5] * 7 + [1]) * 2
+    monkeypatch.undo()
+    # two worker processes: the parent's bar counts both groups' batches, 2 × 2 × 36
+    capfd.readouterr()
+    train(_model(x), x, th, max_epochs=2, batch_size=10, workers=2, progress=True)
+    err = capfd.readouterr().err
+    assert "training in 2 processes" in err and "144/144" in err

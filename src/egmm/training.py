@@ -59,6 +59,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any, Protocol
 
 import numpy as np
@@ -317,7 +318,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
             More workers than units means one per unit; a single unit (a flow) trains in this
             process. Each group has its own checkpoint, ``<checkpoint>.group<g>of<workers>``,
             resumed with the same ``workers``. ``callback`` needs ``workers=1`` (the epochs
-            run elsewhere); ``progress`` shows groups finishing, not epochs. Scripts calling
+            run elsewhere); ``progress`` counts the batches the groups have trained (each
+            worker reports every 50 batches), not the losses. Scripts calling
             this with ``workers > 1`` need the ``if __name__ == "__main__":`` guard.
         score: per-event score targets ∇θ log p (module docstring, "Score regression"), in
             the parameters' own units: for a :class:`GMMDensity` the score of each
@@ -440,8 +442,12 @@ def _checkpoint_paths(path: Path | None, n_groups: int, resume: bool) -> list[Pa
 def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[int],
                  settings: _LoopSettings, *, fingerprint: dict[str, Any],
                  checkpoint: Path | None, resume: bool, progress: bool,
-                 callback: Callable[[int, TrainingHistory], None] | None) -> TrainingHistory:
+                 callback: Callable[[int, TrainingHistory], None] | None,
+                 report: Callable[[int], None] | None = None) -> TrainingHistory:
     """The epoch loop for the training units ``unit_ids`` (all of them when serial).
+
+    ``report(n)``: told every ``_REPORT_BATCHES`` batches (and at each epoch's end) how many
+    batches were trained since it was last told (a worker's progress, shown by the parent).
 
     Units outside ``unit_ids`` are neither evaluated nor trained. The history's per-network
     columns are those of ``unit_ids``, in that order. Nothing random depends on which units
@@ -546,7 +552,12 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch + 1)
             order = train_idx[torch.randperm(len(train_idx), generator=gen).to(dev)]
             sums = torch.zeros(n_nets, dtype=torch.float64)
+            unreported = 0
             for start in range(0, len(order), s.batch_size):
+                if report is not None and unreported == _REPORT_BATCHES:
+                    report(unreported)
+                    unreported = 0
+                unreported += 1
                 idx = order[start:start + s.batch_size]
                 losses, terms = batch_loss(idx, active)
                 for k in active:
@@ -560,6 +571,8 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
                     if per_batch:
                         scheds[k].step()
                     sums[k] += losses[j].detach().double().cpu() * len(idx)
+            if report is not None:
+                report(unreported)
             # a stopped network's weights no longer change: it keeps its last validation loss
             val = list(history.val_loss[-1]) if history.val_loss else [math.nan] * n_nets
             val_score = (list(history.val_score[-1]) if history.val_score
@@ -656,6 +669,12 @@ def _warn_diverged(model: TrainableDensity, history: TrainingHistory) -> Trainin
     return history
 
 
+# a worker reports its progress every this many batches (and at each epoch's end); the parent
+# looks for reports this often
+_REPORT_BATCHES = 50
+_POLL_SECONDS = 0.5
+
+
 def _init_worker() -> None:
     """Process-pool initializer: one torch thread per worker (the workers run side by side,
     and one thread is the fastest setting for these small batches anyway)."""
@@ -663,16 +682,20 @@ def _init_worker() -> None:
 
 
 def _train_group(payload: bytes, unit_ids: list[int], fingerprint: dict[str, Any],
-                 checkpoint: Path | None, resume: bool) -> bytes:
+                 checkpoint: Path | None, resume: bool, group: int = 0,
+                 queue: Any = None) -> bytes:
     """Worker side: train the units ``unit_ids`` of the pickled (model, data, settings).
 
     Returns the pickled (history dict, best-restored state dicts of those units). Results and
     arguments travel as plain pickles: ``multiprocessing``'s own pickler would move tensors
-    through shared memory, which is not needed for these sizes.
+    through shared memory, which is not needed for these sizes. ``queue`` (a manager's queue,
+    or None) receives ``(group, batches)`` as the training goes, for the parent's bar.
     """
     model, data, settings = pickle.loads(payload)
+    report = None if queue is None else (lambda n: queue.put((group, n)))
     history = _train_units(model, data, unit_ids, settings, fingerprint=fingerprint,
-                           checkpoint=checkpoint, resume=resume, progress=False, callback=None)
+                           checkpoint=checkpoint, resume=resume, progress=False, callback=None,
+                           report=report)
     units = model.training_units()
     return pickle.dumps((history.to_dict(), [units[i].state_dict() for i in unit_ids]))
 
@@ -689,19 +712,46 @@ def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: li
                          f"({exc})") from None
     results: list[tuple[dict[str, Any], list[dict[str, torch.Tensor]]] | None] = [None] * len(
         groups)
-    bar = tqdm(total=sum(map(len, groups)), disable=not progress, unit="network",
+    # the bar counts batches of all groups (each trains its units on every batch); a group
+    # that stops early or resumed mid-way is credited with its whole share when it ends
+    share = settings.max_epochs * math.ceil(len(data.train_idx) / settings.batch_size)
+    bar = tqdm(total=share * len(groups), disable=not progress, unit="batch",
                desc=f"training in {len(groups)} processes")
+    counted = [0] * len(groups)
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager() if progress else None
+    queue = manager.Queue() if manager is not None else None
+
+    def drain() -> None:
+        while queue is not None:
+            try:
+                g, n = queue.get_nowait()
+            except Empty:
+                return
+            n = min(n, share - counted[g])
+            counted[g] += n
+            bar.update(n)
+
     try:
-        with cf.ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn"),
+        with cf.ProcessPoolExecutor(len(groups), mp_context=context,
                                     initializer=_init_worker) as pool:
-            futures = {pool.submit(_train_group, payload, group, fingerprint, path, resume): g
+            futures = {pool.submit(_train_group, payload, group, fingerprint, path, resume, g,
+                                   queue): g
                        for g, (group, path) in enumerate(zip(groups, checkpoints))}
-            for fut in cf.as_completed(futures):
-                g = futures[fut]
-                results[g] = pickle.loads(fut.result())
-                bar.update(len(groups[g]))
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=_POLL_SECONDS,
+                                        return_when=cf.FIRST_COMPLETED)
+                drain()
+                for fut in done:
+                    g = futures[fut]
+                    results[g] = pickle.loads(fut.result())
+                    bar.update(share - counted[g])
+                    counted[g] = share
     finally:
         bar.close()
+        if manager is not None:
+            manager.shutdown()
     units = model.training_units()
     histories = []
     for group, result in zip(groups, results):
