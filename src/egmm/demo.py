@@ -631,12 +631,13 @@ def _other_minima(cost: Any, minima: Sequence[tuple[Mapping[str, float], float]]
         if not fval - best_fval < 1.0 or not distinct(values, [best, *found]):
             continue
         polished = fit(cost, start=dict(values), hesse=False)
-        delta = min(fval, polished.fval) - best_fval
-        where = dict(polished.values) if polished.fval < fval else dict(values)
-        if delta < 1.0 and distinct(where, [best, *found]) \
-                and distinct(dict(polished.values), [best]):
-            found.append({"cx": float(where["cx"]), "cy": float(where["cy"]),
-                          "delta": float(max(delta, 0.0))})
+        if not distinct(dict(polished.values), [best]):  # its basin drains into the MLE
+            continue
+        if polished.fval < fval:
+            values, fval = dict(polished.values), polished.fval
+        if fval - best_fval < 1.0 and distinct(values, found):
+            found.append({"cx": float(values["cx"]), "cy": float(values["cy"]),
+                          "delta": float(max(fval - best_fval, 0.0))})
     return found
 
 

@@ -723,7 +723,9 @@ def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: li
     queue = manager.Queue() if manager is not None else None
 
     def drain() -> None:
-        while queue is not None:
+        if queue is None:
+            return
+        while True:
             try:
                 g, n = queue.get_nowait()
             except Empty:
