@@ -109,11 +109,16 @@ def throughput_section(name: str, data: dict[str, Any]) -> str:
     models = data.get("models", {})
     gmm_sample = {r.get("dtype_effective") for run in data.get("runs", [])
                   for r in run.get("results", []) if r["model"] == "gmm" and r["op"] == "sample"}
+    rounds = data.get("settings", {}).get("rounds")
     out.append(f"Device {data.get('device')} ({data.get('gpu') or machine.get('cpu')}), torch "
                f"{machine.get('torch')}, load average at start "
                f"{load_avg(machine.get('load_average'))}. Events/s: the best chunk size of each "
-               f"model, best of repeated calls after a warm-up; % = achieved GFLOP/s (useful "
-               f"FLOPs/event × events/s) of the layer-shaped matmul roofline, same run."
+               f"model, best of repeated calls after a warm-up"
+               + (f" (the models timed in {rounds} interleaved rounds per chunk size; the "
+                  f"ratios' medians and ranges over the rounds are round by round)"
+                  if rounds and rounds > 1 else "")
+               + "; % = achieved GFLOP/s (useful "
+               "FLOPs/event × events/s) of the layer-shaped matmul roofline, same run."
                + (" GMMDensity samples in float64 whatever dtype is asked."
                   if gmm_sample == {"float64"} else ""))
     out.append("")
@@ -145,7 +150,12 @@ def throughput_section(name: str, data: dict[str, Any]) -> str:
             r = [f"GMM / {peer.upper()}"]
             for dtype, op in cols:
                 v = summary[dtype][op].get(f"ratio_gmm_{peer}")
-                r += [f"{v:.2f}×" if v is not None else "–", ""]
+                paired = summary[dtype][op].get(f"paired_ratio_gmm_{peer}")
+                span = summary[dtype][op].get(f"paired_ratio_gmm_{peer}_range")
+                cell = f"{v:.2f}×" if v is not None else "–"
+                if paired is not None and span:
+                    cell += f" (rounds: median {paired:.2f}×, {span[0]:.2f}–{span[1]:.2f})"
+                r += [cell, ""]
             rows.append(r)
         out.append(table(header, rows))
         roof = run.get("roofline", {})
@@ -396,6 +406,9 @@ def goals(results: dict[str, Any]) -> str:
             entry = run.get("summary", {}).get(dtype, {}).get(op, {})
             if key.startswith("ratio"):
                 v = entry.get(key)
+                paired = entry.get(f"paired_{key}")
+                if v is not None and paired is not None:
+                    label = f"{label}; round by round {paired:.2f}×"
             else:
                 v = entry.get("gmm", {}).get(key)
             if v is not None:

@@ -20,7 +20,12 @@ For every thread count × dtype (float32, float64) × chunk size (events per cal
   the effective dtype is recorded.
 
 Each figure is the best (and the median) of repeated calls after a warm-up: as many calls as
-``--events`` needs, stopped after ``--seconds`` (at least one call).
+``--events`` needs, stopped after ``--seconds`` (at least one call). The models of a chunk size
+and dtype are timed in ``--rounds`` interleaved rounds (default 5: each round times every model
+and op in turn for ``--seconds / rounds``), so that a slow spell of a shared machine (on the
+2-core VM here the same figure varies by up to 2× between runs minutes apart) falls on the
+models compared alike instead of on whichever ran then; each round's best call is kept, and
+the summary adds the median of the GMM/peer ratio round by round beside the ratio of the bests.
 
 The roofline: ``torch.matmul`` of (rows × K) @ (K × N) for every layer shape (K, N) that runs
 once per event in the models, rows = chunk (capped at 65536 rows to bound the run time), same
@@ -248,21 +253,44 @@ def sample_kwargs(model: Any, dtype: torch.dtype, chunk: int) -> tuple[dict[str,
     return kwargs, "float64"
 
 
-def throughput(fn: Callable[[], Any], warm: Callable[[], Any], events: int,
-               args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Events/s of ``fn`` (``events`` per call) after one call of the smaller ``warm``."""
-    warm()
-    repeats = max(2, math.ceil(args.events / events))
-    t = timed(fn, repeats=repeats, warmup=0, max_seconds=args.seconds, device=device)
-    return {"events_per_second": events / t["best"],
-            "events_per_second_median": events / t["median"],
-            "calls": t["repeats"], "seconds_per_call_best": t["best"],
-            "seconds_per_call_median": t["median"]}
+def measure_rounds(figures: list[dict[str, Any]], rounds: int, args: argparse.Namespace,
+                   device: torch.device) -> list[dict[str, Any]]:
+    """Events/s of every figure (a dict with ``fn``, ``warm``, ``events`` and its labels),
+    measured in ``rounds`` interleaved rounds: each round times every figure in turn for
+    ``--seconds / rounds`` (at least one call), so that a slow spell of a shared machine
+    falls on all the models compared rather than on one of them. Per figure: the best and
+    the median call over all rounds, and the best call of each round (for paired ratios)."""
+    for fig in figures:
+        fig["warm"]()
+    times: list[list[list[float]]] = [[] for _ in figures]
+    for r in range(rounds):
+        # the order rotates, so that no figure always follows the same one
+        order = list(range(len(figures)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            fig = figures[i]
+            repeats = max(1, math.ceil(max(2, math.ceil(args.events / fig["events"])) / rounds))
+            t = timed(fig["fn"], repeats=repeats, warmup=0, max_seconds=args.seconds / rounds,
+                      device=device)
+            times[i].append(t["seconds"])
+    rows = []
+    for fig, per_round in zip(figures, times):
+        calls = sorted(s for round_ in per_round for s in round_)
+        median = calls[len(calls) // 2] if len(calls) % 2 else 0.5 * (
+            calls[len(calls) // 2 - 1] + calls[len(calls) // 2])
+        events = fig["events"]
+        rows.append({**fig["labels"], "events_per_second": events / calls[0],
+                     "events_per_second_median": events / median,
+                     "events_per_second_rounds": [events / min(r) for r in per_round],
+                     "calls": len(calls), "rounds": rounds,
+                     "seconds_per_call_best": calls[0], "seconds_per_call_median": median})
+    return rows
 
 
-def measure_model(name: str, model: Any, dtype_name: str, chunk: int, x: np.ndarray,
-                  args: argparse.Namespace, device: torch.device, api: bool, sample: bool
-                  ) -> list[dict[str, Any]]:
+def model_figures(name: str, model: Any, dtype_name: str, chunk: int, x: np.ndarray,
+                  device: torch.device, api: bool, sample: bool) -> list[dict[str, Any]]:
+    """The figures of one model at one dtype and chunk size: log_prob, the public log_prob
+    (``api``) and sample (``sample``), each a call to time and a smaller warm-up call."""
     dtype = DTYPES[dtype_name]
     warm_n = min(chunk, 4096)
     th = torch.tensor([THETA[p] for p in model.parameters], dtype=dtype, device=device)
@@ -275,24 +303,25 @@ def measure_model(name: str, model: Any, dtype_name: str, chunk: int, x: np.ndar
                 return model.log_prob_tensor(xx, th)
         return run
 
-    rows = []
-    common = {"model": name, "dtype": dtype_name, "chunk": chunk}
-    rows.append({**common, "op": "log_prob", "dtype_effective": dtype_name,
-                 **throughput(log_prob(xt), log_prob(xw), chunk, args, device)})
+    def figure(op: str, effective: str, fn: Callable[[], Any], warm: Callable[[], Any]
+               ) -> dict[str, Any]:
+        return {"labels": {"model": name, "dtype": dtype_name, "chunk": chunk, "op": op,
+                           "dtype_effective": effective},
+                "fn": fn, "warm": warm, "events": chunk}
+
+    figures = [figure("log_prob", dtype_name, log_prob(xt), log_prob(xw))]
     if api:
         xa = x[:chunk]
-        rows.append({**common, "op": "log_prob_api", "dtype_effective": dtype_name,
-                     **throughput(lambda: model.log_prob(xa, THETA, dtype=dtype, chunk_size=chunk),
-                                  lambda: model.log_prob(xa[:warm_n], THETA, dtype=dtype),
-                                  chunk, args, device)})
-    if not sample:
-        return rows
-    kwargs, effective = sample_kwargs(model, dtype, chunk)
-    rows.append({**common, "op": "sample", "dtype_effective": effective,
-                 **throughput(lambda: model.sample(chunk, THETA, seed=1, **kwargs),
-                              lambda: model.sample(warm_n, THETA, seed=0, **kwargs),
-                              chunk, args, device)})
-    return rows
+        figures.append(figure(
+            "log_prob_api", dtype_name,
+            lambda: model.log_prob(xa, THETA, dtype=dtype, chunk_size=chunk),
+            lambda: model.log_prob(xa[:warm_n], THETA, dtype=dtype)))
+    if sample:
+        kwargs, effective = sample_kwargs(model, dtype, chunk)
+        figures.append(figure("sample", effective,
+                              lambda: model.sample(chunk, THETA, seed=1, **kwargs),
+                              lambda: model.sample(warm_n, THETA, seed=0, **kwargs)))
+    return figures
 
 
 def best_rows(rows: list[dict[str, Any]], op: str, dtype: str) -> dict[str, dict[str, Any]]:
@@ -306,9 +335,17 @@ def best_rows(rows: list[dict[str, Any]], op: str, dtype: str) -> dict[str, dict
     return out
 
 
+def paired_ratios(a: dict[str, Any], b: dict[str, Any]) -> list[float]:
+    """Per interleaved round, row ``a``'s best events/s over row ``b``'s (the same round of
+    their chunk sizes: measured within seconds of each other when the chunks are equal)."""
+    ra, rb = a.get("events_per_second_rounds") or [], b.get("events_per_second_rounds") or []
+    return [x / y for x, y in zip(ra, rb)]
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per dtype and op: each model's best chunk, events/s, fraction of its roofline, and the
-    ratios GMM/MAF and GMM/NSF of the best events/s."""
+    ratios GMM/MAF and GMM/NSF of the best events/s; also the median (and range) over the
+    interleaved rounds of the ratio round by round, both at their best chunks."""
     out: dict[str, Any] = {}
     for dtype in DTYPES:
         for op in ("log_prob", "sample"):
@@ -323,6 +360,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 if "gmm" in best and peer in best:
                     entry[f"ratio_gmm_{peer}"] = (best["gmm"]["events_per_second"]
                                                   / best[peer]["events_per_second"])
+                    paired = paired_ratios(best["gmm"], best[peer])
+                    if paired:
+                        entry[f"paired_ratio_gmm_{peer}"] = float(np.median(paired))
+                        entry[f"paired_ratio_gmm_{peer}_range"] = [min(paired), max(paired)]
             out.setdefault(dtype, {})[op] = entry
     return out
 
@@ -375,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                          "reached)")
     ap.add_argument("--seconds", type=float, default=None,
                     help="time limit per figure (default 1.0 s; at least one call)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds per chunk size: each round times every model in "
+                         "turn for --seconds / rounds (default 5; 1 in --quick)")
     ap.add_argument("--sample-max-chunk", type=int, default=SAMPLE_MAX_CHUNK,
                     help="largest chunk size of the sampling figures (default 65536: larger "
                          "chunks sample no faster and take minutes per figure)")
@@ -403,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chunks = args.chunks or (QUICK_CHUNKS if args.quick else CHUNKS)
     args.events = args.events or (max(chunks) if args.quick else 2**20)
     args.seconds = args.seconds if args.seconds is not None else (0.2 if args.quick else 1.0)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     dtypes = [d for d in args.dtypes.split(",") if d]
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
@@ -460,10 +507,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             load = load_average()
             rows = []
             for dtype_name in dtypes:
-                for name, (model, _) in models.items():
-                    rows += measure_model(name, model, dtype_name, chunk, x, args, device,
-                                          api=chunk == api_chunk,
-                                          sample=chunk <= args.sample_max_chunk)
+                figures = [fig for name, (model, _) in models.items()
+                           for fig in model_figures(name, model, dtype_name, chunk, x, device,
+                                                    api=chunk == api_chunk,
+                                                    sample=chunk <= args.sample_max_chunk)]
+                rows += measure_rounds(figures, args.rounds, args, device)
             after = {d: matmul_rates(shapes, min(chunk, ROOFLINE_MAX_ROWS), DTYPES[d], device,
                                      max_seconds=0.05 if args.quick else 0.25)
                      for d in roof_dtypes}
@@ -526,7 +574,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": info, "device": str(device), "gpu": info["gpu"],
         "settings": {"models": names, "dtypes": dtypes, "chunks": list(chunks),
                      "threads": list(thread_counts), "torch_default_threads": default_threads,
-                     "events": args.events, "seconds": args.seconds, "api_chunk": api_chunk,
+                     "events": args.events, "seconds": args.seconds, "rounds": args.rounds,
+                     "api_chunk": api_chunk,
                      "sample_max_chunk": args.sample_max_chunk,
                      "theta": THETA, "quick": args.quick, "seed": args.seed,
                      "roofline_max_rows": ROOFLINE_MAX_ROWS},

@@ -28,7 +28,8 @@ def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("results")
     throughput = _load("throughput").main([
         "--quick", "--device", "cpu", "--threads", "1", "--chunks", "256,512",
-        "--events", "512", "--seconds", "0.01", "--out", str(folder / "throughput.json")])
+        "--events", "512", "--seconds", "0.01", "--rounds", "2",
+        "--out", str(folder / "throughput.json")])
     fit_speed = _load("fit_speed").main([
         "--quick", "--repeats", "1", "--contour-size", "6",
         "--out", str(folder / "fit_speed.json")])
@@ -55,12 +56,17 @@ def test_throughput_json(results):
                 assert {(model, "log_prob", dtype, chunk), (model, "sample", dtype, chunk)} <= ops
     for r in run["results"]:
         assert r["events_per_second"] > 0
+        # two interleaved rounds, each with its best call; the overall best is the best round
+        assert r["rounds"] == 2 and len(r["events_per_second_rounds"]) == 2
+        assert r["events_per_second"] == pytest.approx(max(r["events_per_second_rounds"]))
         assert r["gflops"] == pytest.approx(r["flops_per_event"] * r["events_per_second"] / 1e9)
         assert r["fraction_of_roofline"] == pytest.approx(r["gflops"] / r["roofline_gflops"])
     for dtype in ("float32", "float64"):
         for op in ("log_prob", "sample"):
             entry = run["summary"][dtype][op]
             assert {"gmm", "maf", "nsf", "ratio_gmm_maf", "ratio_gmm_nsf"} <= set(entry)
+            lo, hi = entry["paired_ratio_gmm_maf_range"]
+            assert lo <= entry["paired_ratio_gmm_maf"] <= hi
         assert run["roofline"][dtype]["256"]["peak_gflops"] > 0
     assert returned["runs"][0]["summary"] == run["summary"]
 
