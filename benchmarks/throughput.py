@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -276,8 +277,7 @@ def measure_rounds(figures: list[dict[str, Any]], rounds: int, args: argparse.Na
     rows = []
     for fig, per_round in zip(figures, times):
         calls = sorted(s for round_ in per_round for s in round_)
-        median = calls[len(calls) // 2] if len(calls) % 2 else 0.5 * (
-            calls[len(calls) // 2 - 1] + calls[len(calls) // 2])
+        median = statistics.median(calls)
         events = fig["events"]
         rows.append({**fig["labels"], "events_per_second": events / calls[0],
                      "events_per_second_median": events / median,
