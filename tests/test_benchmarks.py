@@ -123,6 +123,11 @@ def test_table(results):
         assert heading in text
     assert "log_prob ≥ 1.0 × zuko MAF, equal weights, float32" in text
     assert "no H100 run yet" in text
+    # the interleaved rounds: their count, and the GMM / MAF ratio round by round, rendered
+    assert "timed in 2 interleaved rounds per chunk size" in text
+    entry = json.loads((folder / "throughput.json").read_text())["runs"][0]["summary"][
+        "float32"]["log_prob"]
+    assert f"round by round {entry['paired_ratio_gmm_maf']:.2f}×" in text
 
 
 def test_table_without_results(tmp_path):
