@@ -27,7 +27,7 @@ README = Path(__file__).parent / "README.md"
 HOW_TO_RUN = [
     ("throughput.py", "log_prob / sample events/s of the GMM vs zuko MAF and NSF, fp32 and "
      "fp64, by chunk size, against the measured matmul roofline",
-     "python benchmarks/throughput.py", "~4 min per thread count"),
+     "python benchmarks/throughput.py", "~6 min per thread count"),
     ("fit_speed.py", "one N = 400 fit of the paper toy vs its FLOP floor, with and without "
      "caching, the true pdf, a 2-D contour", "python benchmarks/fit_speed.py", "~1 min"),
     ("toys_speed.py", "toys/s of a toy-based CLs test: egmm, a plain iminuit loop, pyhf",
