@@ -110,15 +110,15 @@ def throughput_section(name: str, data: dict[str, Any]) -> str:
     gmm_sample = {r.get("dtype_effective") for run in data.get("runs", [])
                   for r in run.get("results", []) if r["model"] == "gmm" and r["op"] == "sample"}
     rounds = data.get("settings", {}).get("rounds")
+    interleaved = (f" (the models timed in {rounds} interleaved rounds per chunk size; the "
+                   "ratios in brackets: the median and range of the GMM/peer ratio taken "
+                   "round by round)" if rounds and rounds > 1 else "")
     out.append(f"Device {data.get('device')} ({data.get('gpu') or machine.get('cpu')}), torch "
                f"{machine.get('torch')}, load average at start "
                f"{load_avg(machine.get('load_average'))}. Events/s: the best chunk size of each "
-               f"model, best of repeated calls after a warm-up"
-               + (f" (the models timed in {rounds} interleaved rounds per chunk size; the "
-                  f"ratios' medians and ranges over the rounds are round by round)"
-                  if rounds and rounds > 1 else "")
-               + "; % = achieved GFLOP/s (useful "
-               "FLOPs/event × events/s) of the layer-shaped matmul roofline, same run."
+               f"model, best of repeated calls after a warm-up{interleaved}; % = achieved "
+               "GFLOP/s (useful FLOPs/event × events/s) of the layer-shaped matmul roofline, "
+               "same run."
                + (" GMMDensity samples in float64 whatever dtype is asked."
                   if gmm_sample == {"float64"} else ""))
     out.append("")
