@@ -238,6 +238,23 @@ def test_demo_config_score_weight():
     assert parse(["demo", "--out", "d"]).score_weight is None
 
 
+def test_demo_config_activation():
+    """--activation silu goes into the network settings (and so the model key); LeakyReLU, the
+    default, leaves the key of older runs as it was."""
+    silu = demo_config(activation="silu")
+    assert silu.network == {"theta_features": "abs", "activation": "silu"}
+    assert silu.model_key() != demo_config().model_key()
+    assert "silu activation" in silu.describe_training()
+    assert demo_config(activation="leaky_relu").model_key() == demo_config().model_key()
+    assert demo_config(activation="silu", theta_features="even").network == {
+        "theta_features": "even", "activation": "silu"}
+    with pytest.raises(InputError, match="activation must be one of"):
+        demo_config(activation="relu")
+    parse = build_parser().parse_args
+    assert parse(["demo", "--out", "d", "--activation", "silu"]).activation == "silu"
+    assert parse(["demo", "--out", "d"]).activation is None
+
+
 def test_demo_config_training_designs():
     plain, dense, fine, uniform = (demo_config(design=d)
                                    for d in ("grid", "dense", "fine", "uniform"))

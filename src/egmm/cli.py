@@ -83,6 +83,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "them separated by commas, one per observable x0..x3, e.g. "
                         "even,even,linear,even (the toy's p0, p1 and p3 depend on |cx|, "
                         "|cy| only)")
+    p.add_argument("--activation", choices=("leaky_relu", "silu"), default=None,
+                   help="the networks' hidden activation: leaky_relu (the paper's, default) "
+                        "or silu (smooth: with abs features the likelihood's only kinks are "
+                        "then exactly at cx = 0 and cy = 0)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
@@ -148,7 +152,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                        progress=not args.no_progress, events_per_point=args.events_per_point,
                        max_epochs=args.max_epochs, threads=args.threads, model=args.model,
                        workers=args.workers, design=args.design,
-                       theta_features=args.theta_features, schedule=args.schedule,
+                       theta_features=args.theta_features, activation=args.activation,
+                       schedule=args.schedule,
                        lr=args.lr, batch_size=args.batch_size, validation=args.validation,
                        members=args.members, score_weight=args.score_weight,
                        cusp_spread=args.cusp_spread)

@@ -71,6 +71,7 @@ from egmm.groundtruth import PaperToy
 from egmm.infer import FitResult, contour, fit, wilks_threshold
 from egmm.latent import LatentProjection
 from egmm.likelihood import TorchDensity, UnbinnedNLL
+from egmm.networks import check_activation
 from egmm.training import TrainingHistory, _init_worker, check_training_settings, train
 
 try:  # POSIX only
@@ -296,8 +297,10 @@ class DemoConfig:
                     else "plateau schedule with early stopping")
         score = (f", score regression α = {self.score_weight:g}" if self.score_weight > 0
                  else "")
+        activation = self.network.get("activation", "leaky_relu")
+        act = f", {activation} activation" if activation != "leaky_relu" else ""
         return (f"{schedule} from lr {self.lr:g}, batch {self.batch_size}, "
-                f"{self.validation:.0%} validation, θ inputs {inputs}{score}")
+                f"{self.validation:.0%} validation, θ inputs {inputs}{act}{score}")
 
     def model_key(self) -> dict[str, Any]:
         """The settings that determine the trained model (compared before reusing one)."""
@@ -329,6 +332,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                 train_threads: int = 1, train_workers: int | None = None,
                 design: str = "dense",
                 theta_features: str | Sequence[str] | None = None,
+                activation: str | None = None,
                 schedule: str | None = None, lr: float | None = None,
                 batch_size: int | None = None, validation: float | None = None,
                 members: int | None = None, score_weight: float | None = None,
@@ -403,6 +407,12 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         network = {**cfg.network, "theta_features": theta_features}
         if theta_features == "linear":  # GMMDensity's default: keep the key of older runs
             del network["theta_features"]
+        changes["network"] = network
+    if activation is not None:
+        check_activation(activation)
+        network = {**changes.get("network", cfg.network), "activation": activation}
+        if activation == "leaky_relu":  # GMMDensity's default: keep the key of older runs
+            del network["activation"]
         changes["network"] = network
     if members is not None:
         changes["members"] = int(members)
@@ -1161,6 +1171,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
              model: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
              workers: int | None = None, design: str = "dense",
              theta_features: str | Sequence[str] | None = None,
+             activation: str | None = None,
              schedule: str | None = None,
              lr: float | None = None, batch_size: int | None = None,
              validation: float | None = None, members: int | None = None,
@@ -1182,6 +1193,9 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         theta_features: "abs" (the default mode's: the networks also see |cx| and |cy|,
             the toy's likelihood having cusps at cx = 0 and cy = 0), "linear" (the paper's
             networks; ``full`` and ``quick``) or "quadratic"; see :class:`~egmm.GMMDensity`.
+        activation: the networks' hidden activation, "leaky_relu" (the paper's, default)
+            or "silu" (smooth: the likelihood's only kinks are then those of the "abs"
+            inputs, exactly at cx = 0 and cy = 0).
         schedule, lr, batch_size, validation: override the mode's training settings
             (:func:`~egmm.train`'s arguments of these names).
         members: independently trained models averaged (:class:`~egmm.EnsembleDensity`;
@@ -1212,7 +1226,8 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
     clock = _Clock()
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
-                      design=design, theta_features=theta_features, schedule=schedule, lr=lr,
+                      design=design, theta_features=theta_features, activation=activation,
+                      schedule=schedule, lr=lr,
                       batch_size=batch_size, validation=validation, members=members,
                       score_weight=score_weight, cusp_spread=cusp_spread)
     out = Path(out_dir)
