@@ -221,6 +221,37 @@ def test_cusp_scan_splits_the_likelihood_by_observable(tmp_path):
                                  "--out", str(tmp_path / "same.json")])
 
 
+def test_cusp_slopes_compares_one_sided_scores(tmp_path):
+    """compare(): slope, relative residual and mean bias (in N = 400 dataset σ) are exact on
+    constructed scores; main() lists only the conditionals the truth's kink moves (p1 never;
+    p0 not along cy) and stores what it prints."""
+    import numpy as np
+    import torch
+
+    from egmm import GMMDensity, LatentProjection
+    from egmm.groundtruth import PaperToy
+    from helpers import SMALL
+
+    cs = _load("cusp_slopes")
+    t = np.random.default_rng(1).standard_normal(10_000)
+    same = cs.compare(t, t)
+    assert same["slope"] == pytest.approx(1.0) and same["resid"] == pytest.approx(0.0, abs=1e-12)
+    assert same["bias"] == pytest.approx(0.0, abs=1e-12)
+    half = cs.compare(0.5 * t + 0.1 * t.std() / 20, t)  # shallower, and off by 0.1 σ(N = 400)
+    assert half["slope"] == pytest.approx(0.5, abs=1e-3)
+    assert half["bias"] == pytest.approx(0.1 - 0.5 * t.mean() / (t.std() / 20), abs=1e-9)
+
+    toy = PaperToy()
+    proj = LatentProjection.fit(toy.space, toy.sample(2000, 0.0, 0.0, seed=3), f=0.5)
+    torch.manual_seed(0)
+    GMMDensity(toy.space, ["cx", "cy"], proj, **SMALL).save(tmp_path / "m.egmm")
+    out = tmp_path / "slopes.json"
+    result = cs.main(["--model", str(tmp_path / "m.egmm"), "--events", "2000", "--out", str(out)])
+    assert json.loads(out.read_text())["models"] == result["models"]
+    assert set(result["models"]["m"]) == {"-cx x0", "-cx x2", "-cx x3", "+cx x0", "+cx x2",
+                                          "+cx x3", "-cy x2", "-cy x3", "+cy x2", "+cy x3"}
+
+
 def test_toys_vectorised_json_and_table(tmp_path):
     """toys_vectorised.py on a few analytic toys: the batched fits at MIGRAD's EDM goal agree
     with the plain loop's minima (same goal), the tight goal is timed too, and make_table
