@@ -151,10 +151,11 @@ def test_demo_config_modes_and_overrides():
     with pytest.raises(InputError, match="events_per_point"):
         demo_config(events_per_point=10)
     # the networks' θ features: a GMMDensity knob, part of the model key (no stale reuse);
-    # the default mode gives them |cx|, |cy|; full (the paper's recipe) and quick do not
-    assert demo_config().network == {"theta_features": "abs"}
+    # the default mode gives them |cx|, |cy| (and the smooth SiLU activation); full (the
+    # paper's recipe) and quick do neither
+    assert demo_config().network == {"theta_features": "abs", "activation": "silu"}
     assert demo_config(full=True).network == {}
-    paper = demo_config(theta_features="linear")
+    paper = demo_config(theta_features="linear", activation="leaky_relu")
     assert paper.network == {} and paper.model_key() != demo_config().model_key()
     assert demo_config(quick=True, theta_features="abs").network == {
         **demo_config(quick=True).network, "theta_features": "abs"}
@@ -214,9 +215,10 @@ def test_demo_config_training_settings():
                                           sched]).schedule == sched
     assert demo_config().describe_training() == (
         "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs, "
-        "score regression α = 1")
+        "silu activation, score regression α = 1")
     assert demo_config(score_weight=0).describe_training() == (
-        "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs")
+        "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs, "
+        "silu activation")
     assert "plateau" in demo_config(full=True).describe_training()
     plain = build_parser().parse_args(["demo", "--out", "d"])
     assert (plain.schedule, plain.lr, plain.batch_size, plain.validation) == (None,) * 4
@@ -239,13 +241,18 @@ def test_demo_config_score_weight():
 
 
 def test_demo_config_activation():
-    """--activation silu goes into the network settings (and so the model key); LeakyReLU, the
-    default, leaves the key of older runs as it was."""
-    silu = demo_config(activation="silu")
+    """The default mode's networks are SiLU ones; --activation goes into the network settings
+    (and so the model key), LeakyReLU (the paper's, GMMDensity's default) as no key at all, so
+    that older LeakyReLU runs keep theirs."""
+    silu = demo_config()
     assert silu.network == {"theta_features": "abs", "activation": "silu"}
-    assert silu.model_key() != demo_config().model_key()
     assert "silu activation" in silu.describe_training()
-    assert demo_config(activation="leaky_relu").model_key() == demo_config().model_key()
+    leaky = demo_config(activation="leaky_relu")
+    assert leaky.network == {"theta_features": "abs"}
+    assert leaky.model_key() != silu.model_key()
+    assert "activation" not in leaky.describe_training()
+    assert demo_config(full=True, activation="silu").network == {"activation": "silu"}
+    assert "activation" not in demo_config(quick=True).network
     assert demo_config(activation="silu", theta_features="even").network == {
         "theta_features": "even", "activation": "silu"}
     with pytest.raises(InputError, match="activation must be one of"):

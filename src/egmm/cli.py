@@ -84,9 +84,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "even,even,linear,even (the toy's p0, p1 and p3 depend on |cx|, "
                         "|cy| only)")
     p.add_argument("--activation", choices=("leaky_relu", "silu"), default=None,
-                   help="the networks' hidden activation: leaky_relu (the paper's, default) "
-                        "or silu (smooth: with abs features the likelihood's only kinks are "
-                        "then exactly at cx = 0 and cy = 0)")
+                   help="the networks' hidden activation: silu (the default: smooth, so "
+                        "that with abs features the likelihood's only kinks are exactly at "
+                        "cx = 0 and cy = 0) or leaky_relu (the paper's; --full, --quick)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
