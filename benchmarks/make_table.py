@@ -42,6 +42,10 @@ HOW_TO_RUN = [
     ("cusp_scan.py", "Δ(−2 ln L) scans through a demo dataset split by observable, true pdf vs "
      "trained models: which conditional makes a model's likelihood too flat",
      "python benchmarks/cusp_scan.py --model M.egmm [--model ...]", "seconds"),
+    ("cusp_slopes.py", "each conditional's one-sided scores at a cusp, model against truth "
+     "event by event: the slope (1: the kink as deep as the truth's, on each side), what is "
+     "left, and the mean bias in N = 400 dataset σ",
+     "python benchmarks/cusp_slopes.py --model M.egmm [--model ...]", "~20 s/model"),
     ("score_bias.py", "the MLE bias (in σ for N = 400) and the region-area ratio a trained "
      "model's expected score and its θ-derivative imply at off-cusp points: what KL does not "
      "measure",
