@@ -215,7 +215,7 @@ def test_demo_config_training_settings():
                                           sched]).schedule == sched
     assert demo_config().describe_training() == (
         "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs, "
-        "silu activation, score regression α = 1")
+        "silu activation, score regression α = 2")
     assert demo_config(score_weight=0).describe_training() == (
         "cosine schedule from lr 0.002, batch 1000, 20% validation, θ inputs abs, "
         "silu activation")
@@ -225,11 +225,11 @@ def test_demo_config_training_settings():
 
 
 def test_demo_config_score_weight():
-    """The score term: on by default (α = 1) and in quick mode (its smoke test), off in the
-    paper's recipe; part of the model key only when on (keys of plain runs unchanged)."""
-    assert demo_config().score_weight == demo_config(quick=True).score_weight == 1.0
+    """The score term: on by default (α = 2) and in quick mode (α = 1, its smoke test), off in
+    the paper's recipe; part of the model key only when on (keys of plain runs unchanged)."""
+    assert demo_config().score_weight == 2.0 and demo_config(quick=True).score_weight == 1.0
     assert demo_config(full=True).score_weight == 0.0
-    assert demo_config().model_key()["score_weight"] == 1.0
+    assert demo_config().model_key()["score_weight"] == 2.0
     assert "score_weight" not in demo_config(score_weight=0).model_key()
     assert demo_config(score_weight=0.5).model_key() != demo_config().model_key()
     for bad in (-1.0, float("nan"), float("inf")):

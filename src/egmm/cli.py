@@ -111,7 +111,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "and split) and averaged (default 1)")
     p.add_argument("--score-weight", type=float, default=None, metavar="A",
                    help="weight of the score term in training, with the toy's exact "
-                        "conditional scores as targets (default 1; 0: maximum likelihood "
+                        "conditional scores as targets (default 2; 0: maximum likelihood "
                         "alone, the paper's training; --full: 0)")
     p.add_argument("--cusp-spread", type=float, default=None, metavar="S",
                    help="grid designs: a grid point's coordinate 0 is drawn per event from "
