@@ -346,7 +346,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     (cosine schedule from lr 2e-3, batches of 1000, 20 % validation) on the likelihood and the
     toy's exact conditional scores (``score_weight`` 2), the grid points on the cusps spread
     over ±0.1 in their zero coordinate (``cusp_spread`` 0.1; 0 with the uniform design, which
-    has no such points): 8-9 minutes with two worker processes on a 2-core CPU. ``full``: the
+    has no such points): about 10 minutes with two worker processes on a 2-core CPU. ``full``: the
     paper's recipe (50,000 events per point, its linear inputs, batch 500, lr 1e-3 halved on
     plateaus, 40 % validation, early stopping; an hour or more on a CPU). ``quick``: a few
     hundred events, one epoch of a small network and coarse regions (a smoke test, not a
