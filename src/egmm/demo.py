@@ -64,7 +64,7 @@ from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from egmm.base import DensityModel
-from egmm.density import THETA_FEATURES, GMMDensity
+from egmm.density import GMM_DEFAULTS, THETA_FEATURES, GMMDensity
 from egmm.ensemble import EnsembleDensity
 from egmm.errors import EgmmError, InputError, ModelFileError
 from egmm.groundtruth import PaperToy
@@ -297,8 +297,8 @@ class DemoConfig:
                     else "plateau schedule with early stopping")
         score = (f", score regression α = {self.score_weight:g}" if self.score_weight > 0
                  else "")
-        activation = self.network.get("activation", "leaky_relu")
-        act = f", {activation} activation" if activation != "leaky_relu" else ""
+        act = (f", {self.network['activation']} activation" if "activation" in self.network
+               else "")
         return (f"{schedule} from lr {self.lr:g}, batch {self.batch_size}, "
                 f"{self.validation:.0%} validation, θ inputs {inputs}{act}{score}")
 
@@ -325,6 +325,15 @@ class DemoConfig:
             **({"score_weight": self.score_weight} if self.score_weight > 0 else {}),
             **({"cusp_spread": self.cusp_spread} if self.cusp_spread > 0 else {}),
         }
+
+
+def _network_with(network: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``network`` with ``key`` set to ``value``, or without the key where ``value`` is
+    GMMDensity's default (so that runs with the default keep the model key of older runs)."""
+    changed = {**network, key: value}
+    if value == GMM_DEFAULTS[key]:
+        del changed[key]
+    return changed
 
 
 def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
@@ -411,16 +420,11 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
     if int(train_threads) < 0:
         raise InputError(f"threads must be ≥ 0 (0: torch's default), got {train_threads}")
     if theta_features is not None:
-        network = {**cfg.network, "theta_features": theta_features}
-        if theta_features == "linear":  # GMMDensity's default: keep the key of older runs
-            del network["theta_features"]
-        changes["network"] = network
+        changes["network"] = _network_with(cfg.network, "theta_features", theta_features)
     if activation is not None:
         check_activation(activation)
-        network = {**changes.get("network", cfg.network), "activation": activation}
-        if activation == "leaky_relu":  # GMMDensity's default: keep the key of older runs
-            del network["activation"]
-        changes["network"] = network
+        changes["network"] = _network_with(changes.get("network", cfg.network), "activation",
+                                           activation)
     if members is not None:
         changes["members"] = int(members)
     if score_weight is not None:
