@@ -47,6 +47,7 @@ from scipy import stats
 from egmm import GMMDensity, LatentProjection, train
 from egmm.groundtruth import PaperToy
 from egmm.infer import fit, fit_batched, sample_toy, toy_seed
+from egmm.infer.batched import _FLOAT32_FINEST
 from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity, UnbinnedNLL
 from egmm.observables import Observable, ObservableSpace
 
@@ -112,7 +113,8 @@ def gmm_model(events: int, seed: int, path: Path = RESULTS / "paper_toy_gmm.egmm
                   f"({time.perf_counter() - start:.0f} s)")
     cost = UnbinnedNLL(toy.sample(events, 0.0, 0.0, seed=seed), model)
     truth = {"cx": 0.3, "cy": -0.2}
-    return cost, truth, f"paper-toy GMMDensity, weights {model.n_weights()}, {origin}"
+    return cost, truth, (f"paper-toy GMMDensity ({model.config['activation']}), weights "
+                         f"{model.n_weights()}, {origin}")
 
 
 # -- measurement -------------------------------------------------------------------------------
@@ -290,7 +292,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     payload = {
         "config": {"toys": args.toys, "events": args.events, "seed": args.seed,
-                   "torch_threads": args.threads, "reference_toys": n_reference},
+                   "torch_threads": args.threads, "reference_toys": n_reference,
+                   # goals down to this one keep float32 steps for smooth (SiLU) networks
+                   "float32_finest_goal": _FLOAT32_FINEST},
         "machine": {**machine_info(), "iminuit": iminuit.__version__},
         "results": results,
     }

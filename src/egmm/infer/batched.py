@@ -37,17 +37,22 @@ their forward and backward passes take half the time, and the steps, which need 
 and curvatures rather than −2 ln L to the last digit, are as good. float32 rounding makes
 −2 ln L itself uncertain by a few 2⁻²⁴·|f| (~1e-4 for the paper toy at N = 400), so this
 stage accepts a step unless f rises by more than 2⁻²⁴·|f|, and counts the quadratic model's
-predicted decrease as a step's decrease. For goals no finer than 2e-4 (the default,
-MIGRAD's goal at iminuit's default tol) the float32 stage's verdict stands: its gradients
-and curvatures (float32 bodies summed in float64) change the decrement by ~1 % of the goal
-and the errors by ~1e-5 relative at most (measured on the paper toy), so the float64 stage
-evaluates only −2 ln L at its minima (the reported fvals are the costs' float64 values)
-and takes float64 steps only for toys the float32 stage left unconverged, continuing it
-(its secant pairs, which show the kinks it met, included). For finer goals (``tol=``, the
-toy calculators' 2e-6) the float32 stage stops at 2e-4 and a fresh float64 stage takes
-the last steps and gives the verdict, gradients and errors: float32 noise in its secant
-pairs would look like kinks to the fine test. User-written densities (``TorchDensity``)
-always run in the cost's dtype.
+predicted decrease as a step's decrease. Its gradients and curvatures (float32 bodies
+summed in float64) are those of the float64 cost to far better than any goal needs: the
+gradient error's own decrement ½ eᵀH⁻¹e is at most 3e-11 (paper toy, N = 400, SiLU and
+LeakyReLU models), so the decrement of a point near the goal is known to 2√(goal · 3e-11),
+under 4 % of goals down to 1e-7, and the errors to ~1e-5 relative. At goals no finer than
+2e-4 (the default, MIGRAD's goal at iminuit's default tol) and, for networks with a smooth
+activation (SiLU), at goals down to 1e-7 (the toy calculators' 2e-6 included), the float32
+stage's verdict stands: the float64 stage evaluates only −2 ln L at its minima (the
+reported fvals are the costs' float64 values) and takes float64 steps only for toys the
+float32 stage left unconverged, continuing it (its secant pairs, which show the kinks it
+met, included). Below 2e-4 a toy the float32 stage found converged at a kink is left
+unconverged and without history, for float64 steps. Finer goals, and goals below 2e-4 with
+LeakyReLU networks, whose kinks are everywhere and whose valleys between them a float32 f
+(uncertain by ~1e-4) cannot follow: the float32 stage stops at 2e-4 and a fresh float64
+stage takes the last steps and gives the verdict, gradients and errors. User-written
+densities (``TorchDensity``) always run in the cost's dtype.
 
 The −2 ln L of a :class:`~egmm.GMMDensity` is only piecewise smooth in θ (LeakyReLU units): its
 gradient jumps at kinks, and near a minimum Newton steps can only crawl along valleys under
@@ -123,6 +128,11 @@ _ROUNDING = 64 * np.finfo(np.float64).eps
 # (its minimum is tested in float64): on the paper toy 2⁻²⁶, 2⁻²⁴ and 2⁻²² took 4.9, 5.1 and
 # 5.5 float32 iterations per toy (a larger allowance accepts more slightly worse steps).
 _FLOAT32_NOISE = 2.0**-24
+# The finest goal the float32 stage's verdict stands for: its gradient error's decrement
+# ½ eᵀH⁻¹e (e = float32-body gradient − float64 gradient, at and around the truth, 64 toys
+# of N = 400) measured at most 2.9e-11 (SiLU) and 1.1e-11 (LeakyReLU) on paper-toy models,
+# so a decrement near 1e-7 is known to 2√(1e-7 · 3e-11) ≈ 3.5 %.
+_FLOAT32_FINEST = 1e-7
 # iminuit's default Minuit.tol; MIGRAD stops at EDM < 0.002 · tol · errordef (errordef 1 here).
 _MINUIT_TOL = 0.1
 _EDM_PER_TOL = 0.002
@@ -594,6 +604,13 @@ class _Batch:
         out.constants = self.constants[picked]
         return out
 
+    @property
+    def smooth_networks(self) -> bool:
+        """Whether every network that :meth:`lowered` runs in float32 has a smooth activation
+        (SiLU): no kinks besides those of |θ| features at 0 (see :func:`fit_batched`)."""
+        return all(t.density.config["activation"] == "silu" for t in self.nll._terms
+                   if _lowerable(t.density, self.nll._dtype))
+
     def lowered(self) -> _Batch | None:
         """This batch with float32 network bodies (float64 sums), for the Newton steps; None
         where no term has a network that can run in float32 (see :func:`_lowerable`). Its
@@ -925,6 +942,27 @@ class _NewtonState:
     prev_decrement: np.ndarray
 
 
+def _at_kinks_afresh(state: _NewtonState) -> _NewtonState:
+    """``state`` with the toys it found converged at a kink made unconverged and without
+    history (secant pairs, last decrease, kink verdict): the next stage takes fresh steps for
+    them. For goals finer than the kinks' precision: float32 rounding of f (~1e-4) hides
+    whether a kinked valley goes on lower, and a secant pair across an isolated kink (|θ|
+    features at 0) can hide the gradient along it; measured on the demo model at the cusp
+    (0, 0), such toys stopped up to 0.02 above the float64 minimum."""
+    rows = state.at_kink & state.converged
+    if not rows.any():
+        return state
+    out = copy.copy(state)
+    out.converged = state.converged & ~rows
+    out.at_kink = state.at_kink & ~rows
+    out.last_drop = np.where(rows, math.inf, state.last_drop)
+    out.prev_decrement = np.where(rows, math.inf, state.prev_decrement)
+    out.history = state.history.copy()
+    out.history.s[rows] = 0.0
+    out.history.y[rows] = 0.0
+    return out
+
+
 def _levenberg_steps(gr: np.ndarray, hr: np.ndarray, damping: np.ndarray,
                      rows: np.ndarray) -> np.ndarray:
     """Steps −(H + λ diag|H|)⁻¹ g of toys ``rows`` (mask); λ is raised tenfold (in place)
@@ -1253,11 +1291,13 @@ def fit_batched(
             for an open end), as in :func:`egmm.infer.fit`; e.g. μ ≥ 0 for q̃_μ.
         float32_steps: take the Newton steps of float64 GMMDensity costs with float32
             network bodies, then test (and refine) the minimum in float64 (see the module
-            docstring); about 1.8× faster on a CPU at the default goal, 1.2× at the toy
-            calculators' 2e-6 (float32 steps to 2e-4, then float64 ones). ``False``: float64
-            throughout. fvals are the costs' float64 values either way and both reach the
-            same goal; at the default goal errors and decrements come from float32 bodies
-            (summed in float64; ~1e-5 relative). At kinks of LeakyReLU networks the two may
+            docstring); about 1.8× faster on a CPU at the default goal; at the toy
+            calculators' 2e-6 float32 steps to the goal for SiLU networks (as many Newton
+            iterations as float64 throughout), to 2e-4 and then float64 ones for LeakyReLU
+            networks. ``False``: float64 throughout. fvals are the costs' float64 values
+            either way and both reach the same goal; where the float32 verdict stands,
+            errors and decrements come from float32 bodies (summed in float64; ~1e-5
+            relative). At kinks of LeakyReLU networks the two may
             stop at different points of a kinked valley.
 
     Returns:
@@ -1327,18 +1367,20 @@ def fit_batched(
         state = _newton(batch, theta0, lo, hi, fixed_mask, int(max_iter), float(tol))
     else:
         # the steps with float32 network bodies, then the last iterations (at least the
-        # convergence test) in the costs' dtype, whose f is reported. Goals no finer than the
-        # kinks' precision (the default): the float64 stage continues with the float32
-        # stage's secant pairs, which show the kinks it met, and keeps its gradients and
-        # curvatures where it converged (their float32 bodies change the decrement by ~1 % of
-        # the goal and the errors by ~1e-5 relative). Finer goals: float32 steps to the kinks'
-        # precision, then a fresh float64 stage (float32 noise in the secant pairs would look
-        # like kinks to its fine test)
-        fine = tol < _KINK_DECREMENT
+        # convergence test) in the costs' dtype, whose f is reported. Goals down to the
+        # kinks' precision, or to _FLOAT32_FINEST for smooth networks: the float64 stage
+        # continues with the float32 stage's secant pairs, which show the kinks it met, and
+        # keeps its gradients and curvatures where it converged (below the kinks' precision
+        # not at a kink). Finer goals: float32 steps to the kinks' precision, then a fresh
+        # float64 stage
+        finest = tol < _FLOAT32_FINEST or (tol < _KINK_DECREMENT
+                                           and not batch.smooth_networks)
         first = _newton(low, theta0, lo, hi, fixed_mask, int(max_iter),
-                        _KINK_DECREMENT if fine else float(tol), noise=_FLOAT32_NOISE)
+                        _KINK_DECREMENT if finest else float(tol), noise=_FLOAT32_NOISE)
+        if tol < _KINK_DECREMENT and not finest:
+            first = _at_kinks_afresh(first)
         state = _newton(batch, first.theta, lo, hi, fixed_mask, int(max_iter), float(tol),
-                        after=first, fresh=fine, reuse=not fine)
+                        after=first, fresh=finest, reuse=not finest)
     k_toys = len(costs)
     values = state.theta.copy()
     fval = state.f.copy()
