@@ -411,9 +411,10 @@ def test_float32_steps_reach_the_float64_minima(gmm_toys):
 
 def test_float32_steps_before_a_fine_goal(gmm_toys):
     """LeakyReLU networks (this model), below the kinks' precision (the toy calculators'
-    goal 2e-6 here): the float32 stage stops at 2e-4 and a fresh float64 stage reaches it: the same minima as float64
-    throughout, up to the kink precision, every toy at its goal (or converged at a kink,
-    decrement < 2e-4, as float64 throughout allows), and max_iter bounding both stages."""
+    goal 2e-6 here): the float32 stage stops at 2e-4 and a fresh float64 stage reaches it:
+    the same minima as float64 throughout, up to the kink precision, every toy at its goal
+    (or converged at a kink, decrement < 2e-4, as float64 throughout allows), and max_iter
+    bounding both stages."""
     goal = 2e-6
     mixed = fit_batched(gmm_toys, validate=False, tol=goal)
     plain = fit_batched(gmm_toys, validate=False, tol=goal, float32_steps=False)
