@@ -9,7 +9,8 @@ studies do, e.g. egmm.infer.toy_teststats):
 * ``gmm``: a GMMDensity of the paper-toy size (Table 6 defaults, θ = (cx, cy) on [−1.5, 1.5]²)
   as an UnbinnedNLL of N events; ``benchmarks/results/paper_toy_gmm.egmm`` if it exists,
   otherwise one trained here briefly (a rough model: fine for timing, its likelihood is
-  rougher than a well-trained one's). Toys are drawn from the model itself at (0.3, −0.2).
+  rougher than a well-trained one's). Toys are drawn from the model itself at (0.3, −0.2)
+  (``--gmm-truth``).
 
 Reported per model: toys/s of the batched fit alone (``validate=False``: BHHH errors; its
 Newton steps with float32 network bodies, the default, and float64 throughout,
@@ -95,8 +96,8 @@ def analytic_model(events: int) -> tuple[Any, dict[str, float], str]:
     return cost, truth, "Gaussian (μ, σ) on flat, extended, free yields, constraint on n_bkg"
 
 
-def gmm_model(events: int, seed: int, path: Path = RESULTS / "paper_toy_gmm.egmm"
-              ) -> tuple[Any, dict[str, float], str]:
+def gmm_model(events: int, seed: int, path: Path = RESULTS / "paper_toy_gmm.egmm",
+              truth: tuple[float, float] = (0.3, -0.2)) -> tuple[Any, dict[str, float], str]:
     toy = PaperToy()
     if path.exists():
         model = GMMDensity.load(path)
@@ -112,9 +113,10 @@ def gmm_model(events: int, seed: int, path: Path = RESULTS / "paper_toy_gmm.egmm
         origin = (f"trained here: 49 grid points x 300 events, 4 epochs "
                   f"({time.perf_counter() - start:.0f} s)")
     cost = UnbinnedNLL(toy.sample(events, 0.0, 0.0, seed=seed), model)
-    truth = {"cx": 0.3, "cy": -0.2}
-    return cost, truth, (f"paper-toy GMMDensity ({model.config['activation']}), weights "
-                         f"{model.n_weights()}, {origin}")
+    description = (f"paper-toy GMMDensity ({model.config['activation']}), weights "
+                   f"{model.n_weights()}, {origin}, toys at (cx, cy) = ({truth[0]:g}, "
+                   f"{truth[1]:g})")
+    return cost, {"cx": truth[0], "cy": truth[1]}, description
 
 
 # -- measurement -------------------------------------------------------------------------------
@@ -253,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gmm-model", type=Path, default=RESULTS / "paper_toy_gmm.egmm",
                         help="the paper-toy model file of the gmm case (trained briefly here "
                              "if missing)")
+    parser.add_argument("--gmm-truth", default="0.3,-0.2",
+                        help="the gmm case's (cx, cy) where toys are drawn and fits start, "
+                             "e.g. 0,0: the toy's cusp (default 0.3,-0.2)")
     parser.add_argument("--reference-toys", type=int, default=None,
                         help="toys fitted by the plain loop (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -270,6 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--teststat-tols: numbers separated by commas, got {args.teststat_tols!r}")
     if not tols or any(not t > 0 for t in tols):
         parser.error(f"--teststat-tols must be positive, got {args.teststat_tols!r}")
+    try:
+        gmm_truth = tuple(float(v) for v in args.gmm_truth.split(","))
+    except ValueError:
+        gmm_truth = ()
+    if len(gmm_truth) != 2 or not all(-1.5 <= v <= 1.5 for v in gmm_truth):
+        parser.error(f"--gmm-truth: two numbers cx,cy in [-1.5, 1.5], got {args.gmm_truth!r}")
     torch.set_num_threads(args.threads)
     n_reference = min(args.reference_toys or args.toys, args.toys)
 
@@ -278,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if name == "analytic":
             cost, truth, description = analytic_model(args.events)
         elif name == "gmm":
-            cost, truth, description = gmm_model(args.events, args.seed, args.gmm_model)
+            cost, truth, description = gmm_model(args.events, args.seed, args.gmm_model,
+                                                 gmm_truth)
         else:
             raise SystemExit(f"unknown model {name!r} (analytic, gmm)")
         results[name] = measure(name, cost, truth, description, args.toys, n_reference,
