@@ -259,9 +259,12 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
                  if "batched_tight" in rate else "–")
         all64 = (f"{fmt(rate['batched_float64'])} ({fmt(speed.get('batched_float64'))}×)"
                  if "batched_float64" in rate else "–")
+        valid = [r.get(k, {}).get("valid") for k in ("plain", "validation")]
         rows.append([name, fmt(rate.get("batched")), fmt(rate.get("batched_validated")),
                      fmt(rate.get("plain_minuit")), f"{fmt(speed.get('batched'))}×",
-                     f"{fmt(speed.get('batched_validated'))}×", all64, tight])
+                     f"{fmt(speed.get('batched_validated'))}×", all64, tight,
+                     " / ".join("–" if v is None else str(v) for v in valid)
+                     + f" of {r.get('reference_toys', r.get('toys'))}"])
     c = data.get("config", {})
     tols = next((r["tolerances"] for r in data.get("results", {}).values()
                  if "tolerances" in r), None)
@@ -275,7 +278,8 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
     text = (f"{c.get('toys')} toys of {c.get('events')} events, "
             f"{c.get('torch_threads')} thread(s)" + (f", {cpu}" if cpu else "") + f".{goal}\n\n"
             + table(["model", "batched toys/s", "+ validation", "Minuit loop", "speed-up",
-                     "+ validation", "batched, float64", "batched, tight goal"], rows))
+                     "+ validation", "batched, float64", "batched, tight goal",
+                     "valid fits (loop / batched + validation)"], rows))
     ts_rows = []
     for name, r in data.get("results", {}).items():
         for ts in ([r["teststat"]] if r.get("teststat") else []) + r.get("teststat_other_tols",
