@@ -221,6 +221,12 @@ class FitResult:
         minuit: the ``iminuit.Minuit`` object (for MINOS, plots, further work).
         retries: every retry made after a non-valid minimisation, in order (empty if the
             first MIGRAD was valid).
+        migrad_valid: MIGRAD's verdict before HESSE (``valid`` where HESSE did not run or
+            did not change it). HESSE's finite differences across a kink of −2 ln L (a
+            density of |θ|, e.g. the paper toy at cx = 0 or cy = 0) can leave Minuit's EDM
+            above its goal at a minimum MIGRAD found: ``valid`` is then False and
+            ``migrad_valid`` True; the minimum and profile-likelihood intervals stand, the
+            HESSE errors do not.
     """
 
     parameters: tuple[str, ...]
@@ -236,6 +242,11 @@ class FitResult:
     minuit: Minuit = field(repr=False)
     retries: list[Retry] = field(default_factory=list)
     nhessian: int = 0
+    migrad_valid: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.migrad_valid is None:
+            self.migrad_valid = self.valid
 
     def correlation(self) -> np.ndarray | None:
         """(P, P) correlation matrix (0 for fixed parameters)."""
@@ -493,15 +504,18 @@ def fit(
                     m.values[n] = float(np.clip(point[i], lo[i], hi[i]))
         m.migrad(ncall=hessian_call_limit(m, ncall))
         log.append(Retry(action, reason, bool(m.valid), float(m.fval), float(m.fmin.edm)))
-    if hesse and m.valid:
+    migrad_valid = bool(m.valid)
+    if hesse and migrad_valid:
         m.hesse()
-    return fit_result(m, log, earlier)
+    return fit_result(m, log, earlier, migrad_valid)
 
 
 def fit_result(m: Minuit, log: list[Retry] | None = None,
-               earlier: tuple[int, int, int] = (0, 0, 0)) -> FitResult:
+               earlier: tuple[int, int, int] = (0, 0, 0),
+               migrad_valid: bool | None = None) -> FitResult:
     """A :class:`FitResult` from a ``Minuit`` after MIGRAD (``nfcn``/``ngrad``/``nhessian``:
-    its totals plus ``earlier``, the calls of a Minuit it replaced)."""
+    its totals plus ``earlier``, the calls of a Minuit it replaced; ``migrad_valid``: MIGRAD's
+    verdict before a HESSE, if one ran since)."""
     fm = m.fmin
     flags = {
         name: getattr(fm, name)
@@ -527,5 +541,6 @@ def fit_result(m: Minuit, log: list[Retry] | None = None,
         minuit=m,
         retries=list(log or []),
         nhessian=int(getattr(m, "nhessian", 0)) + earlier[2],
+        migrad_valid=migrad_valid,
     )
 
