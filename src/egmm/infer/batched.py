@@ -79,7 +79,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -953,15 +953,12 @@ def _at_kinks_afresh(state: _NewtonState) -> _NewtonState:
     rows = state.at_kink & state.converged
     if not rows.any():
         return state
-    out = copy.copy(state)
-    out.converged = state.converged & ~rows
-    out.at_kink = state.at_kink & ~rows
-    out.last_drop = np.where(rows, math.inf, state.last_drop)
-    out.prev_decrement = np.where(rows, math.inf, state.prev_decrement)
-    out.history = state.history.copy()
-    out.history.s[rows] = 0.0
-    out.history.y[rows] = 0.0
-    return out
+    history = state.history.copy()
+    history.forget(rows)
+    return replace(
+        state, converged=state.converged & ~rows, at_kink=state.at_kink & ~rows,
+        last_drop=np.where(rows, math.inf, state.last_drop),
+        prev_decrement=np.where(rows, math.inf, state.prev_decrement), history=history)
 
 
 def _levenberg_steps(gr: np.ndarray, hr: np.ndarray, damping: np.ndarray,
@@ -1050,6 +1047,11 @@ class _SecantHistory:
         out = _SecantHistory((self.s.shape[0], self.s.shape[2]))
         out.s, out.y = self.s.copy(), self.y.copy()
         return out
+
+    def forget(self, rows: np.ndarray) -> None:
+        """Drop every pair of toys ``rows`` (mask or indices)."""
+        self.s[rows] = 0.0
+        self.y[rows] = 0.0
 
     def add(self, rows: np.ndarray, s: np.ndarray, y: np.ndarray) -> None:
         for store, new in ((self.s, s), (self.y, y)):
