@@ -252,6 +252,14 @@ def _first_costs(job: _CoverageJob, ntoys: int) -> list[Any]:
     return costs or [_first_cost(job, ntoys)]
 
 
+def _verdict(record: dict[str, Any], res: FitResult) -> None:
+    """A toy's validity from its global fit: MIGRAD's (``valid``), and ``hesse_valid:
+    false`` where HESSE alone rejected it, which leaves only its pull out (module doc)."""
+    record["valid"] = bool(res.migrad_valid)
+    if res.migrad_valid and not res.valid:
+        record["hesse_valid"] = False
+
+
 def _coverage_task(job: _CoverageJob, index: int) -> dict[str, Any]:
     record: dict[str, Any] = {"index": index, "seed": [job.seed, index]}
     try:
@@ -261,11 +269,9 @@ def _coverage_task(job: _CoverageJob, index: int) -> dict[str, Any]:
         start.update(job.start or {})
         res = fit(cost, start, fixed=job.fixed, limits=job.limits, strategy=job.strategy,
                   tol=job.tol)
-        record.update(valid=bool(res.migrad_valid), fval=res.fval,
-                      values={p: res.values[p] for p in job.parameters},
+        record.update(fval=res.fval, values={p: res.values[p] for p in job.parameters},
                       errors={p: res.errors[p] for p in job.parameters})
-        if res.migrad_valid and not res.valid:  # HESSE's verdict alone: no pull (module doc)
-            record["hesse_valid"] = False
+        _verdict(record, res)
         if not res.migrad_valid:
             record["error"] = f"fit not valid: {res.fmin}"
             return record
@@ -352,11 +358,10 @@ def _coverage_batch_task(job: _CoverageJob, indices: list[int]) -> list[dict[str
                 theta[k] = [res.values[n] for n in names]
                 fval[k] = res.fval
                 record["fallback"].append("free")
-            record.update(valid=bool(res.migrad_valid), fval=float(fval[k]),
+            record.update(fval=float(fval[k]),
                           values={p: float(theta[k, names.index(p)]) for p in job.parameters},
                           errors={p: res.errors[p] for p in job.parameters})
-            if res.migrad_valid and not res.valid:
-                record["hesse_valid"] = False
+            _verdict(record, res)
             if res.migrad_valid:
                 good.append(k)
                 record["delta"] = {}
