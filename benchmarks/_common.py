@@ -5,6 +5,7 @@ Not a package: the scripts put ``benchmarks/`` on ``sys.path`` and import it as 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -20,6 +21,16 @@ import torch
 import egmm
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def models_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a script that studies trained paper-toy models: its docstring as
+    the description, and ``--model`` (repeatable, required)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", type=Path, required=True,
+                    help="a trained paper-toy GMMDensity file (repeat for several)")
+    return ap
 
 
 def cpu_model() -> str:

@@ -20,7 +20,6 @@ much again; ``--workers`` processes share the datasets out.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import multiprocessing
 import sys
@@ -44,7 +43,7 @@ from egmm.groundtruth import PaperToy
 from egmm.likelihood import UnbinnedNLL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, model_label, write_json
+from _common import RESULTS, machine_info, model_label, models_parser, write_json
 
 ORIGIN = ((0.0, 0.0),)
 AXES = ((0.0, 0.0), (-0.8, 0.0), (0.8, 0.0), (0.0, -0.8), (0.0, 0.8))
@@ -99,9 +98,7 @@ def summarise(rows: list[dict[str, Any]], path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", required=True, type=Path,
-                    help="a trained paper-toy GMMDensity (repeat for several)")
+    ap = models_parser(__doc__)
     ap.add_argument("--datasets", type=int, default=20, help="datasets per point (K)")
     ap.add_argument("--axes", action="store_true",
                     help="also the points (±0.8, 0), (0, ±0.8), not only (0, 0)")

@@ -17,7 +17,6 @@ Prints the scans and writes them to ``benchmarks/results/cusp_scan.json`` (``--o
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from egmm.demo import fig16_datasets
 from egmm.groundtruth import PaperToy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, model_label, write_json
+from _common import RESULTS, machine_info, model_label, models_parser, write_json
 
 STEPS = (-0.2, -0.1, -0.05, -0.02, 0.02, 0.05, 0.1, 0.2)
 
@@ -61,10 +60,7 @@ def scan(terms: Any, at: tuple[float, float], axis: int) -> list[dict[str, Any]]
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", type=Path, required=True,
-                    help="a trained paper-toy GMMDensity file (repeatable)")
+    ap = models_parser(__doc__)
     ap.add_argument("--dataset", type=int, default=4,
                     help="which of the demo's nine datasets (0–8, cx slowest; default 4: "
                          "the one drawn at c = (0, 0))")

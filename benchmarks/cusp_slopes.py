@@ -23,7 +23,6 @@ Writes ``benchmarks/results/cusp_slopes.json`` (``--out``). About 20 s per model
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ from egmm import GMMDensity
 from egmm.groundtruth import PaperToy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, model_label, write_json
+from _common import RESULTS, machine_info, model_label, models_parser, write_json
 
 DIRECTIONS = {"-cx": (-1.0, 0.0), "+cx": (1.0, 0.0), "-cy": (0.0, -1.0), "+cy": (0.0, 1.0)}
 N_DATASET = 400
@@ -60,10 +59,7 @@ def compare(model: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", type=Path, required=True,
-                    help="a trained paper-toy GMMDensity file (repeatable)")
+    ap = models_parser(__doc__)
     ap.add_argument("--events", type=int, default=100_000,
                     help="events drawn from the true pdf at --at (default 100000)")
     ap.add_argument("--at", type=float, nargs=2, default=(0.0, 0.0), metavar=("CX", "CY"))

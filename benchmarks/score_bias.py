@@ -33,7 +33,6 @@ results).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from egmm import EnsembleDensity, GMMDensity
 from egmm.groundtruth import PaperToy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
-from _common import RESULTS, machine_info, write_json
+from _common import RESULTS, machine_info, models_parser, write_json
 
 POINTS = ((-0.8, -0.8), (-0.8, 0.8), (0.8, -0.8), (0.8, 0.8), (0.4, 0.6), (-0.3, -1.0))
 # --near-cusps: points H off the cusps next to the demo's datasets on them, (0, 0), (±0.8, 0)
@@ -177,9 +176,7 @@ def shifts(models: list[tuple[str, Any]], toy: PaperToy, events: int, n: int, se
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", required=True, type=Path,
-                    help="a trained paper-toy GMMDensity (repeat for several)")
+    ap = models_parser(__doc__)
     ap.add_argument("--average", action="store_true",
                     help="also evaluate the average of all models given (EnsembleDensity)")
     ap.add_argument("--events", type=int, default=400_000, help="true events per point")
