@@ -116,6 +116,18 @@ def test_extended_signal_background_with_constraint_matches_minuit():
     # parabolic errors from the BHHH curvature: the Fisher information, close to HESSE's
     ratio = res.errors / np.array([[r.errors[n] for n in res.parameters] for r in reference])
     assert np.all(np.abs(ratio - 1) < 0.6) and np.median(np.abs(ratio - 1)) < 0.2
+    # the covariance they come from: symmetric, its diagonal their squares, its correlations
+    # those of HESSE's to the same standard (the BHHH curvature of ~100 signal events)
+    np.testing.assert_allclose(res.covariance, np.swapaxes(res.covariance, 1, 2), rtol=1e-12)
+    np.testing.assert_allclose(np.diagonal(res.covariance, axis1=1, axis2=2), res.errors**2,
+                               rtol=1e-12)
+
+    def correlation(c: np.ndarray) -> np.ndarray:
+        s = np.sqrt(np.diagonal(c, axis1=-2, axis2=-1))
+        return c / (s[..., :, None] * s[..., None, :])
+
+    rho = correlation(res.covariance) - correlation(np.stack([r.covariance for r in reference]))
+    assert np.all(np.median(np.abs(rho), axis=0) < 0.2)
 
 
 def test_signal_yield_at_its_zero_limit_matches_minuit():
@@ -123,6 +135,7 @@ def test_signal_yield_at_its_zero_limit_matches_minuit():
     costs = toys(signal_background(), {**shape, "n_sig": 0.0, "n_bkg": 400.0}, 40, seed=2)
     res = fit_batched(costs, fixed=shape, validate=False, minuit_tol=1e-5)
     assert res.converged.all() and res.fixed == ("mu", "sigma")
+    assert np.all(res.covariance[:, :2, :] == 0.0) and np.all(res.covariance[:, :, :2] == 0.0)
     assert np.all(res.values[:, :2] == [5.0, 0.5])
     assert (res.value("n_sig") == 0.0).sum() >= 10  # yields ≥ 0: many MLEs on the limit
     assert np.all(res.value("n_sig") >= 0.0)
@@ -164,6 +177,7 @@ def test_toys_that_do_not_converge_fall_back_to_the_plain_fit_and_are_flagged():
         assert res.fval[k] == ref.fval
         assert res.values[k].tolist() == [ref.values[n] for n in res.parameters]
         assert res.valid[k] == ref.valid
+        np.testing.assert_array_equal(res.covariance[k], ref.covariance)
 
 
 # -- a trained GMMDensity ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from egmm.infer import (
     tmu,
     tmu_tilde,
 )
-from egmm.infer.teststats import get_test_stat
+from egmm.infer.teststats import get_test_stat, profiled_start
 from egmm.likelihood import PyhfCost
 from test_toys import analytic_cost
 
@@ -85,6 +85,69 @@ def test_unbinned_tmu_is_the_profile_scan():
     scan = profile(cost, "mu", [0.5, 1.0, 1.8], global_fit=fit(cost, tol=1e-3))
     for mu, delta in zip(scan.grid, scan.delta):
         assert tmu(mu, cost) == pytest.approx(delta, abs=1e-4)
+
+
+def correlated(m: list[float], cov: np.ndarray) -> NormalConstraint:
+    return NormalConstraint(["mu", "a", "b"], m, cov)
+
+
+COV = np.array([[1.0, 0.6, -0.3], [0.6, 2.0, 0.4], [-0.3, 0.4, 0.5]])
+
+
+def test_profiled_start_is_the_conditional_minimum_of_a_gaussian():
+    """For a Gaussian likelihood the profiled start is the conditional minimum itself and its
+    errors the conditional ones, exactly: ν̂ + C_νμ/C_μμ (μ − μ̂), √(C_νν − C_νμ²/C_μμ)."""
+    m = [0.4, -1.0, 2.0]
+    cost = correlated(m, COV)
+    lo, hi = np.full(3, -np.inf), np.full(3, np.inf)
+    start, errors = profiled_start(np.array(m), COV, 0, 1.5, lo, hi)
+    reference = fit(cost, {"mu": 1.5, "a": -1.0, "b": 2.0}, fixed=["mu"], tol=1e-5)
+    np.testing.assert_allclose(start[1:], [reference.values["a"], reference.values["b"]],
+                               atol=1e-4)
+    assert start[0] == 1.5 and errors[0] == 0.0
+    np.testing.assert_allclose(errors[1:], [reference.errors["a"], reference.errors["b"]],
+                               rtol=1e-4)
+    # batched: (K, P) and (K, P, P); a toy without a usable covariance, and one whose shifted
+    # point would leave the limits, start at ν̂ with unknown errors
+    values = np.array([m, m, m])
+    cov = np.stack([COV, np.full((3, 3), np.nan), COV])
+    lo = np.array([-np.inf, -np.inf, -np.inf])
+    hi = np.array([np.inf, np.inf, np.inf])
+    mus = 1.5
+    got, err = profiled_start(values, cov, 0, mus, lo, hi)
+    np.testing.assert_array_equal(got[0], start)
+    np.testing.assert_array_equal(got[1], [1.5, -1.0, 2.0])
+    assert np.isnan(err[1, 1:]).all()
+    tight = np.array([np.inf, np.inf, start[2] - 1e-3])  # b's shifted value lies above it
+    got, err = profiled_start(values, cov, 0, mus, lo, tight)
+    np.testing.assert_array_equal(got[2], [1.5, -1.0, 2.0])
+    assert np.isnan(err[2, 1:]).all()
+
+
+def test_conditional_fits_start_at_the_profiled_point():
+    """t_μ's conditional fit starts where the unconditional covariance puts its minimum, with
+    the conditional errors as MIGRAD's first steps: the closed form on a Gaussian, and on an
+    unbinned signal + background cost the same minima as fits from ν̂ in fewer calls."""
+    m = [0.4, -1.0, 2.0]
+    value, fits = tmu(2.0, correlated(m, COV), return_fits=True)
+    assert value == pytest.approx((2.0 - 0.4) ** 2 / COV[0, 0], abs=1e-5)
+    init = fits.conditional.minuit.init_params
+    cov = fits.unconditional.covariance
+    start, errors = profiled_start(np.array(list(fits.unconditional.values.values())), cov, 0,
+                                   2.0, np.full(3, -np.inf), np.full(3, np.inf))
+    assert [init[n].value for n in ("mu", "a", "b")] == start.tolist()
+    assert [init[n].error for n in ("a", "b")] == errors[1:].tolist()
+    calls = {"profiled": 0, "from the minimum": 0}
+    for seed in range(4):
+        cost = analytic_cost(mu=1.0, seed=seed)
+        for mu in (0.3, 2.0):
+            t, both = tmu(mu, cost, return_fits=True)
+            plain = fit(cost, {"mu": mu, "n_b": both.unconditional.values["n_b"]},
+                        fixed=["mu"], tol=1e-3, hesse=False, strategy=0)
+            assert t == pytest.approx(plain.fval - both.unconditional.fval, abs=1e-5)
+            calls["profiled"] += both.conditional.nfcn
+            calls["from the minimum"] += plain.nfcn
+    assert calls["profiled"] < calls["from the minimum"], calls
 
 
 def test_bad_input():

@@ -150,6 +150,9 @@ class BatchedFitResult:
             (the observed Fisher information) at the minimum, over the non-fixed parameters
             (errordef 1; 0 for fixed, NaN where H is not positive definite); for fallback
             toys the per-toy fit's Hesse errors. For Minuit's errors use ``validate=True``.
+        covariance: (K, P, P) the matrices 2 H⁻¹ those errors come from (rows and columns
+            of fixed parameters 0, all NaN where H is not positive definite); for fallback
+            toys the per-toy fit's covariance (NaN if Minuit has none).
         fval: (K,) −2 ln L at ``values``, equal to ``cost_k(*values[k])``.
         converged: (K,) the batched Newton stage converged (see :func:`fit_batched`).
         n_iter: (K,) Newton iterations of the batched stage.
@@ -168,6 +171,7 @@ class BatchedFitResult:
     parameters: tuple[str, ...]
     values: np.ndarray
     errors: np.ndarray
+    covariance: np.ndarray
     fval: np.ndarray
     converged: np.ndarray
     n_iter: np.ndarray
@@ -912,19 +916,25 @@ def _solve(hr: np.ndarray, rhs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok[:, None], x, 0.0), ok
 
 
-def _errors(hess: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """√diag(2 H⁻¹) over the non-fixed parameters (errordef 1 for −2 ln L)."""
+def _covariance(hess: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """2 H⁻¹ (K, P, P) over the non-fixed parameters (errordef 1 for −2 ln L): rows and
+    columns of fixed parameters 0, every entry NaN where H is not positive definite."""
     k_toys, n_par = hess.shape[:2]
     free = np.broadcast_to(~fixed, (k_toys, n_par))
     _, hr = _reduced(np.zeros((k_toys, n_par)), hess, free)
-    out = np.full((k_toys, n_par), np.nan)
+    out = np.full((k_toys, n_par, n_par), np.nan)
     chol, info = torch.linalg.cholesky_ex(torch.as_tensor(hr))
     ok = (info == 0).numpy()
     if ok.any():
-        inv = torch.cholesky_inverse(chol[torch.as_tensor(ok)]).numpy()
-        out[ok] = np.sqrt(2.0 * np.diagonal(inv, axis1=1, axis2=2))
-    out[:, fixed] = 0.0
+        out[ok] = 2.0 * torch.cholesky_inverse(chol[torch.as_tensor(ok)]).numpy()
+    out[:, fixed, :] = 0.0
+    out[:, :, fixed] = 0.0
     return out
+
+
+def _errors(covariance: np.ndarray) -> np.ndarray:
+    """(K, P) √diag of :func:`_covariance`'s matrices."""
+    return np.sqrt(np.diagonal(covariance, axis1=1, axis2=2))
 
 
 @dataclass
@@ -1387,7 +1397,8 @@ def fit_batched(
     k_toys = len(costs)
     values = state.theta.copy()
     fval = state.f.copy()
-    errors = _errors(state.hess, fixed_mask)
+    covariance = _covariance(state.hess, fixed_mask)
+    errors = _errors(covariance)
     fallback = ~state.converged
     valid = state.converged.copy()
     fits: list[FitResult | None] = [None] * k_toys
@@ -1403,6 +1414,7 @@ def fit_batched(
                       tol=minuit_tol, limits=fit_limits)
             values[k] = [res.values[n] for n in names]
             errors[k] = [res.errors[n] for n in names]
+            covariance[k] = np.nan if res.covariance is None else res.covariance
             fval[k] = res.fval
         elif validate:
             # MIGRAD's first steps sized by the batched errors (its default, 1 % of each
@@ -1416,7 +1428,8 @@ def fit_batched(
         fits[k] = res
         valid[k] = res.valid
     return BatchedFitResult(
-        parameters=names, values=values, errors=errors, fval=fval,
+        parameters=names, values=values, errors=errors, covariance=covariance,
+        fval=fval,
         converged=state.converged, n_iter=state.n_iter, decrement=state.decrement,
         fallback=fallback, valid=valid,
         fixed=tuple(n for n, f in zip(names, fixed_mask) if f), fits=fits)

@@ -53,6 +53,7 @@ from egmm.infer.teststats import (
     check_poi,
     evaluate,
     get_test_stat,
+    profiled_start,
     statistic_value,
 )
 from egmm.likelihood.cost import _UnbinnedCost
@@ -375,7 +376,12 @@ def _teststat_batch_task(job: _TeststatJob, indices: list[int]) -> list[dict[str
     try:
         unconditional = fit_batched(toys, start, fixed=fix or None, limits=free_limits or None,
                                     validate=False, strategy=job.strategy, minuit_tol=job.tol)
-        conditional = fit_batched(toys, unconditional.values, fixed={**fix, poi: mu},
+        names = list(unconditional.parameters)
+        cond_start, _ = profiled_start(unconditional.values, unconditional.covariance,
+                                       names.index(poi), mu,
+                                       np.array([lims[n][0] for n in names]),
+                                       np.array([lims[n][1] for n in names]))
+        conditional = fit_batched(toys, cond_start, fixed={**fix, poi: mu},
                                   limits=dict(job.limits) if job.limits else None,
                                   validate=False, strategy=job.strategy, minuit_tol=job.tol)
     except (InputError, ParameterError):
