@@ -26,6 +26,7 @@ from egmm.likelihood import (
     HistTemplate,
     TorchDensity,
     UnbinnedNLL,
+    Yield,
 )
 from egmm.observables import Observable, ObservableSpace
 
@@ -306,6 +307,83 @@ def test_hist_template_background_component():
     expected = 2 * (1000.0 - np.sum(np.log(300 * signal_pdf(x, 5.0, 0.5) + 700 * p_bkg)))
     assert cost(5.0, 0.5, 300.0, 700.0) == pytest.approx(expected, rel=1e-10)
     assert "bkg template" in repr(cost)
+
+
+# -- fixed shapes: θ only in the yields ---------------------------------------------------------
+def fixed_shapes(extended: bool, weights=None, x=None):
+    """Signal and background at fixed shapes, yields a parameter, a function of μ and a
+    constant: the closed-form path (every density θ-independent)."""
+    x = sample(seed=21) if x is None else x
+    f64 = torch.float64
+    sig = TorchDensity(SPACE, lambda x: signal_log_prob(x, torch.tensor(5.0, dtype=f64),
+                                                        torch.tensor(0.5, dtype=f64)),
+                       name="sig")
+    bkg = TorchDensity(SPACE, lambda x: background_log_prob(x, torch.tensor(0.3, dtype=f64)),
+                       name="bkg")
+    comps = [Component("sig", sig, Yield.from_callable(lambda mu: 300.0 * mu + 20.0 * mu**2,
+                                                         ("mu",), {"mu": (0.0, 5.0)})),
+             Component("bkg", bkg, "n_bkg"), Component("flat", bkg, Yield.constant(40.0))]
+    cls = ExtendedUnbinnedNLL if extended else UnbinnedNLL
+    return cls(x, comps, weights=weights)
+
+
+@pytest.mark.parametrize("extended", [True, False])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fixed_shapes_take_the_closed_form_path(extended, weighted):
+    """θ-independent densities with free, functional and constant yields: values, gradients
+    and exact Hessians from the closed form equal iminuit's own cost and the general
+    autograd path (forced by dropping the precomputed shapes) to rounding."""
+    x = sample(seed=21)
+    w = np.random.default_rng(4).uniform(0.5, 1.5, len(x)) if weighted else None
+    cost = fixed_shapes(extended, w, x)
+    assert cost._shapes is not None
+    general = fixed_shapes(extended, w, x)
+    general._shapes = None
+
+    def density(x, mu, n_bkg):
+        nu = np.array([300.0 * mu + 20.0 * mu**2, n_bkg, 40.0])
+        p = np.stack([signal_pdf(x, 5.0, 0.5), background_pdf(x, 0.3),
+                      background_pdf(x, 0.3)])
+        return nu.sum(), nu @ p
+
+    def ref(mu, n_bkg):  # iminuit's costs take no event weights: written out
+        total, lam = density(x, mu, n_bkg)
+        ll = np.log(lam) if extended else np.log(lam / total)
+        return 2.0 * total * extended - 2.0 * (ll.sum() if w is None else w @ ll)
+
+    if not weighted:
+        imin = (icost.ExtendedUnbinnedNLL(x, density) if extended else
+                icost.UnbinnedNLL(x, lambda x, mu, n_bkg: density(x, mu, n_bkg)[1]
+                                  / density(x, mu, n_bkg)[0]))
+        assert imin(1.0, 700.0) == pytest.approx(ref(1.0, 700.0), rel=1e-12)
+    for p in ([1.0, 700.0], [0.2, 950.0], [2.5, 300.0]):
+        assert cost(*p) == pytest.approx(ref(*p), rel=1e-10)
+        assert cost(*p) == pytest.approx(general(*p), rel=1e-12)
+        np.testing.assert_allclose(cost.grad(p), general.grad(p), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(cost.exact_hessian(*p), general.exact_hessian(*p),
+                                   rtol=1e-9, atol=1e-12)
+    # the same fit
+    m = Minuit(cost, mu=0.8, n_bkg=600.0)
+    m.limits = [(0.0, 5.0), (0.0, None)]
+    r = Minuit(ref, mu=0.8, n_bkg=600.0)
+    r.limits = [(0.0, 5.0), (0.0, None)]
+    m.migrad(), r.migrad()
+    assert m.valid and r.valid
+    for n in ("mu", "n_bkg"):
+        assert m.values[n] == pytest.approx(r.values[n], abs=2e-2 * r.errors[n])
+
+
+def test_fixed_shapes_refuse_zero_yields():
+    cost = fixed_shapes(True)
+    with pytest.raises(ParameterError, match=r"yield .* = -1\.0"):
+        cost._shapes.evaluate(cost, np.array([0.0, -1.0]), 0)
+    zero = ExtendedUnbinnedNLL(sample(seed=2), [
+        Component("sig", TorchDensity(SPACE, lambda x: torch.full((len(x),), -math.log(B)),
+                                      name="flat"), "n_a"),
+        Component("bkg", TorchDensity(SPACE, lambda x: torch.full((len(x),), -math.log(B)),
+                                      name="flat2"), "n_b")])
+    with pytest.raises(ParameterError, match="Σ ν_c p_c is zero"):
+        zero(0.0, 0.0)
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -23,7 +23,13 @@ from iminuit.cost import Cost
 
 from egmm.base import DensityModel
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.likelihood.components import Component, Yield, _Combination, _ParameterYield
+from egmm.likelihood.components import (
+    Component,
+    Yield,
+    _Combination,
+    _ConstantYield,
+    _ParameterYield,
+)
 
 __all__ = ["ExtendedUnbinnedNLL", "UnbinnedNLL"]
 
@@ -67,6 +73,144 @@ def _free_yield_names(y: Yield) -> set[str]:
 def _density_name(density: DensityModel) -> str:
     name = getattr(density, "name", None)
     return name if isinstance(name, str) and name else type(density).__name__
+
+
+def _reach(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The limits widened by the rounding a caller may make (``_LIMIT_TOLERANCE`` relative):
+    values between a limit and its reach are clipped onto it, beyond it they are errors."""
+    tol = _LIMIT_TOLERANCE * np.maximum(1.0, np.maximum(
+        np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0))))
+    return lo - tol, hi + tol
+
+
+class _FixedShapes:
+    r"""A mixture whose densities do not depend on θ (θ enters through the yields only:
+    templates or fixed shapes with free, constrained or functional yields).
+
+    The events' log densities are fixed, so they are kept once as m_i = max_c ln p_c(x_i)
+    and Q_ci = p_c(x_i) e^{−m_i} (C × N): a call is then one product λ'_i = Σ_c ν_c Q_ci,
+
+    .. math:: -2 \ln L = -2 \Big[\sum_i w_i (m_i + \ln λ'_i) + \text{outer}(ν)\Big],
+
+    the same expression as the general path (the log-sum-exp over components with its
+    maximum taken out), and its ν-derivatives in closed form, ∂/∂ν_c = −2 Σ_i w_i Q_ci / λ'_i
+    (+ the outer term's) and ∂²/∂ν_c∂ν_d = 2 Σ_i w_i Q_ci Q_di / λ'_i² (− 2 W / (Σν)² for
+    the non-extended normalisation), chained to θ through the yields by autograd on the
+    C yields alone: H_θ = Jᵀ H_ν J + Σ_c (∂f/∂ν_c) ∇²ν_c. No per-event autograd graph:
+    ~5× fewer operations per call for the few-thousand-event datasets of toy studies.
+    """
+
+    def __init__(self, cost: _UnbinnedCost, q: np.ndarray, w: np.ndarray | None,
+                 constant: float) -> None:
+        self.q = q
+        self.w = w
+        self.constant = constant
+        # per component how θ gives its yield: a parameter's index, a constant, or a
+        # function (evaluated by torch, differentiated by autograd)
+        self.kinds: list[tuple[str, Any]] = []
+        for t in cost._terms:
+            y = t.yield_
+            if isinstance(y, _ParameterYield):
+                self.kinds.append(("parameter", t.yield_index[y.parameters[0]]))
+            elif isinstance(y, _ConstantYield):
+                self.kinds.append(("constant", y.constant_value))
+            else:
+                self.kinds.append(("function", t))
+
+    @classmethod
+    def of(cls, cost: _UnbinnedCost) -> _FixedShapes | None:
+        """The fixed-shape form of ``cost``'s events, or None (a single density, a density
+        with parameters, or no events)."""
+        if not cost._mixture or not cost._starts or any(t.cached is None
+                                                        for t in cost._terms):
+            return None
+        lp = np.stack([torch.cat(t.cached).cpu().numpy() for t in cost._terms])
+        m = lp.max(axis=0)
+        w = None if cost._w is None else cost._w.cpu().numpy().astype(np.float64)
+        constant = float(m.sum() if w is None else w @ m)
+        return cls(cost, np.exp(lp - m), w, constant)
+
+    def _yields(self, cost: _UnbinnedCost, theta: np.ndarray, order: int
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, torch.Tensor,
+                                                               torch.Tensor]]]:
+        """ν (C,), the Jacobian dν/dθ (C, P) if ``order`` ≥ 1, and per function yield (c, θ
+        leaf, ν_c with its graph) for second derivatives if ``order`` = 2."""
+        n_par = len(theta)
+        nu = np.empty(len(self.kinds))
+        jac = np.zeros((len(self.kinds), n_par))
+        graphs = []
+        for c, (kind, what) in enumerate(self.kinds):
+            if kind == "parameter":
+                nu[c] = theta[what]
+                jac[c, what] = 1.0
+                continue
+            if kind == "constant":
+                nu[c] = what
+                continue
+            leaf = torch.tensor(theta, dtype=torch.float64, requires_grad=order > 0)
+            with torch.set_grad_enabled(order > 0):
+                value = what.yield_._evaluate({p: leaf[i] for p, i in
+                                               what.yield_index.items()})
+                value = torch.as_tensor(value, dtype=torch.float64).reshape(())
+            nu[c] = float(value.detach())
+            if order > 0 and value.requires_grad:
+                (row,) = torch.autograd.grad(value, leaf, create_graph=order == 2,
+                                             allow_unused=True)
+                if row is not None:
+                    jac[c] = row.detach().numpy()
+                    if order == 2 and row.requires_grad:
+                        graphs.append((c, leaf, row))
+        for c, t in enumerate(cost._terms):
+            if not (math.isfinite(nu[c]) and nu[c] >= 0):
+                raise ParameterError(
+                    f"component {t.name!r}: yield {t.yield_!r} = {nu[c]} at θ = "
+                    f"{cost._theta_text(torch.as_tensor(theta))}; yields must be finite "
+                    "and ≥ 0"
+                )
+        return nu, jac, graphs
+
+    def evaluate(self, cost: _UnbinnedCost, theta: np.ndarray, order: int
+                 ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+        """(−2 ln L, gradient if ``order`` ≥ 1, Hessian if ``order`` = 2) at θ."""
+        nu, jac, graphs = self._yields(cost, theta, order)
+        total = float(nu.sum())
+        if cost._extended:
+            outer = 2.0 * total  # −2 · (−Σν)
+        elif total > 0:
+            outer = 2.0 * cost.sum_weights * math.log(total)  # −2 · (−W ln Σν)
+        else:
+            raise ParameterError("all component yields are zero: the mixture is undefined")
+        lam = nu @ self.q
+        if not np.all(lam > 0):
+            i = int(np.argmax(~(lam > 0)))
+            raise ParameterError(
+                f"event {i}: the expected density Σ ν_c p_c is zero at θ = "
+                f"{cost._theta_text(torch.as_tensor(theta))} (all yields are zero)"
+            )
+        log_lam = np.log(lam)
+        value = -2.0 * (self.constant + float(log_lam.sum() if self.w is None
+                                              else self.w @ log_lam)) + outer
+        if order == 0:
+            return value, None, None
+        r = 1.0 / lam if self.w is None else self.w / lam
+        dnu = -2.0 * (self.q @ r)  # ∂(−2 Σ w ln λ')/∂ν, then the outer term's
+        dnu += 2.0 if cost._extended else 2.0 * cost.sum_weights / total
+        grad = jac.T @ dnu
+        if order == 1:
+            return value, grad, None
+        # Jᵀ H_ν J with the closed-form H_ν, plus Σ_c (∂f/∂ν_c) ∇²ν_c of function yields
+        hnu = 2.0 * ((self.q * (r / lam)) @ self.q.T)
+        if not cost._extended:
+            hnu -= 2.0 * cost.sum_weights / total**2
+        hess = jac.T @ hnu @ jac
+        for c, leaf, row in graphs:
+            for i in range(len(theta)):
+                if row[i].requires_grad:
+                    (second,) = torch.autograd.grad(row[i], leaf, retain_graph=True,
+                                                    allow_unused=True)
+                    if second is not None:
+                        hess[i] += dnu[c] * second.numpy()
+        return value, grad, 0.5 * (hess + hess.T)
 
 
 class _UnbinnedCost(Cost):
@@ -119,8 +263,10 @@ class _UnbinnedCost(Cost):
         self._names = tuple(limits)
         self._lo = np.array([lo for lo, _ in limits.values()], dtype=np.float64)
         self._hi = np.array([hi for _, hi in limits.values()], dtype=np.float64)
+        self._reach_lo, self._reach_hi = _reach(self._lo, self._hi)
         self._starts = list(range(0, len(x), self._chunk_size))
         self._prepare()
+        self._shapes = _FixedShapes.of(self)
         self._has_grad_flag = all(t.differentiable for t in terms)
         if hessian not in (None, True, False):
             raise InputError(f"hessian must be None, True or False, got {hessian!r}")
@@ -261,6 +407,8 @@ class _UnbinnedCost(Cost):
     def _hessian_at(self, theta_np: np.ndarray) -> np.ndarray:
         """Σ over chunks (and the terms outside the event sum) of each part's Hessian:
         reverse-over-reverse autograd, one chunk's graph alive at a time."""
+        if self._shapes is not None:
+            return self._shapes.evaluate(self, theta_np, 2)[2]
         n = len(theta_np)
         theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=True)
         hess = torch.zeros((n, n), dtype=torch.float64)
@@ -291,7 +439,10 @@ class _UnbinnedCost(Cost):
             return self._cache_value
         if self._pending is not None:
             self._keep_graph = False  # the last graph was never used
-        if self._has_grad_flag and len(self._starts) == 1 and self._keep_graph:
+        if self._shapes is not None:
+            value = self._shapes.evaluate(self, theta, 0)[0]
+            self._pending = None
+        elif self._has_grad_flag and len(self._starts) == 1 and self._keep_graph:
             # keep the graph so that a gradient request at this point costs only a backward pass
             value, total, leaf = self._forward(theta, mode="graph")
             self._pending = (total, leaf)
@@ -312,7 +463,10 @@ class _UnbinnedCost(Cost):
         key = tuple(theta.tolist())
         if key == self._cache_key and self._cache_grad is not None:
             return self._cache_grad.copy()
-        if key == self._cache_key and self._pending is not None:
+        if self._shapes is not None:
+            value, grad, _ = self._shapes.evaluate(self, theta, 1)
+            self._cache_key, self._cache_value = key, value
+        elif key == self._cache_key and self._pending is not None:
             total, leaf = self._pending
             self._pending = None
             total.backward()
@@ -337,10 +491,7 @@ class _UnbinnedCost(Cost):
         if bad.any():
             i = int(np.argmax(bad))
             raise ParameterError(f"parameter {self._names[i]!r} is {theta[i]}")
-        tol = _LIMIT_TOLERANCE * np.maximum(1.0, np.maximum(np.abs(np.where(
-            np.isfinite(self._lo), self._lo, 0)), np.abs(np.where(np.isfinite(self._hi),
-                                                                   self._hi, 0))))
-        bad = (theta < self._lo - tol) | (theta > self._hi + tol)
+        bad = (theta < self._reach_lo) | (theta > self._reach_hi)
         if bad.any():
             i = int(np.argmax(bad))
             hint = "" if self._allow_outside else " (allow_outside=True extrapolates densities)"
@@ -599,6 +750,7 @@ class _UnbinnedCost(Cost):
         new._x = self._x[:0].copy()
         new._starts = []
         new._prepare()
+        new._shapes = None  # no events: only the Poisson term
         return new
 
 
