@@ -147,7 +147,8 @@ class _FixedShapes:
             if kind == "constant":
                 nu[c] = what
                 continue
-            leaf = torch.tensor(theta, dtype=torch.float64, requires_grad=order > 0)
+            leaf = (torch.from_numpy(theta) if order == 0 else
+                    torch.tensor(theta, dtype=torch.float64, requires_grad=True))
             with torch.set_grad_enabled(order > 0):
                 value = what.yield_._evaluate({p: leaf[i] for p, i in
                                                what.yield_index.items()})
