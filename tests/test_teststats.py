@@ -122,6 +122,12 @@ def test_profiled_start_is_the_conditional_minimum_of_a_gaussian():
     got, err = profiled_start(values, cov, 0, mus, lo, tight)
     np.testing.assert_array_equal(got[2], [1.5, -1.0, 2.0])
     assert np.isnan(err[2, 1:]).all()
+    # μ̂ less than one error inside the unconditional fit's limits of the POI: no shift (at a
+    # limit the covariance does not describe the likelihood)
+    got, err = profiled_start(values, cov, 0, mus, lo, hi, poi_limits=(0.0, np.inf))
+    np.testing.assert_array_equal(got[0], [1.5, -1.0, 2.0])
+    got, _ = profiled_start(values, cov, 0, mus, lo, hi, poi_limits=(-0.61, np.inf))
+    np.testing.assert_array_equal(got[0], start)
 
 
 def test_conditional_fits_start_at_the_profiled_point():

@@ -380,7 +380,9 @@ def _teststat_batch_task(job: _TeststatJob, indices: list[int]) -> list[dict[str
         cond_start, _ = profiled_start(unconditional.values, unconditional.covariance,
                                        names.index(poi), mu,
                                        np.array([lims[n][0] for n in names]),
-                                       np.array([lims[n][1] for n in names]))
+                                       np.array([lims[n][1] for n in names]),
+                                       poi_limits=(max(lims[poi][0], 0.0) if bounded
+                                                   else lims[poi][0], lims[poi][1]))
         conditional = fit_batched(toys, cond_start, fixed={**fix, poi: mu},
                                   limits=dict(job.limits) if job.limits else None,
                                   validate=False, strategy=job.strategy, minuit_tol=job.tol)
