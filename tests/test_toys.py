@@ -189,6 +189,47 @@ def test_failed_toys_are_recorded_and_counted():
     assert sb.n_failed == calc.toys["sb"].n_failed > 0
 
 
+def test_loop_fits_start_with_one_toys_errors(monkeypatch):
+    """The loop's fits take MIGRAD's first steps from the HESSE errors of toy 0's fit, made
+    once by toy_teststats; a toy whose fit fails there leaves Minuit's default steps."""
+    from egmm.infer import teststats
+    from egmm.infer import toys as toys_module
+
+    cost = analytic_cost()
+    pars = {"mu": 1.0, "n_b": 1000.0}
+    steps = toys_module._typical_errors(cost, pars, toy_seed(2, 0, 0), None, None)
+    ref = fit(sample_toy(cost, pars, toy_seed(2, 0, 0)), pars)
+    assert steps == {n: ref.errors[n] for n in ("mu", "n_b")}
+    seen = []
+    original = teststats.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["errors"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(toys_module, "evaluate", spy)
+    toy_teststats(cost, pars, "mu", 1.0, test_stat="t", ntoys=3, seed=2, executor="serial",
+                  progress=False)
+    assert seen == [steps] * 3
+    _, fits = teststats.tmu(1.5, sample_toy(cost, pars, toy_seed(2, 0, 1)), "mu",
+                            start=pars, errors=steps, return_fits=True)
+    init = fits.unconditional.minuit.init_params
+    assert [init[n].error for n in ("mu", "n_b")] == [steps["mu"], steps["n_b"]]
+    broken = ExtendedUnbinnedNLL(flat_sampler(100, {}, np.random.default_rng(0)), [
+        analytic_components()[0],
+        Component("bkg", TorchDensity(SPACE, flat_log_prob, sampler=leaky_sampler,
+                                      name="leaky"), "n_b")])
+    leaks = []
+    for i in range(24):
+        try:
+            sample_toy(broken, {"mu": 1.0, "n_b": 100.0}, toy_seed(1, 0, i))
+        except InputError:
+            leaks.append(i)
+    assert leaks
+    assert toys_module._typical_errors(broken, {"mu": 1.0, "n_b": 100.0},
+                                       toy_seed(1, 0, leaks[0]), None, None) is None
+
+
 def test_bad_input():
     cost = analytic_cost()
     with pytest.raises(ParameterError, match=r"missing.*n_b"):

@@ -173,6 +173,7 @@ def _fits(
     strategy: int,
     tol: float,
     unconditional: FitResult | None,
+    errors: Mapping[str, float] | None = None,
 ) -> TestStatFits:
     check_poi(cost, poi, fixed)
     try:
@@ -199,18 +200,19 @@ def _fits(
             free_start[poi] = max(free_start[poi], 0.0)
         unconditional = fit(cost, free_start or None, fixed=fix or None,
                             limits=free_limits or None, strategy=strategy, tol=tol,
-                            hesse=False)
+                            hesse=False, errors=dict(errors) if errors else None)
     # warm start from the unconditional minimum, moved along its covariance to where the
     # conditional minimum is expected (profiled_start): fewer calls, same minimum
     names = list(unconditional.parameters)
     j = names.index(poi)
-    point, errors = profiled_start(np.array([unconditional.values[n] for n in names]),
-                                   unconditional.covariance, j, mu,
-                                   np.array([lims[n][0] for n in names]),
-                                   np.array([lims[n][1] for n in names]),
-                                   poi_limits=(max(lo, 0.0) if bounded else lo, hi))
+    point, profiled = profiled_start(np.array([unconditional.values[n] for n in names]),
+                                     unconditional.covariance, j, mu,
+                                     np.array([lims[n][0] for n in names]),
+                                     np.array([lims[n][1] for n in names]),
+                                     poi_limits=(max(lo, 0.0) if bounded else lo, hi))
     cond_start = {n: float(v) for n, v in zip(names, point) if n != poi}
-    steps = {n: float(e) for n, e in zip(names, errors) if n != poi and e > 0}
+    steps = {n: float(e) for n, e in (errors or {}).items() if n != poi}
+    steps.update({n: float(e) for n, e in zip(names, profiled) if n != poi and e > 0})
     conditional = fit(cost, cond_start, fixed={**fix, poi: mu}, limits=user_limits or None,
                       strategy=strategy, tol=tol, hesse=False, errors=steps or None)
     return TestStatFits(conditional, unconditional)
@@ -244,6 +246,7 @@ def evaluate(
     strategy: int = 0,
     tol: float = 1e-3,
     unconditional: FitResult | None = None,
+    errors: Mapping[str, float] | None = None,
 ) -> tuple[float, TestStatFits]:
     """The test statistic ``name`` (see :data:`TEST_STATISTICS`) and its two fits."""
     if name not in TEST_STATISTICS:
@@ -251,7 +254,7 @@ def evaluate(
                          f"{sorted(TEST_STATISTICS)}")
     fits = _fits(cost, poi, mu, bounded=name in ("qtilde", "ttilde"), start=start,
                  fixed=fixed, limits=limits, strategy=strategy, tol=tol,
-                 unconditional=unconditional)
+                 unconditional=unconditional, errors=errors)
     return _value(name, float(mu), poi, fits), fits
 
 
@@ -273,6 +276,9 @@ _DOC_ARGS = """
             (EDM < 0.002 · tol, so the statistic is accurate to ~1e-5).
         unconditional: reuse an unconditional fit (it does not depend on μ), e.g. across
             the points of a scan; for the tilde variants it must have been made with μ̂ ≥ 0.
+        errors: name -> MIGRAD's first step sizes for the fits (e.g. the errors of a fit to
+            like data: ~30 % fewer calls than Minuit's default of 1 % of each value); the
+            conditional fit's come from the unconditional covariance where it has one.
 """
 
 
