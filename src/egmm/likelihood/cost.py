@@ -131,10 +131,10 @@ class _FixedShapes:
         return cls(cost, np.exp(lp - m), w, constant)
 
     def _yields(self, cost: _UnbinnedCost, theta: np.ndarray, order: int
-                ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, torch.Tensor,
-                                                               torch.Tensor]]]:
-        """ν (C,), the Jacobian dν/dθ (C, P) if ``order`` ≥ 1, and per function yield (c, θ
-        leaf, ν_c with its graph) for second derivatives if ``order`` = 2."""
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]:
+        """ν (C,), the Jacobian dν/dθ (C, P) if ``order`` ≥ 1, and for second derivatives
+        (``order`` = 2) per function yield c and parameter i of it (c, i, the yield's
+        parameter leaves, their θ indices, ∂ν_c/∂θ_i with its graph)."""
         n_par = len(theta)
         nu = np.empty(len(self.kinds))
         jac = np.zeros((len(self.kinds), n_par))
@@ -147,20 +147,23 @@ class _FixedShapes:
             if kind == "constant":
                 nu[c] = what
                 continue
-            leaf = (torch.from_numpy(theta) if order == 0 else
-                    torch.tensor(theta, dtype=torch.float64, requires_grad=True))
+            # one scalar leaf per parameter of the yield: fewer autograd nodes than indexing
+            # a vector leaf (a gradient call ~70 instead of ~110 µs)
+            index = list(what.yield_index.values())
+            leaves = [torch.tensor(theta[i], dtype=torch.float64, requires_grad=order > 0)
+                      for i in index]
             with torch.set_grad_enabled(order > 0):
-                value = what.yield_._evaluate({p: leaf[i] for p, i in
-                                               what.yield_index.items()})
+                value = what.yield_._evaluate(dict(zip(what.yield_index, leaves)))
                 value = torch.as_tensor(value, dtype=torch.float64).reshape(())
             nu[c] = float(value.detach())
             if order > 0 and value.requires_grad:
-                (row,) = torch.autograd.grad(value, leaf, create_graph=order == 2,
-                                             allow_unused=True)
-                if row is not None:
-                    jac[c] = row.detach().numpy()
-                    if order == 2 and row.requires_grad:
-                        graphs.append((c, leaf, row))
+                rows = torch.autograd.grad(value, leaves, create_graph=order == 2,
+                                           allow_unused=True)
+                for i, row in zip(index, rows):
+                    if row is not None:
+                        jac[c, i] = float(row.detach())
+                        if order == 2 and row.requires_grad:
+                            graphs.append((c, i, leaves, index, row))
         for c, t in enumerate(cost._terms):
             if not (math.isfinite(nu[c]) and nu[c] >= 0):
                 raise ParameterError(
@@ -204,13 +207,11 @@ class _FixedShapes:
         if not cost._extended:
             hnu -= 2.0 * cost.sum_weights / total**2
         hess = jac.T @ hnu @ jac
-        for c, leaf, row in graphs:
-            for i in range(len(theta)):
-                if row[i].requires_grad:
-                    (second,) = torch.autograd.grad(row[i], leaf, retain_graph=True,
-                                                    allow_unused=True)
-                    if second is not None:
-                        hess[i] += dnu[c] * second.numpy()
+        for c, i, leaves, index, row in graphs:
+            seconds = torch.autograd.grad(row, leaves, retain_graph=True, allow_unused=True)
+            for j, second in zip(index, seconds):
+                if second is not None:
+                    hess[i, j] += dnu[c] * float(second)
         return value, grad, 0.5 * (hess + hess.T)
 
 
