@@ -502,7 +502,7 @@ def goals(results: dict[str, Any]) -> str:
         ratio = fit.get("fits", {}).get("model_cached", {}).get("floor", {}).get(
             "wall_over_floor")
         rows.append(["one N = 400 fit within 2 × its FLOP floor",
-                     f"{ratio:.1f} × floor" if ratio is not None else "–",
+                     f"{ratio:.2f} × floor" if ratio is not None else "–",
                      verdict([ratio] if ratio is not None else [], lambda v: v <= 2.0)])
     else:
         rows.append(["one N = 400 fit within 2 × its FLOP floor", "–", "not measured"])
