@@ -77,8 +77,9 @@ def test_process_pool_equals_the_serial_batched_run(studies):
 
 def test_toys_the_batch_does_not_converge_are_refitted_by_minuit(monkeypatch):
     """No Newton step allowed: every fit falls back to Minuit from the loop's start, is
-    flagged in the record's ``fallback`` and counted, and gives the loop's numbers. (The 2-D
-    region fixes both parameters: nothing to fit, its Δ is the cost at the truth.)"""
+    flagged in the record's ``fallback`` and counted, and gives the loop's global fits (its
+    profile fits to their tolerance). (The 2-D region fixes both parameters: nothing to fit,
+    its Δ is the cost at the truth.)"""
     truth = analytic_cost(mu=1.0, seed=0)
     kwargs = dict(STUDY, ntoys=8, executor="serial")
     loop = coverage(truth, None, TRUTH, **kwargs)
@@ -90,7 +91,10 @@ def test_toys_the_batch_does_not_converge_are_refitted_by_minuit(monkeypatch):
         assert b["fallback"] == ["free", "mu", "n_b"]
         assert b["values"] == pytest.approx(a["values"], rel=1e-12)
         assert b["errors"] == pytest.approx(a["errors"], rel=1e-12)
-        assert b["delta"] == pytest.approx(a["delta"], abs=1e-9)
+        # the conditional fits start elsewhere (the loop's at the point its free fit's HESSE
+        # covariance predicts, profiled_start): the same minima to their EDM goal (2e-7 at
+        # tol 1e-4), so Δ within twice that
+        assert b["delta"] == pytest.approx(a["delta"], abs=4e-7)
 
 
 def test_failed_toys_are_counted_as_in_the_loop():

@@ -107,6 +107,12 @@ def test_profiled_start_is_the_conditional_minimum_of_a_gaussian():
     assert start[0] == 1.5 and errors[0] == 0.0
     np.testing.assert_allclose(errors[1:], [reference.errors["a"], reference.errors["b"]],
                                rtol=1e-4)
+    # two parameters fixed: ν̂ + C_νμ C_μμ⁻¹ (μ − μ̂), the conditional error likewise
+    start2, errors2 = profiled_start(np.array(m), COV, [0, 1], [1.5, 0.0], lo, hi)
+    reference2 = fit(cost, {"mu": 1.5, "a": 0.0, "b": 2.0}, fixed=["mu", "a"], tol=1e-5)
+    assert start2[:2].tolist() == [1.5, 0.0] and errors2[:2].tolist() == [0.0, 0.0]
+    assert start2[2] == pytest.approx(reference2.values["b"], abs=1e-4)
+    assert errors2[2] == pytest.approx(reference2.errors["b"], rel=1e-4)
     # batched: (K, P) and (K, P, P); a toy without a usable covariance, and one whose shifted
     # point would leave the limits, start at ν̂ with unknown errors
     values = np.array([m, m, m])

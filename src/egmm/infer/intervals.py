@@ -37,7 +37,14 @@ from egmm.infer.calculators import hypotest, make_calculator
 from egmm.infer.fit import FitResult, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.profile import wilks_threshold
-from egmm.infer.teststats import Limits, _fixed_mapping, _limits, check_poi, evaluate
+from egmm.infer.teststats import (
+    Limits,
+    _fixed_mapping,
+    _limits,
+    check_poi,
+    evaluate,
+    profiled_start,
+)
 from egmm.infer.toys import (
     ToyTestStats,
     _values,
@@ -398,9 +405,18 @@ def _profile_ratio(cost: Any, values: Mapping[str, float], start: Mapping[str, f
     if free is None:
         free = fit(cost, start, fixed=fix or None, limits=limits, strategy=strategy, tol=tol,
                    hesse=False)
-    cond_start = {n: v for n, v in free.values.items() if n not in values}
+    # the conditional fit starts where the free fit's covariance puts its minimum, with the
+    # conditional errors as its first steps (profiled_start): fewer calls, same minimum
+    names = list(free.parameters)
+    lims = _limits(cost, limits)
+    point, profiled = profiled_start(
+        np.array([free.values[n] for n in names]), free.covariance,
+        [names.index(n) for n in values], [float(v) for v in values.values()],
+        np.array([lims[n][0] for n in names]), np.array([lims[n][1] for n in names]))
+    cond_start = {n: float(v) for n, v in zip(names, point) if n not in values}
+    steps = {n: float(e) for n, e in zip(names, profiled) if n not in values and e > 0}
     cond = fit(cost, cond_start, fixed={**fix, **values}, limits=limits, strategy=strategy,
-               tol=tol, hesse=False)
+               tol=tol, hesse=False, errors=steps or None)
     return max(cond.fval - free.fval, 0.0), cond, free
 
 

@@ -31,7 +31,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -118,47 +118,58 @@ def check_poi(cost: Any, poi: str, fixed: Mapping[str, float] | Iterable[str] | 
                              "test statistics need it free")
 
 
-def profiled_start(values: np.ndarray, covariance: np.ndarray | None, poi: int, mu: float,
+def profiled_start(values: np.ndarray, covariance: np.ndarray | None,
+                   poi: int | Sequence[int], mu: float | Sequence[float],
                    lo: np.ndarray, hi: np.ndarray,
-                   poi_limits: tuple[float, float] | None = None
+                   poi_limits: tuple[Any, Any] | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Start points and step sizes of conditional fits at ``mu`` from unconditional minima:
-    ``values`` (K, P) and their ``covariance`` (K, P, P) (or (P,) and (P, P)) give
-    (K, P) start points and (K, P) errors.
+    """Start points and step sizes of conditional fits, the parameters ``poi`` (an index, or
+    several) fixed at ``mu``, from unconditional minima: ``values`` (K, P) and their
+    ``covariance`` (K, P, P) (or (P,) and (P, P)) give (K, P) start points and (K, P) errors.
 
-    Where the likelihood is close to Gaussian its conditional minimum over the nuisance
-    parameters ν at μ lies at ν̂ + C_νμ / C_μμ · (μ − μ̂), and the conditional errors are
-    √(C_νν − C_νμ² / C_μμ) (the mean and spread of ν given μ of a normal with covariance C):
-    the conditional fit starts next to its minimum with steps of the right size, not an
-    error or more away with Minuit's default steps (paper-toy model, t_μ at tol 1e-3: 30 %
-    fewer MIGRAD calls; batched: 1.5 instead of 2 Newton steps). Toys whose covariance is
-    missing or not finite, whose μ̂ lies less than one of its errors inside ``poi_limits``
-    (the unconditional fit's limits of the POI; default ``lo``/``hi`` at ``poi``: at a
+    Where the likelihood is close to Gaussian its conditional minimum over the other
+    parameters ν at μ lies at ν̂ + C_νμ C_μμ⁻¹ (μ − μ̂), and the conditional errors are
+    √diag(C_νν − C_νμ C_μμ⁻¹ C_μν) (the mean and spread of ν given μ of a normal with
+    covariance C): the conditional fit starts next to its minimum with steps of the right
+    size, not an error or more away with Minuit's default steps (paper-toy model, t_μ at tol
+    1e-3: 30 % fewer MIGRAD calls; batched: 1.5 instead of 2 Newton steps). Toys whose
+    covariance is missing or not finite (or C_μμ not positive definite), whose μ̂ lies less
+    than one of its errors inside ``poi_limits`` (the unconditional fit's limits of the
+    fixed parameters, (lo, hi) of floats or arrays; default ``lo``/``hi`` at ``poi``: at a
     limit the covariance does not describe the likelihood, and Minuit's is distorted by its
     limit transform), or whose shifted point would leave the limits ``lo``/``hi``, start at
-    ν̂ (errors NaN: the fit's defaults); the POI is set to ``mu`` (error 0). The
-    conditional minimum does not depend on the start (the fits find it from ν̂ too)."""
+    ν̂ (errors NaN: the fit's defaults); the fixed parameters are set to ``mu`` (error 0).
+    The conditional minimum does not depend on the start (the fits find it from ν̂ too)."""
     values = np.asarray(values, dtype=np.float64)
-    start = values.copy()
-    errors = np.full(values.shape, np.nan)
+    pois = np.atleast_1d(np.asarray(poi, dtype=int))
+    mus = np.broadcast_to(np.asarray(mu, dtype=np.float64), pois.shape)
+    flat = np.atleast_2d(values)
+    k_toys, n_par = flat.shape
+    start = flat.copy()
+    errors = np.full(flat.shape, np.nan)
     if covariance is not None:
-        cov = np.asarray(covariance, dtype=np.float64)
-        column = cov[..., :, poi]
-        var = cov[..., poi, poi]
-        usable = np.isfinite(column).all(-1) & np.isfinite(var) & (var > 0)
-        p_lo, p_hi = (lo[poi], hi[poi]) if poi_limits is None else poi_limits
-        error = np.sqrt(np.where(usable, var, 0.0))
-        usable &= (values[..., poi] - error > p_lo) & (values[..., poi] + error < p_hi)
-        ratio = column / np.where(usable, var, 1.0)[..., None]
-        shifted = values + ratio * (mu - values[..., poi])[..., None]
-        usable &= ((shifted > lo) & (shifted < hi)).all(-1)
-        start = np.where(usable[..., None], shifted, values)
-        spread = np.diagonal(cov, axis1=-2, axis2=-1) - ratio * column
+        cov = np.asarray(covariance, dtype=np.float64).reshape(k_toys, n_par, n_par)
+        c_pp = cov[:, pois[:, None], pois[None, :]]
+        c_np = cov[:, :, pois]
+        usable = np.isfinite(cov).all(axis=(1, 2))
+        c_pp = np.where(usable[:, None, None], c_pp, np.eye(len(pois)))
+        usable &= (np.linalg.eigvalsh(c_pp) > 0).all(-1)
+        p_lo, p_hi = (lo[pois], hi[pois]) if poi_limits is None else poi_limits
+        error = np.sqrt(np.where(usable[:, None], np.diagonal(c_pp, axis1=1, axis2=2), 0.0))
+        usable &= ((flat[:, pois] - error > p_lo) & (flat[:, pois] + error < p_hi)).all(-1)
+        c_pp = np.where(usable[:, None, None], c_pp, np.eye(len(pois)))
+        gain = np.swapaxes(np.linalg.solve(c_pp, np.swapaxes(c_np, 1, 2)), 1, 2)  # (K, P, m)
+        shifted = flat + np.einsum("kpm,km->kp", gain, mus - flat[:, pois])
+        others = np.ones(n_par, dtype=bool)
+        others[pois] = False
+        usable &= ((shifted > lo) & (shifted < hi))[:, others].all(-1)
+        start = np.where(usable[:, None], shifted, flat)
+        spread = np.diagonal(cov, axis1=1, axis2=2) - np.einsum("kpm,kpm->kp", gain, c_np)
         with np.errstate(invalid="ignore"):
-            errors = np.where(usable[..., None] & (spread > 0), np.sqrt(spread), np.nan)
-    start[..., poi] = mu
-    errors[..., poi] = 0.0
-    return start, errors
+            errors = np.where(usable[:, None] & (spread > 0), np.sqrt(spread), np.nan)
+    start[:, pois] = mus
+    errors[:, pois] = 0.0
+    return (start[0], errors[0]) if values.ndim == 1 else (start, errors)
 
 
 def _fits(
