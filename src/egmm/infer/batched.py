@@ -504,18 +504,16 @@ class _Batch:
         self.columns = [self.local[t.theta_index] for t in nll._terms]
         self.prepared: list[list[Any]] = []
         self.cached: list[list[torch.Tensor] | None] = []
-        for t in nll._terms:
-            preps = [t.density.prepare(x[c][:, t.columns], dtype=nll._dtype)
-                     for c in self.chunks]
+        for j, t in enumerate(nll._terms):
             if t.density.parameters:
-                self.prepared.append(preps)
+                self.prepared.append([t.density.prepare(x[c][:, t.columns], dtype=nll._dtype)
+                                      for c in self.chunks])
                 self.cached.append(None)
-            else:
-                with torch.no_grad():
-                    empty = torch.zeros(0, dtype=nll._dtype)
-                    self.cached.append([t.density.log_prob_prepared(p, empty).to(torch.float64)
-                                        for p in preps])
-                self.prepared.append([None] * len(preps))
+            else:  # the toys' costs hold its log p already (checked finite there)
+                logs = [piece for c in nlls for piece in (c._terms[j].cached or [])]
+                whole = torch.cat(logs) if logs else torch.zeros(0, dtype=torch.float64)
+                self.cached.append([whole[c] for c in self.chunks])
+                self.prepared.append([None] * len(self.chunks))
         self.vectorised_yield = (list(vectorised_yield) if vectorised_yield is not None
                                  else [True] * len(nll._terms))
         self.constraints = []
@@ -836,7 +834,7 @@ def _start(costs: Sequence[Any], names: tuple[str, ...], start: Any, lo: np.ndar
     """(K, P) start points: the defaults of :func:`start_values`, overridden by ``start``
     (whose values must lie within the limits)."""
     k_toys = len(costs)
-    theta = np.array([[start_values(c)[n] for n in names] for c in costs], dtype=np.float64)
+    theta = np.full((k_toys, len(names)), np.nan)
     given: list[dict[str, float]] = [{} for _ in range(k_toys)]
     if start is None:
         pass
@@ -859,6 +857,9 @@ def _start(costs: Sequence[Any], names: tuple[str, ...], start: Any, lo: np.ndar
         raise InputError("start: a mapping name -> value (all toys), a sequence of K mappings "
                          f"or an array (K, P) for K = {k_toys} toys")
     for k, values in enumerate(given):
+        if len(values) < len(names):  # the defaults, for the parameters not given
+            defaults = start_values(costs[k])
+            theta[k] = [defaults[n] for n in names]
         for n, v in values.items():
             j = names.index(n)
             if not math.isfinite(v):
