@@ -43,7 +43,7 @@ from iminuit.util import describe
 
 from egmm.base import DensityModel
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import FitResult, fit, fit_result, make_minuit
+from egmm.infer.fit import FitResult, first_steps, fit, fit_result, make_minuit
 from egmm.infer.intervals import (
     _check_batch_size,
     _check_fit_together,
@@ -258,18 +258,18 @@ def _first_errors(job: _CoverageJob, ntoys: int) -> dict[str, float] | None:
     not valid (the toys' fits then take Minuit's default steps)."""
     try:
         cost = _first_cost(job, ntoys)
-        names = list(describe(cost))
-        start = {n: job.truth_pars[n] for n in names if n in job.truth_pars}
-        start.update(job.start or {})
-        res = fit(cost, start, fixed=job.fixed, limits=job.limits, strategy=job.strategy,
-                  tol=job.tol)
+        res = fit(cost, _start_of(job, cost), fixed=job.fixed, limits=job.limits,
+                  strategy=job.strategy, tol=job.tol)
     except Exception:  # the same failure is met, and recorded, by that toy's own task
         return None
-    if not res.valid:
-        return None
-    steps = {n: float(e) for n, e in res.errors.items()
-             if n not in res.fixed and math.isfinite(e) and e > 0}
-    return steps or None
+    return first_steps(res)
+
+
+def _start_of(job: _CoverageJob, cost: Any) -> dict[str, float]:
+    """A toy's fits start at the truth, overridden by the study's ``start``."""
+    start = {n: job.truth_pars[n] for n in describe(cost) if n in job.truth_pars}
+    start.update(job.start or {})
+    return start
 
 
 def _verdict(record: dict[str, Any], res: FitResult) -> None:
@@ -284,9 +284,7 @@ def _coverage_task(job: _CoverageJob, index: int) -> dict[str, Any]:
     record: dict[str, Any] = {"index": index, "seed": [job.seed, index]}
     try:
         cost = _generate(job, index)
-        names = list(describe(cost))
-        start = {n: job.truth_pars[n] for n in names if n in job.truth_pars}
-        start.update(job.start or {})
+        start = _start_of(job, cost)
         res = fit(cost, start, fixed=job.fixed, limits=job.limits, strategy=job.strategy,
                   tol=job.tol, errors=job.steps)
         record.update(fval=res.fval, values={p: res.values[p] for p in job.parameters},
@@ -362,8 +360,7 @@ def _coverage_batch_task(job: _CoverageJob, indices: list[int]) -> list[dict[str
         return records
     try:
         names = tuple(describe(costs[0]))
-        start = {n: job.truth_pars[n] for n in names if n in job.truth_pars}
-        start.update(job.start or {})
+        start = _start_of(job, costs[0])
         free = fit_batched(costs, start, fixed=job.fixed, limits=job.limits, validate=False,
                            strategy=job.strategy, minuit_tol=job.tol)
         theta, fval = free.values.copy(), free.fval.copy()

@@ -44,7 +44,7 @@ from iminuit.cost import NormalConstraint
 from iminuit.util import describe
 
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import _items, fit
+from egmm.infer.fit import _items, first_steps, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.teststats import (
     Limits,
@@ -338,11 +338,7 @@ def _typical_errors(cost: Any, pars: dict[str, float], seed: np.random.SeedSeque
         res = fit(sample_toy(cost, pars, seed), pars, fixed=fixed, limits=limits)
     except Exception:  # the same failure is met, and recorded, by toy 0's own task
         return None
-    if not res.valid:
-        return None
-    steps = {n: float(e) for n, e in res.errors.items()
-             if n not in res.fixed and math.isfinite(e) and e > 0}
-    return steps or None
+    return first_steps(res)
 
 
 def _teststat_task(job: _TeststatJob, index: int) -> dict[str, Any]:
