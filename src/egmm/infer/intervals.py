@@ -47,6 +47,7 @@ from egmm.infer.teststats import (
 )
 from egmm.infer.toys import (
     ToyTestStats,
+    _typical_errors,
     _values,
     check_ntoys,
     check_seed,
@@ -395,16 +396,19 @@ class _RegionJob:
     limits: Any
     strategy: int
     tol: float
+    steps: dict[str, float] | None = None  # MIGRAD's first steps of the loop's free fits
 
 
 def _profile_ratio(cost: Any, values: Mapping[str, float], start: Mapping[str, float] | None,
                    fixed: Any, limits: Any, strategy: int, tol: float,
-                   free: FitResult | None = None) -> tuple[float, FitResult, FitResult]:
-    """t = −2 ln λ(values) with the parameters in ``values`` fixed in the numerator."""
+                   free: FitResult | None = None, steps: Mapping[str, float] | None = None
+                   ) -> tuple[float, FitResult, FitResult]:
+    """t = −2 ln λ(values) with the parameters in ``values`` fixed in the numerator
+    (``steps``: MIGRAD's first steps of the free fit, when it is made here)."""
     fix = _fixed_mapping(cost, fixed, start)
     if free is None:
         free = fit(cost, start, fixed=fix or None, limits=limits, strategy=strategy, tol=tol,
-                   hesse=False)
+                   hesse=False, errors=dict(steps) if steps else None)
     # the conditional fit starts where the free fit's covariance puts its minimum, with the
     # conditional errors as its first steps (profiled_start): fewer calls, same minimum
     names = list(free.parameters)
@@ -425,7 +429,8 @@ def _region_task(job: _RegionJob, index: int) -> dict[str, Any]:
     try:
         toy = sample_toy(job.cost, job.pars, toy_seed(job.seed, 3, index))
         t, cond, free = _profile_ratio(toy, dict(zip(job.pois, job.point)), job.pars,
-                                       job.fixed, job.limits, job.strategy, job.tol)
+                                       job.fixed, job.limits, job.strategy, job.tol,
+                                       steps=job.steps)
         record.update(value=float(t), valid=bool(cond.valid and free.valid))
     except Exception as exc:  # recorded and counted, not dropped
         record.update(value=None, valid=False, error=f"{type(exc).__name__}: {exc}")
@@ -612,8 +617,11 @@ def neyman_region_2d(
                                                limits, strategy, tol, free)
             pars = _values(cost, cond.values)
             check_toys(cost, pars, [toy_seed(seed, 3, k) for k in range(min(ntoys, 5))])
+            # the loop's free fits start with one toy's HESSE errors as first steps
+            steps = None if batched else _typical_errors(cost, pars, toy_seed(seed, 3, 0),
+                                                         fixed, limits)
             job = _RegionJob(cost, pars, pois, point, seed, fixed, limits, int(strategy),
-                             float(tol))
+                             float(tol), steps)
             key = "region2d/" + fingerprint(pois, point, seed, {n: float(f"{pars[n]:.9g}")
                                                                 for n in names},
                                             repr(fixed), limits, int(strategy), float(tol),
