@@ -162,6 +162,32 @@ def test_conditional_fits_start_at_the_profiled_point():
     assert calls["profiled"] < calls["from the minimum"], calls
 
 
+def two_modes(mu: float, nu: float) -> float:
+    """−2 ln L with two modes: A, narrow in ν, at (0, −1) with 0; B, the global one, at
+    (1, 1) with −0.5 (the lower of two quadratics: a kink between them)."""
+    return min(25.0 * (nu + 1.0) ** 2 + 10.0 * mu**2,
+               (nu - 1.0) ** 2 + (mu - 1.0) ** 2 - 0.5)
+
+
+two_modes.errordef = 1.0  # type: ignore[attr-defined]
+
+
+def test_a_conditional_minimum_in_another_mode_makes_the_unconditional_fit_look_there():
+    """Started in mode A, the unconditional fit stays there (0 at (0, −1)); at μ = 0.8 the
+    conditional fit falls into mode B (−0.46 at ν = 1), 2 ≫ 3 errors (0.6) away, so the
+    unconditional fit is repeated from there and finds B's minimum (−0.5): t = 0.04, the
+    profile ratio of the deepest minima, rather than −0.46 − 0 clipped to 0."""
+    t, fits = tmu(0.8, two_modes, "mu", start={"mu": 0.0, "nu": -1.0}, return_fits=True)
+    assert fits.conditional.values["nu"] == pytest.approx(1.0, abs=1e-3)
+    assert fits.unconditional.fval == pytest.approx(-0.5, abs=1e-5)
+    assert fits.unconditional.values["mu"] == pytest.approx(1.0, abs=1e-3)
+    assert t == pytest.approx(0.04, abs=1e-5)
+    # in one mode nothing is repeated: t from mode A's minima
+    t_a, fits_a = tmu(0.1, two_modes, "mu", start={"mu": 0.0, "nu": -1.0}, return_fits=True)
+    assert fits_a.unconditional.values["nu"] == pytest.approx(-1.0, abs=1e-3)
+    assert t_a == pytest.approx(10.0 * 0.1**2, abs=1e-5)
+
+
 def test_bad_input():
     cost = gauss(0.3)
     assert set(TEST_STATISTICS) == {"q0", "q", "qtilde", "t", "ttilde"}

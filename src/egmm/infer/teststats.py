@@ -199,13 +199,13 @@ def _fits(
         raise ParameterError(f"tested value {poi}={mu} lies outside its limits [{lo}, {hi}]")
     fix = _fixed_mapping(cost, fixed, start)
     user_limits = dict(limits or {})
+    free_limits = dict(user_limits)
+    if bounded:
+        free_limits[poi] = (max(lo, 0.0), hi)
     if unconditional is None:
-        free_limits = dict(user_limits)
-        if bounded:
-            if hi < 0:
-                raise ParameterError(f"{poi!r} has limits [{lo}, {hi}]: the tilde test "
-                                     "statistics bound its estimate to ≥ 0")
-            free_limits[poi] = (max(lo, 0.0), hi)
+        if bounded and hi < 0:
+            raise ParameterError(f"{poi!r} has limits [{lo}, {hi}]: the tilde test "
+                                 "statistics bound its estimate to ≥ 0")
         free_start = dict(start or {})
         if bounded and poi in free_start:
             free_start[poi] = max(free_start[poi], 0.0)
@@ -226,7 +226,28 @@ def _fits(
     steps.update({n: float(e) for n, e in zip(names, profiled) if n != poi and e > 0})
     conditional = fit(cost, cond_start, fixed={**fix, poi: mu}, limits=user_limits or None,
                       strategy=strategy, tol=tol, hesse=False, errors=steps or None)
+    # fits are local: a conditional minimum far (> 3 errors) from the unconditional one in
+    # the other parameters lies in another mode of the likelihood (e.g. a mirror mode of a
+    # |θ| dependence), which may hold a deeper unconditional minimum too; t compares the
+    # deepest minima found, so the unconditional fit is repeated from there
+    if _elsewhere(unconditional, conditional, poi):
+        again = fit(cost, {**conditional.values, poi: unconditional.values[poi]},
+                    fixed=fix or None, limits=free_limits or None, strategy=strategy,
+                    tol=tol, hesse=False, errors=dict(errors) if errors else None)
+        if again.valid and again.fval < unconditional.fval:
+            unconditional = again
     return TestStatFits(conditional, unconditional)
+
+
+def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str) -> bool:
+    """Whether the conditional minimum lies more than 3 unconditional errors away from the
+    unconditional one in some parameter other than the POI (a different mode)."""
+    if unconditional.covariance is None:
+        return False
+    names = list(unconditional.parameters)
+    sigma = np.sqrt(np.clip(np.diagonal(unconditional.covariance), 0.0, None))
+    return any(n != poi and s > 0 and abs(conditional.values[n] - unconditional.values[n])
+               > 3.0 * s for n, s in zip(names, sigma))
 
 
 def statistic_value(name: str, mu: float, delta: float, muhat: float) -> float:
