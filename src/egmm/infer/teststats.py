@@ -226,11 +226,11 @@ def _fits(
     steps.update({n: float(e) for n, e in zip(names, profiled) if n != poi and e > 0})
     conditional = fit(cost, cond_start, fixed={**fix, poi: mu}, limits=user_limits or None,
                       strategy=strategy, tol=tol, hesse=False, errors=steps or None)
-    # fits are local: a conditional minimum far (> 3 errors) from the unconditional one in
-    # the other parameters lies in another mode of the likelihood (e.g. a mirror mode of a
-    # |θ| dependence), which may hold a deeper unconditional minimum too; t compares the
-    # deepest minima found, so the unconditional fit is repeated from there
-    if _elsewhere(unconditional, conditional, poi):
+    # fits are local: a conditional minimum far (> 3 conditional errors) from where the
+    # unconditional fit's covariance expects it lies in another mode of the likelihood (e.g.
+    # a mirror mode of a |θ| dependence), which may hold a deeper unconditional minimum too;
+    # t compares the deepest minima found, so the unconditional fit is repeated from there
+    if _elsewhere(unconditional, conditional, poi, point, profiled):
         again = fit(cost, {**conditional.values, poi: unconditional.values[poi]},
                     fixed=fix or None, limits=free_limits or None, strategy=strategy,
                     tol=tol, hesse=False, errors=dict(errors) if errors else None)
@@ -239,15 +239,13 @@ def _fits(
     return TestStatFits(conditional, unconditional)
 
 
-def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str) -> bool:
-    """Whether the conditional minimum lies more than 3 unconditional errors away from the
-    unconditional one in some parameter other than the POI (a different mode)."""
-    if unconditional.covariance is None:
-        return False
-    names = list(unconditional.parameters)
-    sigma = np.sqrt(np.clip(np.diagonal(unconditional.covariance), 0.0, None))
-    return any(n != poi and s > 0 and abs(conditional.values[n] - unconditional.values[n])
-               > 3.0 * s for n, s in zip(names, sigma))
+def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str,
+               expected: np.ndarray, sigma: np.ndarray) -> bool:
+    """Whether the conditional minimum lies more than 3 conditional errors ``sigma`` from
+    where it was ``expected`` (:func:`profiled_start`) in some parameter other than the POI:
+    a different mode. False where the errors are unknown (no covariance)."""
+    return any(n != poi and s > 0 and abs(conditional.values[n] - e) > 3.0 * s
+               for n, e, s in zip(unconditional.parameters, expected, sigma))
 
 
 def statistic_value(name: str, mu: float, delta: float, muhat: float) -> float:
