@@ -137,7 +137,9 @@ def profiled_start(values: np.ndarray, covariance: np.ndarray | None,
     than one of its errors inside ``poi_limits`` (the unconditional fit's limits of the
     fixed parameters, (lo, hi) of floats or arrays; default ``lo``/``hi`` at ``poi``: at a
     limit the covariance does not describe the likelihood, and Minuit's is distorted by its
-    limit transform), or whose shifted point would leave the limits ``lo``/``hi``, start at
+    limit transform), whose shift exceeds 3 errors of a parameter (the Gaussian picture far
+    outside its range, or a wrong covariance: MIGRAD's own estimate at strategy 0 can be off
+    tenfold at kinks), or whose shifted point would leave the limits ``lo``/``hi``, start at
     ν̂ (errors NaN: the fit's defaults); the fixed parameters are set to ``mu`` (error 0).
     The conditional minimum does not depend on the start (the fits find it from ν̂ too)."""
     values = np.asarray(values, dtype=np.float64)
@@ -159,10 +161,16 @@ def profiled_start(values: np.ndarray, covariance: np.ndarray | None,
         usable &= ((flat[:, pois] - error > p_lo) & (flat[:, pois] + error < p_hi)).all(-1)
         c_pp = np.where(usable[:, None, None], c_pp, np.eye(len(pois)))
         gain = np.swapaxes(np.linalg.solve(c_pp, np.swapaxes(c_np, 1, 2)), 1, 2)  # (K, P, m)
-        shifted = flat + np.einsum("kpm,km->kp", gain, mus - flat[:, pois])
+        shift = np.einsum("kpm,km->kp", gain, mus - flat[:, pois])
+        shifted = flat + shift
         others = np.ones(n_par, dtype=bool)
         others[pois] = False
         usable &= ((shifted > lo) & (shifted < hi))[:, others].all(-1)
+        # a shift of more than 3 errors is the Gaussian approximation far outside its
+        # range, or a wrong covariance (MIGRAD's own estimate at strategy 0 can be off by
+        # an order of magnitude at kinks): no shift then
+        reach = 3.0 * np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None))
+        usable &= (np.abs(shift) <= reach)[:, others].all(-1)
         start = np.where(usable[:, None], shifted, flat)
         spread = np.diagonal(cov, axis1=1, axis2=2) - np.einsum("kpm,kpm->kp", gain, c_np)
         with np.errstate(invalid="ignore"):
@@ -230,7 +238,8 @@ def _fits(
     # unconditional fit's covariance expects it lies in another mode of the likelihood (e.g.
     # a mirror mode of a |θ| dependence), which may hold a deeper unconditional minimum too;
     # t compares the deepest minima found, so the unconditional fit is repeated from there
-    if _elsewhere(unconditional, conditional, poi, point, profiled):
+    scale = [e if e > 0 else (errors or {}).get(n, math.nan) for n, e in zip(names, profiled)]
+    if _elsewhere(unconditional, conditional, poi, point, np.array(scale, dtype=np.float64)):
         again = fit(cost, {**conditional.values, poi: unconditional.values[poi]},
                     fixed=fix or None, limits=free_limits or None, strategy=strategy,
                     tol=tol, hesse=False, errors=dict(errors) if errors else None)
@@ -241,9 +250,9 @@ def _fits(
 
 def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str,
                expected: np.ndarray, sigma: np.ndarray) -> bool:
-    """Whether the conditional minimum lies more than 3 conditional errors ``sigma`` from
-    where it was ``expected`` (:func:`profiled_start`) in some parameter other than the POI:
-    a different mode. False where the errors are unknown (no covariance)."""
+    """Whether the conditional minimum lies more than 3 errors ``sigma`` (conditional ones,
+    else the first steps) from where it was ``expected`` (:func:`profiled_start`) in some
+    parameter other than the POI: a different mode. False where no error is known."""
     return any(n != poi and s > 0 and abs(conditional.values[n] - e) > 3.0 * s
                for n, e, s in zip(unconditional.parameters, expected, sigma))
 
