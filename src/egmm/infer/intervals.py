@@ -418,9 +418,11 @@ def _profile_ratio(cost: Any, values: Mapping[str, float], start: Mapping[str, f
         [names.index(n) for n in values], [float(v) for v in values.values()],
         np.array([lims[n][0] for n in names]), np.array([lims[n][1] for n in names]))
     cond_start = {n: float(v) for n, v in zip(names, point) if n not in values}
-    steps = {n: float(e) for n, e in zip(names, profiled) if n not in values and e > 0}
+    cond_steps = {n: float(e) for n, e in (steps or {}).items() if n not in values}
+    cond_steps.update({n: float(e) for n, e in zip(names, profiled)
+                       if n not in values and e > 0})
     cond = fit(cost, cond_start, fixed={**fix, **values}, limits=limits, strategy=strategy,
-               tol=tol, hesse=False, errors=steps or None)
+               tol=tol, hesse=False, errors=cond_steps or None)
     return max(cond.fval - free.fval, 0.0), cond, free
 
 
