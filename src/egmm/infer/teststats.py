@@ -23,6 +23,13 @@ Values are clipped at 0 (a conditional minimum a hair below the global one is a 
 effect). As in pyhf, ``return_fits=True`` also returns the two fits, here as a
 :class:`TestStatFits` of :class:`~egmm.infer.FitResult` (conditional, unconditional).
 
+The fits are local (MIGRAD). The conditional fit starts where the unconditional fit's
+covariance puts its minimum (:func:`profiled_start`); if it ends more than 3 errors from
+there in a nuisance parameter — another mode of the likelihood, e.g. a mirror mode of a |θ|
+dependence — the unconditional fit is repeated from the conditional minimum and the deeper
+of the two is kept, so that both minima come from the same mode or the deeper one. A mode
+neither fit visits is not found: scan the profile where a likelihood may have several.
+
 References:
     G. Cowan, K. Cranmer, E. Gross, O. Vitells, "Asymptotic formulae for likelihood-based
     tests of new physics", Eur. Phys. J. C 71 (2011) 1554, arXiv:1007.1727.
