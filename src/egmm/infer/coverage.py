@@ -53,7 +53,7 @@ from egmm.infer.intervals import (
 )
 from egmm.infer.parallel import fingerprint, pickled_digest, run_toys
 from egmm.infer.profile import wilks_threshold
-from egmm.infer.teststats import Limits, _limits, profiled_start
+from egmm.infer.teststats import Limits, _bounds, _limits, profiled_start
 from egmm.infer.toys import check_ntoys, check_seed, sample_toy, toy_seed
 
 if TYPE_CHECKING:
@@ -386,7 +386,7 @@ def _coverage_batch_task(job: _CoverageJob, indices: list[int]) -> list[dict[str
                 record["error"] = f"fit not valid: {res.fmin}"
         regions = [(p,) for p in job.parameters] + list(job.pairs) if good else []
         lims = _limits(costs[0], job.limits)
-        lo, hi = (np.array([lims[n][i] for n in names]) for i in (0, 1))
+        lo, hi = _bounds(lims, names)
         for region in regions:  # Δ(−2 ln L)(θ₀): the region at the truth, the rest profiled
             label = ",".join(region)
             # from where the free fit's covariance puts the conditional minimum (the loop's

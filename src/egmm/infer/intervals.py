@@ -39,6 +39,7 @@ from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.profile import wilks_threshold
 from egmm.infer.teststats import (
     Limits,
+    _bounds,
     _fixed_mapping,
     _limits,
     check_poi,
@@ -416,7 +417,7 @@ def _profile_ratio(cost: Any, values: Mapping[str, float], start: Mapping[str, f
     point, profiled = profiled_start(
         np.array([free.values[n] for n in names]), free.covariance,
         [names.index(n) for n in values], [float(v) for v in values.values()],
-        np.array([lims[n][0] for n in names]), np.array([lims[n][1] for n in names]))
+        *_bounds(lims, names))
     cond_start = {n: float(v) for n, v in zip(names, point) if n not in values}
     cond_steps = {n: float(e) for n, e in (steps or {}).items() if n not in values}
     cond_steps.update({n: float(e) for n, e in zip(names, profiled)

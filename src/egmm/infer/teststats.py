@@ -125,6 +125,13 @@ def check_poi(cost: Any, poi: str, fixed: Mapping[str, float] | Iterable[str] | 
                              "test statistics need it free")
 
 
+def _bounds(lims: Mapping[str, tuple[float, float]], names: Sequence[str]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The (lo, hi) arrays of :func:`_limits`' output in the order ``names``."""
+    return (np.array([lims[n][0] for n in names], dtype=np.float64),
+            np.array([lims[n][1] for n in names], dtype=np.float64))
+
+
 def profiled_start(values: np.ndarray, covariance: np.ndarray | None,
                    poi: int | Sequence[int], mu: float | Sequence[float],
                    lo: np.ndarray, hi: np.ndarray,
@@ -233,8 +240,7 @@ def _fits(
     j = names.index(poi)
     point, profiled = profiled_start(np.array([unconditional.values[n] for n in names]),
                                      unconditional.covariance, j, mu,
-                                     np.array([lims[n][0] for n in names]),
-                                     np.array([lims[n][1] for n in names]),
+                                     *_bounds(lims, names),
                                      poi_limits=(max(lo, 0.0) if bounded else lo, hi))
     cond_start = {n: float(v) for n, v in zip(names, point) if n != poi}
     steps = {n: float(e) for n, e in (errors or {}).items() if n != poi}

@@ -48,6 +48,7 @@ from egmm.infer.fit import _items, first_steps, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.teststats import (
     Limits,
+    _bounds,
     _fixed_mapping,
     _limits,
     check_poi,
@@ -391,9 +392,7 @@ def _teststat_batch_task(job: _TeststatJob, indices: list[int]) -> list[dict[str
                                     validate=False, strategy=job.strategy, minuit_tol=job.tol)
         names = list(unconditional.parameters)
         cond_start, _ = profiled_start(unconditional.values, unconditional.covariance,
-                                       names.index(poi), mu,
-                                       np.array([lims[n][0] for n in names]),
-                                       np.array([lims[n][1] for n in names]),
+                                       names.index(poi), mu, *_bounds(lims, names),
                                        poi_limits=(max(lims[poi][0], 0.0) if bounded
                                                    else lims[poi][0], lims[poi][1]))
         conditional = fit_batched(toys, cond_start, fixed={**fix, poi: mu},

@@ -167,12 +167,7 @@ class _FixedShapes:
                         if order == 2 and row.requires_grad:
                             graphs.append((c, i, leaves, index, row))
         for c, t in enumerate(cost._terms):
-            if not (math.isfinite(nu[c]) and nu[c] >= 0):
-                raise ParameterError(
-                    f"component {t.name!r}: yield {t.yield_!r} = {nu[c]} at θ = "
-                    f"{cost._theta_text(torch.as_tensor(theta))}; yields must be finite "
-                    "and ≥ 0"
-                )
+            cost._check_yield(t, float(nu[c]), torch.as_tensor(theta))
         return nu, jac, graphs
 
     def evaluate(self, cost: _UnbinnedCost, theta: np.ndarray, order: int
@@ -541,14 +536,17 @@ class _UnbinnedCost(Cost):
             assert t.yield_ is not None
             nu = t.yield_._evaluate({p: theta[i] for p, i in t.yield_index.items()})
             nu = torch.as_tensor(nu, dtype=torch.float64).reshape(())
-            v = float(nu.detach())
-            if not (math.isfinite(v) and v >= 0):
-                raise ParameterError(
-                    f"component {t.name!r}: yield {t.yield_!r} = {v} at θ = "
-                    f"{self._theta_text(theta)}; yields must be finite and ≥ 0"
-                )
+            self._check_yield(t, float(nu.detach()), theta)
             values.append(nu)
         return torch.stack(values)
+
+    def _check_yield(self, t: _Term, value: float, theta: torch.Tensor) -> None:
+        """ParameterError unless component ``t``'s yield ``value`` at θ is finite and ≥ 0."""
+        if not (math.isfinite(value) and value >= 0):
+            raise ParameterError(
+                f"component {t.name!r}: yield {t.yield_!r} = {value} at θ = "
+                f"{self._theta_text(theta)}; yields must be finite and ≥ 0"
+            )
 
     def _log_density(self, k: int, theta: torch.Tensor, nu: torch.Tensor | None
                      ) -> torch.Tensor:
