@@ -134,6 +134,12 @@ def test_profiled_start_is_the_conditional_minimum_of_a_gaussian():
     np.testing.assert_array_equal(got[0], [1.5, -1.0, 2.0])
     got, _ = profiled_start(values, cov, 0, mus, lo, hi, poi_limits=(-0.61, np.inf))
     np.testing.assert_array_equal(got[0], start)
+    # μ 10 errors from μ̂: a's shift 0.6 · 10 = 6 exceeds 3 of its errors (4.24), so no shift;
+    # at 7 errors (4.2) it is made
+    far, err = profiled_start(np.array(m), COV, 0, 10.4, lo, hi)
+    assert far.tolist() == [10.4, -1.0, 2.0] and np.isnan(err[1:]).all()
+    near, _ = profiled_start(np.array(m), COV, 0, 7.4, lo, hi)
+    assert near[1] == pytest.approx(-1.0 + 0.6 * 7.0)
 
 
 def test_conditional_fits_start_at_the_profiled_point():
