@@ -24,6 +24,7 @@ import torch
 
 from egmm.base import DensityModel
 from egmm.errors import InputError, ParameterError
+from egmm.likelihood._jet import Jet, lift
 from egmm.observables import Observable, ObservableSpace
 
 __all__ = [
@@ -463,6 +464,12 @@ class Yield:
         out = self._fn(**{p: params[p] for p in self.parameters})
         return torch.as_tensor(out, dtype=torch.float64)
 
+    def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
+        """ν with its derivatives from jets of the parameters (a float: constant), or
+        :class:`~egmm.likelihood._jet.Unsupported` (the caller uses autograd)."""
+        out = self._fn(**{p: params[p] for p in self.parameters})
+        return out if isinstance(out, Jet) else lift(out)
+
     def value(self, **params: float) -> float:
         """ν at the given parameter values, as a float."""
         with torch.no_grad():
@@ -491,6 +498,9 @@ class _ParameterYield(Yield):
         super().__init__(lambda **p: p[name], (name,), {name: (0.0, math.inf)},
                          description=repr(name))
 
+    def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
+        return params[self.parameters[0]]
+
     def __repr__(self) -> str:
         return f"Yield.parameter({self.description})"
 
@@ -506,6 +516,9 @@ class _ConstantYield(Yield):
         self.constant_value = value
         super().__init__(lambda: torch.tensor(value, dtype=torch.float64), (),
                          description=f"{value:g}")
+
+    def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
+        return self.constant_value
 
     def __repr__(self) -> str:
         return f"Yield.constant({self.description})"
@@ -537,6 +550,13 @@ class _Combination(Yield):
 
     def _combine(self, **params: torch.Tensor) -> torch.Tensor:
         values = [t._evaluate(params) for t in self.terms]
+        out = values[0]
+        for v in values[1:]:
+            out = out * v if self.op == "*" else out + v
+        return out
+
+    def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
+        values = [t._jet_evaluate(params) for t in self.terms]
         out = values[0]
         for v in values[1:]:
             out = out * v if self.op == "*" else out + v
@@ -619,6 +639,18 @@ class CrossSection(Yield):
     """
 
     fit: Any = None
+
+    def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
+        fit = self.fit
+        if not isinstance(fit, QuadraticFit):
+            return super()._jet_evaluate(params)
+        th = [params[n] for n in self.parameters]
+        out: Jet | float = fit.a
+        for i, t in enumerate(th):
+            out = out + float(fit.b[i]) * t
+        for i, j in zip(*np.nonzero(fit.c)):
+            out = out + float(fit.c[i, j]) * th[i] * th[j]
+        return out
 
     @classmethod
     def quadratic(
