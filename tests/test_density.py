@@ -459,3 +459,77 @@ def test_theta_features_per_observable_and_even(tmp_path):
         GMMDensity(space, ["c"], proj, theta_features=["even", "linear"])
     with pytest.raises(InputError, match="theta_features of 'b' must be one of"):
         GMMDensity(space, ["c"], proj, theta_features=["even", "odd", "linear"])
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_events_as_columns_equal_the_row_path(activation, dtype):
+    """log_prob_prepared evaluates frozen networks with events as columns (the bias as a
+    weight column, reductions across events; ``mixture_t``): values, θ gradients and (smooth
+    activation) θ Hessians equal the row layout's, which the same prepared events without
+    their transposed input parts take."""
+    model, x, _ = trained_toy_model(epochs=1, activation=activation)
+    xs = model.space.validate(x[:400])
+    prep = model.prepare(xs, dtype=dtype)
+    rows = {k: v for k, v in prep.items() if k != "input_parts_t"}
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                         "atol": 1e-5}
+
+    def value(p, th):
+        return model.log_prob_prepared(p, th)
+
+    for c in (-0.7, 0.2):
+        th = torch.tensor([c], dtype=torch.float64)
+        with torch.no_grad():
+            torch.testing.assert_close(value(prep, th), value(rows, th), **tol)
+        leaf = th.clone().requires_grad_(True)
+        g_cols = torch.autograd.grad(value(prep, leaf).sum(), leaf)[0]
+        g_rows = torch.autograd.grad(value(rows, leaf).sum(), leaf)[0]
+        torch.testing.assert_close(g_cols, g_rows, **tol)
+        if activation == "silu" and dtype == torch.float64:
+            h_cols = torch.autograd.functional.hessian(lambda t: value(prep, t).sum(), th)
+            h_rows = torch.autograd.functional.hessian(lambda t: value(rows, t).sum(), th)
+            torch.testing.assert_close(h_cols, h_rows, rtol=1e-10, atol=1e-10)
+    # log_prob from raw events (the input branches run per call), θ shared and per event:
+    # columns without a graph, rows with one
+    xt = torch.as_tensor(xs, dtype=dtype)
+    for th in (torch.tensor([0.3], dtype=dtype),
+               torch.linspace(-0.9, 0.9, len(xs), dtype=dtype)[:, None]):
+        with torch.no_grad():
+            cols = model.log_prob_tensor(xt, th)
+        rows = model.log_prob_tensor(xt, th.clone().requires_grad_(True)).detach()
+        torch.testing.assert_close(cols, rows, **tol)
+
+
+@pytest.mark.parametrize("C", [0, 1, 2])
+def test_mixture_t_is_the_transposed_mixture(C):
+    """Frozen networks of any depth: mixture_t of the transposed pre-activation (with its row
+    of ones) is mixture's output transposed, with and without a graph."""
+    from egmm.networks import ConditionalGMMNet, ones_row
+
+    torch.manual_seed(5)
+    net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0, C=C).requires_grad_(False)
+    pre = torch.randn(300, net.joint.out_features, dtype=torch.float64)
+    rows = net.mixture(pre.clone())
+    cols = ones_row(pre.shape[1], 300, pre)
+    cols[1:] = pre.t()
+    graph = torch.cat([torch.ones(1, 300, dtype=pre.dtype), pre.t().requires_grad_(True)])
+    for out in (net.mixture_t(cols), net.mixture_t(graph)):
+        for a, b in zip(rows, out):
+            assert b.shape == (20, 300)
+            torch.testing.assert_close(b.t(), a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sampling_with_events_as_columns_equals_rows(trained_2d, dtype):
+    """Frozen networks sample with events as columns; the same seed through the row layout
+    (weights that take gradients) draws the same events, θ shared and per event."""
+    for theta in ({"c": 0.4}, {"c": np.linspace(-0.8, 0.8, 700)}):
+        cols = trained_2d.sample(700, theta, seed=11, dtype=dtype)
+        trained_2d.module.requires_grad_(True)
+        try:
+            rows = trained_2d.sample(700, theta, seed=11, dtype=dtype)
+        finally:
+            trained_2d.module.requires_grad_(False)
+        np.testing.assert_allclose(cols, rows, rtol=1e-9 if dtype == torch.float64 else 1e-4,
+                                   atol=1e-9 if dtype == torch.float64 else 1e-4)

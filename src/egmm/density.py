@@ -25,7 +25,13 @@ from torch import nn
 from egmm.base import TrainedModel
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
-from egmm.networks import CategoricalNet, ConditionalGMMNet, check_activation, records_graph
+from egmm.networks import (
+    CategoricalNet,
+    ConditionalGMMNet,
+    check_activation,
+    ones_row,
+    records_graph,
+)
 from egmm.observables import ObservableSpace
 from egmm.serialization import SavableModel
 
@@ -104,20 +110,20 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return log_mass.index_put(where, log_hi + torch.log1p(-torch.exp(log_lo - log_hi)))
 
 
-def _logsumexp(t: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-    """log Σ exp(t) over the last axis, with terms below max − 80 evaluated at max − 80
+def _logsumexp(t: torch.Tensor, overwrite: bool = False, dim: int = -1) -> torch.Tensor:
+    """log Σ exp(t) over axis ``dim``, with terms below max − 80 evaluated at max − 80
     (rows whose largest term is ±inf give that value, as ``torch.logsumexp``).
     ``overwrite``: ``t`` is a temporary that may be used as scratch (when no graph is
     recorded)."""
-    top = t.detach().amax(-1, keepdim=True)
+    top = t.detach().amax(dim, keepdim=True)
     finite = torch.isfinite(top)
     m = torch.where(finite, top, torch.zeros_like(top))
     if not overwrite or records_graph(t):
         e = torch.exp((t - m).clamp(min=_LSE_FLOOR))
     else:
         e = t.sub_(m).clamp_(min=_LSE_FLOOR).exp_()
-    out = torch.log(e.sum(-1)) + m[..., 0]
-    return torch.where(finite[..., 0], out, top[..., 0])
+    out = torch.log(e.sum(dim)) + m.squeeze(dim)
+    return torch.where(finite.squeeze(dim), out, top.squeeze(dim))
 
 
 def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: float
@@ -164,7 +170,8 @@ def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: fl
 
 
 def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
-                                sigma: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+                                sigma: torch.Tensor, lo: float, hi: float, dim: int = -1
+                                ) -> torch.Tensor:
     """log Σ_g f_g N(u; μ_g, σ_g) / Z_g with Z_g the mass of component g on [lo, hi].
 
     The same quantity as ``truncated_normal_log_mass`` gives, in fewer passes over the (N, G)
@@ -172,16 +179,17 @@ def _truncated_mixture_log_prob(u: torch.Tensor, log_f: torch.Tensor, mu: torch.
     normalisations log(2 Z_g σ_g) in one log (:func:`_truncated_log_norm`), and every
     constant added once per event at the end.
     """
-    return _mixture_log_prob(u, log_f - _truncated_log_norm(mu, sigma, lo, hi), mu, sigma)
+    return _mixture_log_prob(u, log_f - _truncated_log_norm(mu, sigma, lo, hi), mu, sigma, dim)
 
 
-def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor
-                      ) -> torch.Tensor:
+def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+                      dim: int = -1) -> torch.Tensor:
     """log Σ_g exp(a_g − ½((u − μ_g)/σ_g)²) / √(π/2): the truncated mixture's log density at u
-    from its normalised log amplitudes a_g = log f_g − log(2 Z_g σ_g) (per event or shared)."""
-    z = (u.unsqueeze(-1) - mu) / sigma
+    from its normalised log amplitudes a_g = log f_g − log(2 Z_g σ_g) (per event or shared);
+    the components along axis ``dim`` (−1: (N, N_G); 0: events as columns, (N_G, N))."""
+    z = (u.unsqueeze(dim) - mu) / sigma
     t = torch.addcmul(a, z, z, value=-0.5)
-    return _logsumexp(t, overwrite=True) + (_LOG_2 - _LOG_SQRT_2PI)
+    return _logsumexp(t, overwrite=True, dim=dim) + (_LOG_2 - _LOG_SQRT_2PI)
 
 
 def _truncated_mixture_cdf(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -404,9 +412,29 @@ class GMMDensity(TrainedModel, SavableModel):
         theta_s = theta if theta_scaled else self.scale_theta(theta)
         theta_parts = self._theta_parts(theta_s)
         inputs = self.scale_inputs(u)
+        if self._frozen() and not (records_graph(theta_s) or records_graph(u)):
+            return self._per_observable_t(u, inputs, theta_parts)
         # θ's part folded into each first joint product (nothing here is cached for reuse)
         return torch.stack([self._conditional_pre(i, u, net.input_part(inputs[:, :i], tp))
                             for i, (net, tp) in enumerate(zip(self.nets, theta_parts))], dim=1)
+
+    def _per_observable_t(self, u: torch.Tensor, inputs: torch.Tensor,
+                          theta_parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(N, D) log p_i with events as columns (frozen weights, no graph): the scaled
+        inputs as columns after a row of ones, each network's :meth:`pre_t` and
+        :meth:`ConditionalGMMNet.mixture_t`."""
+        inputs_t = ones_row(inputs.shape[1], inputs.shape[0], inputs)
+        inputs_t[1:] = inputs.t()
+        cols = []
+        for i, (net, tp) in enumerate(zip(self.nets, theta_parts)):
+            if isinstance(net, CategoricalNet):
+                cols.append(self._conditional_pre(i, u, net.input_part(inputs[:, :i], tp)))
+                continue
+            log_f, mu, sigma = net.mixture_t(net.pre_t(inputs_t, tp))
+            cols.append(_truncated_mixture_log_prob(u[:, i], log_f, mu, sigma,
+                                                    self.projection.u_lo,
+                                                    self.projection.u_hi, dim=0))
+        return torch.stack(cols, dim=1)
 
     def log_prob_latent(self, u: Any, theta: Any = None) -> Any:
         """log p(u|θ) in latent space, (N,).
@@ -459,19 +487,50 @@ class GMMDensity(TrainedModel, SavableModel):
 
     def prepare(self, x: np.ndarray, dtype: torch.dtype = torch.float64) -> dict[str, Any]:
         """Cache the θ-independent work for validated events ``x``: the projection, its
-        Jacobian and each network's input branch (the first joint layer's input part)."""
+        Jacobian and each network's input branch (the first joint layer's input part), kept
+        with events as columns (``input_parts_t``, (width, N), what :meth:`log_prob_prepared`
+        reads); ``input_parts`` are (N, width) views of the same memory."""
         xt = torch.as_tensor(x, dtype=dtype, device=self.device)
         with torch.no_grad():
             u, logdet = self.projection.forward_and_log_det(xt)
-            parts = self._input_parts(self.scale_inputs(u))
-        return {"u": u, "logdet": logdet, "input_parts": parts}
+            parts_t = [p.t().contiguous() for p in self._input_parts(self.scale_inputs(u))]
+        return {"u": u, "logdet": logdet, "input_parts": [p.t() for p in parts_t],
+                "input_parts_t": parts_t}
 
     def log_prob_prepared(self, prepared: Mapping[str, Any], theta: torch.Tensor) -> torch.Tensor:
         u = prepared["u"]
         theta_s = self.scale_theta(theta.to(device=u.device, dtype=u.dtype))
-        cond = self._conditionals(u, self._theta_parts(theta_s), prepared["input_parts"])
-        return cond.sum(1) + prepared["logdet"]
+        parts_t = prepared.get("input_parts_t")
+        if parts_t is None or theta_s.ndim != 1 or not self._frozen():
+            cond = self._conditionals(u, self._theta_parts(theta_s), prepared["input_parts"])
+            return cond.sum(1) + prepared["logdet"]
+        out = prepared["logdet"]
+        for i, part in enumerate(self._theta_parts(theta_s)):
+            if isinstance(self.nets[i], CategoricalNet):
+                lp = self.conditional(i, u, part, prepared["input_parts"][i])
+            else:
+                lp = self._conditional_t(i, u, parts_t[i], part.reshape(-1, 1))
+            out = out + lp
+        return out
 
+    def _frozen(self) -> bool:
+        """No network weight takes gradients (the events-as-columns path folds them)."""
+        return not any(p.requires_grad for p in self.nets.parameters())
+
+    def _conditional_t(self, i: int, u: torch.Tensor, part_t: torch.Tensor,
+                       theta_t: torch.Tensor) -> torch.Tensor:
+        """(N,) log p_i(u_i | u_<i, θ) with events as columns: the input part (width, N) plus
+        one θ part (width, 1) as the first joint pre-activation of
+        :meth:`ConditionalGMMNet.mixture_t`."""
+        width, n = part_t.shape
+        if records_graph(theta_t) or records_graph(part_t):
+            pre = torch.cat([part_t.new_ones((1, n)), part_t + theta_t])
+        else:
+            pre = ones_row(width, n, part_t)
+            torch.add(part_t, theta_t, out=pre[1:])
+        log_f, mu, sigma = self.nets[i].mixture_t(pre)
+        return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma, self.projection.u_lo,
+                                           self.projection.u_hi, dim=0)
 
     def importance_weights(self, x: Any, theta: Any, theta_ref: Any, **kwargs: Any) -> np.ndarray:
         """p(x|θ)/p(x|θ_ref) per event, for events drawn at θ_ref (paper Section 5)."""
@@ -512,25 +571,34 @@ class GMMDensity(TrainedModel, SavableModel):
         f64 = torch.float64
         u = torch.zeros((n, self.space.dim), dtype=f64, device=self.device)
         theta_parts = self._theta_parts(self.scale_theta(theta.to(f64)).to(dtype))
-        inputs = torch.zeros((n, self.space.dim), dtype=dtype, device=self.device)
+        # the scaled inputs as columns after a row of ones (events as columns, frozen
+        # weights); the networks of a model in training take them as rows
+        columns = self._frozen()
+        inputs_t = torch.zeros((1 + self.space.dim, n), dtype=dtype, device=self.device)
+        inputs_t[0] = 1.0
+        inputs = inputs_t[1:].t()
         lo, hi = self.projection.u_lo, self.projection.u_hi
         for i, net in enumerate(self.nets):
-            # θ's part folded into the first joint product; a temporary, activated in place
-            pre = net.input_part(inputs[:, :i], theta_parts[i])
             if isinstance(net, CategoricalNet):
-                k = _draw_index(net.log_probs(pre, fresh=True).expand(n, -1), gen)
+                pre = net.input_part(inputs[:, :i], theta_parts[i])
+                k = _draw_index(net.log_probs(pre, fresh=True).t(), n, gen)
                 u[:, i] = k.to(f64) + self.space.lo[i]
             else:
                 # the widths of the drawn components only
-                log_f, mu, raw = net.mixture(pre, fresh=True, raw_widths=True)
-                log_f, mu, raw = (t.expand(n, -1) for t in (log_f, mu, raw))
-                pick = _draw_index(log_f, gen)[:, None]
+                if columns:
+                    log_f, mu, raw = net.mixture_t(net.pre_t(inputs_t, theta_parts[i]),
+                                                   raw_widths=True)
+                else:  # θ's part folded into the first joint product, activated in place
+                    log_f, mu, raw = (t.t() for t in net.mixture(
+                        net.input_part(inputs[:, :i], theta_parts[i]), fresh=True,
+                        raw_widths=True))
+                pick = _draw_index(log_f, n, gen)[None]
                 r = torch.rand(n, dtype=f64, generator=gen).to(self.device)
-                sigma = net.widths(raw.gather(1, pick)[:, 0])
-                u[:, i] = _sample_truncated_normal(mu.gather(1, pick)[:, 0].to(f64),
+                sigma = net.widths(raw.expand(-1, n).gather(0, pick)[0])
+                u[:, i] = _sample_truncated_normal(mu.expand(-1, n).gather(0, pick)[0].to(f64),
                                                    sigma.to(f64), lo, hi, r)
             scaled = (u[:, i] - self.module.input_lo[i]) * self.module.input_scale[i] - 2.0
-            inputs[:, i] = scaled.to(dtype)
+            inputs_t[1 + i] = scaled.to(dtype)
         return u
 
     def pit(self, x: Any, theta: Any = None) -> np.ndarray:
@@ -601,12 +669,13 @@ def _theta_kinds(features: Any, space: ObservableSpace) -> tuple[str, ...]:
     return tuple(kinds)
 
 
-def _draw_index(log_p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One index per row of log probabilities (N, K), by inverting the cumulative sum."""
-    cdf = torch.cumsum(log_p.double().exp(), dim=1)
-    r = torch.rand(log_p.shape[0], 1, dtype=torch.float64, generator=gen).to(log_p.device)
-    r = r * cdf[:, -1:]  # normalisation exact to rounding
-    return (cdf < r).sum(1).clamp_(max=log_p.shape[1] - 1)
+def _draw_index(log_p: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """One index per event from log probabilities (K, n) — or (K, 1) shared by all n
+    events — by inverting the cumulative sum."""
+    cdf = torch.cumsum(log_p.double().exp(), dim=0)
+    r = torch.rand(1, n, dtype=torch.float64, generator=gen).to(log_p.device)
+    r = r * cdf[-1:]  # normalisation exact to rounding
+    return (cdf < r).sum(0).clamp_(max=log_p.shape[0] - 1)
 
 
 def _torch_generator(seed: Any) -> torch.Generator:

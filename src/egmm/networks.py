@@ -61,7 +61,10 @@ def init_linear(layer: nn.Linear, first: bool) -> None:
 # Frozen weights cast to another dtype (float64 evaluation of float32 weights), per layer:
 # (dtype, device, weight version, bias version) -> (weight, bias). Tensor versions change with
 # every in-place update (optimiser steps, load_state_dict), which invalidates an entry.
-_CAST_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+# The same cache keeps the other forms frozen weights are used in (folded heads, weights with
+# their bias as a column), one entry per owner and tag.
+_CAST_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[Any, ...]]] = (
+    weakref.WeakKeyDictionary())
 
 
 # Output columns of the folded heads' product are padded (with zeros) to a multiple of this,
@@ -82,14 +85,15 @@ def records_graph(t: torch.Tensor) -> bool:
 
 
 def _cached(owner: nn.Module, tensors: list[torch.Tensor], dtype: torch.dtype,
-            build: Any) -> Any:
-    """``build()`` for frozen ``tensors`` of ``owner``, kept until one of them changes (its
-    version), or the dtype or device asked for does."""
+            build: Any, tag: str = "cast") -> Any:
+    """``build()`` for frozen ``tensors`` of ``owner`` (one entry per ``tag``), kept until one
+    of them changes (its version), or the dtype or device asked for does."""
     key = (dtype, tensors[0].device, *(t._version for t in tensors))
-    hit = _CAST_CACHE.get(owner)
+    entries = _CAST_CACHE.setdefault(owner, {})
+    hit = entries.get(tag)
     if hit is None or hit[0] != key:
         hit = (key, build())
-        _CAST_CACHE[owner] = hit
+        entries[tag] = hit
     return hit[1]
 
 
@@ -103,6 +107,23 @@ def _cast(layer: nn.Linear, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Ten
     if not _frozen(w, b):
         return w.to(dtype), b.to(dtype)
     return _cached(layer, [w, b], dtype, lambda: (w.to(dtype), b.to(dtype)))
+
+
+def _augmented(layer: nn.Linear, dtype: torch.dtype) -> torch.Tensor:
+    """(out, 1 + in): the frozen layer's bias as the first column, then its weight, so that
+    ``W' @ [1; h] = W h + b`` for events as columns: one matrix product, no pass to add the
+    bias (which torch's ``addmm`` makes by copying it into every output row first)."""
+    w, b = layer.weight, layer.bias
+    return _cached(layer, [w, b], dtype, lambda: torch.cat([b[:, None], w], 1).to(dtype),
+                   "augmented")
+
+
+def ones_row(rows: int, n: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised (1 + rows, n) tensor whose first row is ones: the layout of events as
+    columns that :func:`_augmented` weights multiply (:meth:`ConditionalGMMNet.mixture_t`)."""
+    out = like.new_empty((1 + rows, n))
+    out[0].fill_(1.0)
+    return out
 
 
 def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
@@ -194,6 +215,41 @@ class _BranchedNet(nn.Module):
             return F.linear(h, weight, bias)
         return torch.addmm(bias, h, weight.t())
 
+    def pre_t(self, inputs: torch.Tensor, theta_part: torch.Tensor) -> torch.Tensor:
+        """The first joint pre-activation with events as columns, (1 + first_out, N) after a
+        row of ones (what :meth:`ConditionalGMMNet.mixture_t` takes), for frozen weights and
+        no graph: ``inputs`` (1 + D, N) a row of ones and the scaled inputs as columns (this
+        network reads the first 1 + n_inputs rows), ``theta_part`` (1, first_out) shared or
+        (N, first_out) per event. A shared θ part is folded into the joint layer's bias
+        column; a network without inputs then gives one column (its output is θ's alone)."""
+        n = inputs.shape[1]
+        width = self.joint.out_features
+        joint = _cached(self.joint, [self.joint.weight, self.joint.bias], inputs.dtype,
+                        lambda: torch.cat([self.joint.bias[:, None],
+                                           self.joint.weight[:, self.width_theta:]],
+                                          1).to(inputs.dtype), "inputs_t")
+        shared = theta_part.shape[0] == 1
+        if shared:
+            joint = joint.clone()
+            joint[:, 0] += theta_part[0]
+        if self.input_branch is None:
+            if shared:
+                out = ones_row(width, 1, inputs)
+                out[1:, 0] = joint[:, 0]
+                return out
+            out = ones_row(width, n, inputs)
+            torch.add(joint[:, :1], theta_part.t(), out=out[1:])
+            return out
+        h = ones_row(self.input_branch.out_features, n, inputs)
+        torch.mm(_augmented(self.input_branch, inputs.dtype), inputs[:1 + self.n_inputs],
+                 out=h[1:])
+        self._act_fresh(h[1:])
+        out = ones_row(width, n, inputs)
+        torch.mm(joint, h, out=out[1:])
+        if not shared:
+            out[1:].add_(theta_part.t())
+        return out
+
 
 class ConditionalGMMNet(_BranchedNet):
     """Network i of the chain: (θ', u'_<i) → mixture of N_G Gaussians for u_i.
@@ -262,7 +318,52 @@ class ConditionalGMMNet(_BranchedNet):
                 weight, bias = F.pad(weight, (0, pad)), F.pad(bias, (0, pad))
             return weight, bias
 
-        return _cached(self, self._head_tensors(), dtype, build)
+        return _cached(self, self._head_tensors(), dtype, build, "heads")
+
+    def _folded_heads_t(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_folded_heads` for events as columns: weights (3, N_G, D·N_G) and biases
+        (3, N_G, 1), unpadded (the events are the long side of the product)."""
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            weight, bias = self._folded_heads(dtype)
+            g = self.n_gauss
+            return (weight[..., :g].transpose(1, 2).contiguous(),
+                    bias[..., :g].transpose(1, 2).contiguous())
+
+        return _cached(self, self._head_tensors(), dtype, build, "heads_t")
+
+    def mixture_t(self, pre: torch.Tensor, raw_widths: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`mixture` with events as columns, for frozen weights (a likelihood's or a
+        sampler's networks): ``pre`` (1 + first_out, N), a row of ones and the first joint
+        pre-activation (:func:`ones_row`, :meth:`pre_t`) → log amplitudes, means and widths
+        (``raw_widths``: their pre-activations), each (N_G, N).
+
+        Without a graph, ``pre`` is a temporary the caller does not keep: every layer is one
+        matrix product with its bias as an extra weight column (:func:`_augmented`), written
+        into the next such tensor and activated in place; reductions over the components run
+        along the first axis, across events. With a graph (θ gradients, Hessians) the same
+        arithmetic out of place.
+        """
+        layers = [*self.trunk, *([self.head_hidden] if self.head_hidden is not None else [])]
+        if records_graph(pre):
+            h = self._act(pre[1:])
+            for layer in layers:
+                w, b = _cast(layer, pre.dtype)
+                h = self._act(torch.addmm(b[:, None], w, h))
+        else:
+            h = pre
+            self._act_fresh(h[1:])
+            for layer in layers:
+                wa = _augmented(layer, pre.dtype)
+                out = ones_row(wa.shape[0], h.shape[1], h)
+                torch.mm(wa, h, out=out[1:])
+                self._act_fresh(out[1:])
+                h = out
+            h = h[1:]
+        weight, bias = self._folded_heads_t(pre.dtype)
+        out = torch.baddbmm(bias, weight, h.view(3, self.head_width, h.shape[1]))
+        log_f = torch.log_softmax(out[0], dim=0)
+        return log_f, out[1], out[2] if raw_widths else self.widths(out[2])
 
     def _head_tensors(self) -> list[torch.Tensor]:
         return [t for head in self.heads for t in (head.weight, head.bias)]
