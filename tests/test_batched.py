@@ -278,6 +278,13 @@ def test_gmm_batched_scores_are_the_per_event_gradients(sizes):
     batch, _ = batch_of(costs)
     theta = np.array([[0.3], [-0.5], [0.7]])
     f, g, hess = batch.derivatives(theta)
+    # events as columns (frozen networks) and as rows give the same (float64 rounding)
+    rows, _ = batch_of(costs)
+    assert batch.maps[0].by_columns
+    rows.maps[0].by_columns = False
+    for a, b in zip((f, g, hess), rows.derivatives(theta)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(batch.values(theta), rows.values(theta), rtol=1e-13)
     for k, cost in enumerate(costs):
         assert f[k] == pytest.approx(cost(*theta[k]), rel=1e-13, abs=1e-9)
         np.testing.assert_allclose(g[k], cost.grad(*theta[k]), rtol=1e-9, atol=1e-9)

@@ -430,10 +430,7 @@ class GMMDensity(TrainedModel, SavableModel):
             if isinstance(net, CategoricalNet):
                 cols.append(self._conditional_pre(i, u, net.input_part(inputs[:, :i], tp)))
                 continue
-            log_f, mu, sigma = net.mixture_t(net.pre_t(inputs_t, tp))
-            cols.append(_truncated_mixture_log_prob(u[:, i], log_f, mu, sigma,
-                                                    self.projection.u_lo,
-                                                    self.projection.u_hi, dim=0))
+            cols.append(self._conditional_pre_t(i, u, net.pre_t(inputs_t, tp)))
         return torch.stack(cols, dim=1)
 
     def log_prob_latent(self, u: Any, theta: Any = None) -> Any:
@@ -528,6 +525,11 @@ class GMMDensity(TrainedModel, SavableModel):
         else:
             pre = ones_row(width, n, part_t)
             torch.add(part_t, theta_t, out=pre[1:])
+        return self._conditional_pre_t(i, u, pre)
+
+    def _conditional_pre_t(self, i: int, u: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """(N,) log p_i from the first joint pre-activation with events as columns, (1 +
+        width, N) after a row of ones (a temporary without a graph)."""
         log_f, mu, sigma = self.nets[i].mixture_t(pre)
         return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma, self.projection.u_lo,
                                            self.projection.u_hi, dim=0)

@@ -143,6 +143,9 @@ ACTIVATIONS: dict[str, tuple[Any, Any]] = {
                    lambda h: F.leaky_relu_(h, NEGATIVE_SLOPE)),
     "silu": (F.silu, lambda h: F.silu(h, inplace=True)),
 }
+#: activations autograd differentiates in place: leaky_relu_'s backward reads its result
+#: (the sign of the input, the slope being positive), silu's needs the input it overwrote
+_IN_PLACE_UNDER_AUTOGRAD = frozenset({"leaky_relu"})
 
 
 def check_activation(name: Any) -> str:
@@ -181,9 +184,13 @@ class _BranchedNet(nn.Module):
 
     def _act_fresh(self, h: torch.Tensor) -> torch.Tensor:
         """The activation of a tensor nobody else holds (a layer's fresh output): in place
-        when no graph is recorded, which saves an allocation and a memory pass per layer."""
+        where autograd allows it (no graph recorded, or an activation whose backward reads
+        its result and ``h`` is not a leaf), which saves an allocation and a memory pass per
+        layer."""
         out_of_place, in_place = ACTIVATIONS[self.activation]
-        return out_of_place(h) if records_graph(h) else in_place(h)
+        if records_graph(h) and (h.is_leaf or self.activation not in _IN_PLACE_UNDER_AUTOGRAD):
+            return out_of_place(h)
+        return in_place(h)
 
     def theta_part(self, theta_scaled: torch.Tensor) -> torch.Tensor:
         """θ contribution to the first joint pre-activation: (M, P) → (M, first_out)."""
@@ -349,7 +356,7 @@ class ConditionalGMMNet(_BranchedNet):
             h = self._act(pre[1:])
             for layer in layers:
                 w, b = _cast(layer, pre.dtype)
-                h = self._act(torch.addmm(b[:, None], w, h))
+                h = self._act_fresh(torch.addmm(b[:, None], w, h))
         else:
             h = pre
             self._act_fresh(h[1:])

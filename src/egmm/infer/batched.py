@@ -92,7 +92,7 @@ from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
-from egmm.networks import CategoricalNet
+from egmm.networks import CategoricalNet, ones_row
 
 __all__ = ["BatchedFitResult", "fit_batched"]
 
@@ -354,6 +354,10 @@ class _GMMParameters(_DensityParameters):
         super().__init__(density, dtype)
         self.sizes: list[int] | None = None
         self.per_toy = [net.input_branch is None for net in density.nets]
+        # per-event work with events as columns (GMMDensity.mixture_t: frozen networks, every
+        # observable continuous); the per-event inputs are then (F_i, n)
+        self.by_columns = density._frozen() and not any(
+            isinstance(net, CategoricalNet) for net in density.nets)
 
     def features(self, theta: torch.Tensor) -> torch.Tensor:
         d = self.density
@@ -395,23 +399,32 @@ class _GMMParameters(_DensityParameters):
     def lower(prepared: Mapping[str, Any]) -> dict[str, Any]:
         """Prepared events with a float32 body: latent values and input parts cast (from
         their float64 values), the log-Jacobian kept in float64."""
+        parts_t = [p.to(torch.float32) for p in prepared["input_parts_t"]]
         return {"u": prepared["u"].to(torch.float32), "logdet": prepared["logdet"],
-                "input_parts": [p.to(torch.float32) for p in prepared["input_parts"]]}
+                "input_parts": [p.t() for p in parts_t], "input_parts_t": parts_t}
 
     def event_inputs(self, prepared: Any, z: torch.Tensor, toy: torch.Tensor,
                      leaves: bool) -> list[torch.Tensor]:
-        """Per network the events' first joint pre-activations (n, F_i): their input part
-        plus their toy's θ part (a network without inputs: their toy's output, (n, 3 N_G) or
-        (n, values)). What θ enters through, so that its gradient is the per-event gradient
-        with respect to the toy's z, without a per-event copy of z in the graph."""
+        """Per network the events' first joint pre-activations: their input part plus their
+        toy's θ part (a network without inputs: their toy's output, 3 N_G or one per value);
+        (n, F_i), or with events as columns (:attr:`by_columns`) (F_i, n) — after a row of
+        ones where the network runs per event. What θ enters through, so that its gradient
+        is the per-event gradient with respect to the toy's z, without a per-event copy of z
+        in the graph."""
         assert self.sizes is not None
         pres = []
         with torch.no_grad():
-            for z_net, part, whole in zip(torch.split(z, self.sizes, dim=1),
-                                          prepared["input_parts"], self.per_toy):
-                pre = torch.index_select(z_net, 0, toy.to(z.device))
-                if not whole:
-                    pre.add_(part)
+            for z_net, part, part_t, whole in zip(
+                    torch.split(z, self.sizes, dim=1), prepared["input_parts"],
+                    prepared["input_parts_t"], self.per_toy):
+                rows = torch.index_select(z_net, 0, toy.to(z.device))
+                if not self.by_columns:
+                    pre = rows if whole else rows.add_(part)
+                elif whole:
+                    pre = rows.t().contiguous()
+                else:
+                    pre = ones_row(part_t.shape[0], part_t.shape[1], part_t)
+                    torch.add(part_t, rows.t(), out=pre[1:])
                 pres.append(pre.requires_grad_(leaves))
         return pres
 
@@ -423,8 +436,11 @@ class _GMMParameters(_DensityParameters):
             if whole and isinstance(d.nets[i], CategoricalNet):
                 cond.append(pre.gather(1, d._category(u, i)[:, None])[:, 0])
             elif whole:
-                a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=1)
-                cond.append(_mixture_log_prob(u[:, i], a, mu, sigma))
+                dim = 0 if self.by_columns else -1  # the components' axis
+                a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=dim)
+                cond.append(_mixture_log_prob(u[:, i], a, mu, sigma, dim=dim))
+            elif self.by_columns:
+                cond.append(d._conditional_pre_t(i, u, pre))
             else:
                 cond.append(d._conditional_pre(i, u, pre))
         return torch.stack(cond, dim=1).sum(1) + prepared["logdet"]
@@ -435,8 +451,10 @@ class _GMMParameters(_DensityParameters):
         jac = jac.to(torch.float64).cpu()
         out = None
         start = 0
-        for size, dpre in zip(self.sizes, grads):
+        for size, dpre, whole in zip(self.sizes, grads, self.per_toy):
             if dpre is not None:
+                if self.by_columns:  # (F, n) → (n, F), without the row of ones
+                    dpre = (dpre if whole else dpre[1:]).t()
                 part = _chain(dpre.to(torch.float64).cpu(), jac[:, start:start + size], toy)
                 out = part if out is None else out.add_(part)
             start += size
@@ -598,9 +616,13 @@ class _Batch:
                     parts.append([preps[0]["input_parts"][j]] * len(out.chunks))
                 else:
                     parts.append(pick([p["input_parts"][j] for p in preps]))
-            out.prepared.append([{"u": u[c], "logdet": logdet[c],
-                                  "input_parts": [part[c] for part in parts]}
-                                 for c in range(len(out.chunks))])
+            chunks = []
+            for c in range(len(out.chunks)):
+                parts_t = [part[c].t().contiguous() for part in parts]
+                chunks.append({"u": u[c], "logdet": logdet[c],
+                               "input_parts": [p.t() for p in parts_t],
+                               "input_parts_t": parts_t})
+            out.prepared.append(chunks)
         out.constraints = [(idx, centre[picked], covinv[picked])
                            for idx, centre, covinv in self.constraints]
         out.constants = self.constants[picked]
