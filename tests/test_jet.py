@@ -65,8 +65,13 @@ def test_jets_refuse_what_they_do_not_cover():
                 lambda: torch.add(a, b, alpha=2.0)):
         with pytest.raises(Unsupported):
             bad()
+    with pytest.raises(Unsupported):
+        bool(a)
     with pytest.raises(TypeError):  # no float(): it would drop the derivatives silently
         float(a)
+    with pytest.raises(TypeError):
+        np.exp(a)
+    assert (np.float64(2.0) * a).g.tolist() == [2.0, 0.0]
     with pytest.raises(AttributeError):
         a.detach()
     # a negative base to a positive integer power is fine

@@ -35,6 +35,9 @@ class Jet:
     (``g`` None: the value only; ``h`` None: up to first derivatives)."""
 
     __slots__ = ("g", "h", "v")
+    # numpy defers to the reflected operators (np.float64(2) * jet is a jet); its ufuncs
+    # refuse (np.exp(jet) raises TypeError)
+    __array_ufunc__ = None
 
     def __init__(self, v: float, g: np.ndarray | None, h: np.ndarray | None) -> None:
         self.v = v
@@ -138,6 +141,9 @@ class Jet:
 
     # -- comparisons by value (branches as a tensor's would) -----------------------------------
     __hash__ = None  # type: ignore[assignment]
+
+    def __bool__(self) -> bool:
+        raise Unsupported("truth value of a jet")  # a tensor's would compare with zero
 
     def __eq__(self, other: Any) -> bool:  # type: ignore[override]
         return self.v == _value(other)

@@ -395,6 +395,12 @@ class Yield:
     float64 tensor. Yields combine with ``*`` and ``+`` (with numbers, parameter names and
     other yields); the result depends on the union of the parameters.
 
+    A yield must be a pure function of its parameters. Costs whose densities do not depend
+    on θ (fixed shapes) keep its last point's value and evaluate it with forward-mode jets
+    (value, gradient and Hessian as floats, a few µs) where it uses only arithmetic, powers
+    and elementary functions, and with torch autograd otherwise (found on the first call,
+    per yield).
+
     Build one with :meth:`parameter` (a free yield), :meth:`constant`, :meth:`from_callable`
     or the :class:`CrossSection` constructors.
 
