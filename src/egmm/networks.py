@@ -348,8 +348,8 @@ class ConditionalGMMNet(_BranchedNet):
         Without a graph, ``pre`` is a temporary the caller does not keep: every layer is one
         matrix product with its bias as an extra weight column (:func:`_augmented`), written
         into the next such tensor and activated in place; reductions over the components run
-        along the first axis, across events. With a graph (θ gradients, Hessians) the same
-        arithmetic out of place.
+        along the first axis, across events. With a graph (θ gradients, Hessians) each layer
+        is an ``addmm`` whose result is activated as in :meth:`_act_fresh`.
         """
         layers = [*self.trunk, *([self.head_hidden] if self.head_hidden is not None else [])]
         if records_graph(pre):
