@@ -387,7 +387,9 @@ class _GMMParameters(_DensityParameters):
                                    dtype=self.dtype).requires_grad_(True)
             z = self.features(th)
             v = torch.zeros_like(z, requires_grad=True)
-            (g,) = torch.autograd.grad(z, th, grad_outputs=v, create_graph=True)
+            # vᵀz summed rather than grad_outputs=v: torch imports sympy (~0.35 s, once per
+            # process) to check a given grad_outputs' shape
+            (g,) = torch.autograd.grad((z * v).sum(), th, create_graph=True)
             cols = []
             for j in range(th.shape[1]):
                 (col,) = torch.autograd.grad(g[:, j].sum(), v, retain_graph=True,
