@@ -511,8 +511,13 @@ class GMMDensity(TrainedModel, SavableModel):
         return out
 
     def _frozen(self) -> bool:
-        """No network weight takes gradients (the events-as-columns path folds them)."""
-        return not any(p.requires_grad for p in self.nets.parameters())
+        """No network weight takes gradients (the events-as-columns path folds them). The
+        weights' list is kept (walking the modules costs ~70 µs, a fit calls this per
+        evaluation); ``requires_grad_`` and ``to`` change the same tensors."""
+        weights = self.__dict__.get("_weights")
+        if weights is None:
+            weights = self._weights = tuple(self.nets.parameters())
+        return not any(p.requires_grad for p in weights)
 
     def _conditional_t(self, i: int, u: torch.Tensor, part_t: torch.Tensor,
                        theta_t: torch.Tensor) -> torch.Tensor:
