@@ -533,3 +533,29 @@ def test_sampling_with_events_as_columns_equals_rows(trained_2d, dtype):
             trained_2d.module.requires_grad_(False)
         np.testing.assert_allclose(cols, rows, rtol=1e-9 if dtype == torch.float64 else 1e-4,
                                    atol=1e-9 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stacked_networks_equal_one_at_a_time(dtype):
+    """Three or more observables: the networks with inputs run their layers one by one and
+    their mixtures' maps, masses and log-sum-exp together (no graph); values equal the row
+    layout's, and θ gradients (a graph: one network at a time) too."""
+    rng = np.random.default_rng(1)
+    space = ObservableSpace([Observable(n, 0.0, 1.0) for n in "abcd"])
+    x = rng.uniform(size=(2000, 4)) ** np.array([1.0, 2.0, 0.5, 1.5])
+    torch.manual_seed(3)
+    model = GMMDensity(space, ["c"], LatentProjection.fit(space, x), **SMALL)
+    assert len(model._stackable(model.prepare(x[:5])["input_parts_t"],
+                                torch.zeros(1, dtype=torch.float64))) == 3
+    prep = model.prepare(x[:300], dtype=dtype)
+    rows = {k: v for k, v in prep.items() if k != "input_parts_t"}
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                         "atol": 1e-5}
+    th = torch.tensor([0.4], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.log_prob_prepared(prep, th),
+                                   model.log_prob_prepared(rows, th), **tol)
+    leaf = th.clone().requires_grad_(True)
+    g = [torch.autograd.grad(model.log_prob_prepared(p, leaf).sum(), leaf)[0]
+         for p in (prep, rows)]
+    torch.testing.assert_close(g[0], g[1], **tol)

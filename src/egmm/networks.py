@@ -351,6 +351,14 @@ class ConditionalGMMNet(_BranchedNet):
         along the first axis, across events. With a graph (θ gradients, Hessians) each layer
         is an ``addmm`` whose result is activated as in :meth:`_act_fresh`.
         """
+        out = self.heads_t(pre)
+        log_f = torch.log_softmax(out[0], dim=0)
+        return log_f, out[1], out[2] if raw_widths else self.widths(out[2])
+
+    def heads_t(self, pre: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The folded heads' outputs of :meth:`mixture_t` before their last maps: (3, N_G,
+        N), the pre-activations of log f (a softmax away), μ and σ (a softplus away); written
+        into ``out`` if given (no graph)."""
         layers = [*self.trunk, *([self.head_hidden] if self.head_hidden is not None else [])]
         if records_graph(pre):
             h = self._act(pre[1:])
@@ -362,15 +370,16 @@ class ConditionalGMMNet(_BranchedNet):
             self._act_fresh(h[1:])
             for layer in layers:
                 wa = _augmented(layer, pre.dtype)
-                out = ones_row(wa.shape[0], h.shape[1], h)
-                torch.mm(wa, h, out=out[1:])
-                self._act_fresh(out[1:])
-                h = out
+                nxt = ones_row(wa.shape[0], h.shape[1], h)
+                torch.mm(wa, h, out=nxt[1:])
+                self._act_fresh(nxt[1:])
+                h = nxt
             h = h[1:]
         weight, bias = self._folded_heads_t(pre.dtype)
-        out = torch.baddbmm(bias, weight, h.view(3, self.head_width, h.shape[1]))
-        log_f = torch.log_softmax(out[0], dim=0)
-        return log_f, out[1], out[2] if raw_widths else self.widths(out[2])
+        z = h.view(3, self.head_width, h.shape[1])
+        if out is None:
+            return torch.baddbmm(bias, weight, z)
+        return torch.baddbmm(bias, weight, z, out=out)
 
     def _head_tensors(self) -> list[torch.Tensor]:
         return [t for head in self.heads for t in (head.weight, head.bias)]
