@@ -30,6 +30,7 @@ from egmm.networks import (
     ConditionalGMMNet,
     check_activation,
     ones_row,
+    ones_row_sum,
     records_graph,
 )
 from egmm.observables import ObservableSpace
@@ -523,12 +524,15 @@ class GMMDensity(TrainedModel, SavableModel):
         together stay small (≤ 2¹⁵ numbers: fewer torch operations pay where a call is
         mostly their overhead, a 400-event fit's ~8 %; at ~1000 events they break even, for
         more the networks' separate tensors stay in cache and together are slower)."""
-        if records_graph(theta_s) or not parts_t:
-            return []
-        nets = [i for i, net in enumerate(self.nets)
-                if isinstance(net, ConditionalGMMNet) and net.input_branch is not None]
-        if len(nets) < 2 or len({(self.nets[i].n_gauss, self.nets[i].eps)
-                                 for i in nets}) > 1:
+        nets = self.__dict__.get("_stack")
+        if nets is None:  # the networks' structure: found once
+            nets = [i for i, net in enumerate(self.nets)
+                    if isinstance(net, ConditionalGMMNet) and net.input_branch is not None]
+            if len(nets) < 2 or len({(self.nets[i].n_gauss, self.nets[i].eps)
+                                     for i in nets}) > 1:
+                nets = []
+            self._stack = nets
+        if not nets or records_graph(theta_s):
             return []
         if len(nets) * self.nets[nets[0]].n_gauss * parts_t[nets[0]].shape[1] > 2**15:
             return []
@@ -544,9 +548,7 @@ class GMMDensity(TrainedModel, SavableModel):
         first = self.nets[nets[0]]
         heads = u.new_empty((len(nets), 3, first.n_gauss, n))
         for k, i in enumerate(nets):
-            part_t = parts_t[i]
-            pre = ones_row(part_t.shape[0], n, part_t)
-            torch.add(part_t, theta_parts[i].reshape(-1, 1), out=pre[1:])
+            pre = ones_row_sum(parts_t[i], theta_parts[i].reshape(-1, 1))
             self.nets[i].heads_t(pre, out=heads[k])
         log_f = torch.log_softmax(heads[:, 0], dim=1)
         sigma = first.widths(heads[:, 2])
@@ -568,17 +570,16 @@ class GMMDensity(TrainedModel, SavableModel):
         """(N,) log p_i(u_i | u_<i, θ) with events as columns: the input part (width, N) plus
         one θ part (width, 1) as the first joint pre-activation of
         :meth:`ConditionalGMMNet.mixture_t`."""
-        width, n = part_t.shape
         if records_graph(theta_t) or records_graph(part_t):
-            pre = torch.cat([part_t.new_ones((1, n)), part_t + theta_t])
+            pre = torch.cat([part_t.new_ones((1, part_t.shape[1])), part_t + theta_t])
         else:
-            pre = ones_row(width, n, part_t)
-            torch.add(part_t, theta_t, out=pre[1:])
+            pre = ones_row_sum(part_t, theta_t)
         return self._conditional_pre_t(i, u, pre)
 
     def _conditional_pre_t(self, i: int, u: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """(N,) log p_i from the first joint pre-activation with events as columns, (1 +
-        width, N) after a row of ones (a temporary without a graph)."""
+        width, N) after a row of ones (without a graph, a temporary the caller does not
+        keep: activated in place)."""
         log_f, mu, sigma = self.nets[i].mixture_t(pre)
         return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma, self.projection.u_lo,
                                            self.projection.u_hi, dim=0)

@@ -126,6 +126,14 @@ def ones_row(rows: int, n: int, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def ones_row_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """:func:`ones_row` holding ``a + b`` (rows, n) below its row of ones: a network's first
+    joint pre-activation with events as columns, from its input part and θ part (no graph)."""
+    out = ones_row(a.shape[0], a.shape[1], a)
+    torch.add(a, b, out=out[1:])
+    return out
+
+
 def _linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
     w, b = _cast(layer, h.dtype)
     return F.linear(h, w, b)

@@ -92,7 +92,7 @@ from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
-from egmm.networks import CategoricalNet, ones_row
+from egmm.networks import CategoricalNet, ones_row_sum
 
 __all__ = ["BatchedFitResult", "fit_batched"]
 
@@ -425,8 +425,7 @@ class _GMMParameters(_DensityParameters):
                 elif whole:
                     pre = rows.t().contiguous()
                 else:
-                    pre = ones_row(part_t.shape[0], part_t.shape[1], part_t)
-                    torch.add(part_t, rows.t(), out=pre[1:])
+                    pre = ones_row_sum(part_t, rows.t())
                 pres.append(pre.requires_grad_(leaves))
         return pres
 
