@@ -92,7 +92,7 @@ from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
-from egmm.networks import CategoricalNet, ones_row_sum
+from egmm.networks import CategoricalNet, ones_row
 
 __all__ = ["BatchedFitResult", "fit_batched"]
 
@@ -416,16 +416,19 @@ class _GMMParameters(_DensityParameters):
         assert self.sizes is not None
         pres = []
         with torch.no_grad():
+            toy = toy.to(z.device)
             for z_net, part, part_t, whole in zip(
                     torch.split(z, self.sizes, dim=1), prepared["input_parts"],
                     prepared["input_parts_t"], self.per_toy):
-                rows = torch.index_select(z_net, 0, toy.to(z.device))
                 if not self.by_columns:
+                    rows = torch.index_select(z_net, 0, toy)
                     pre = rows if whole else rows.add_(part)
                 elif whole:
-                    pre = rows.t().contiguous()
-                else:
-                    pre = ones_row_sum(part_t, rows.t())
+                    pre = torch.index_select(z_net.t().contiguous(), 1, toy)
+                else:  # each toy's column gathered straight into place (no transposed add)
+                    pre = ones_row(part_t.shape[0], part_t.shape[1], part_t)
+                    torch.index_select(z_net.t().contiguous(), 1, toy, out=pre[1:])
+                    pre[1:].add_(part_t)
                 pres.append(pre.requires_grad_(leaves))
         return pres
 
@@ -454,9 +457,12 @@ class _GMMParameters(_DensityParameters):
         start = 0
         for size, dpre, whole in zip(self.sizes, grads, self.per_toy):
             if dpre is not None:
-                if self.by_columns:  # (F, n) → (n, F), without the row of ones
-                    dpre = (dpre if whole else dpre[1:]).t()
-                part = _chain(dpre.to(torch.float64).cpu(), jac[:, start:start + size], toy)
+                j = jac[:, start:start + size]
+                if self.by_columns:  # (F, n), without the row of ones
+                    dpre = (dpre if whole else dpre[1:]).to(torch.float64).cpu()
+                    part = _chain_t(dpre, j, toy)
+                else:
+                    part = _chain(dpre.to(torch.float64).cpu(), j, toy)
                 out = part if out is None else out.add_(part)
             start += size
         return out
@@ -480,6 +486,19 @@ def _chain(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tens
         n = int(counts[0])
         return torch.bmm(dz.reshape(len(ids), n, -1), jac[ids]).reshape(len(dz), -1)
     return torch.cat([d @ jac[k] for d, k in zip(dz.split(counts.tolist()), ids.tolist())])
+
+
+def _chain_t(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tensor:
+    """:func:`_chain` from feature gradients with events as columns, dz (Q, n): each toy's
+    scores J_kᵀ dz[:, events of k] (P, n_k), returned as (n, P) (no transposed copy of dz)."""
+    ids, counts = torch.unique_consecutive(toy, return_counts=True)
+    jac_t = jac.transpose(1, 2)
+    if len(ids) and bool((counts == counts[0]).all()):
+        n = int(counts[0])
+        blocks = dz.reshape(dz.shape[0], len(ids), n).transpose(0, 1)   # (K, Q, n_k)
+        return torch.bmm(jac_t[ids], blocks).transpose(1, 2).reshape(dz.shape[1], -1)
+    return torch.cat([jac_t[k] @ d for d, k in
+                      zip(dz.split(counts.tolist(), dim=1), ids.tolist())], dim=1).t()
 
 
 def _parameters_of(density: Any, dtype: torch.dtype) -> _DensityParameters:
@@ -596,12 +615,12 @@ class _Batch:
         # the picked events' positions within each old chunk
         local = [events[(events >= c.start) & (events < c.stop)] - c.start for c in self.chunks]
 
-        def rechunk(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-            whole = torch.cat(parts) if parts else torch.zeros(0)
-            return [whole[c] for c in out.chunks]
-
-        def pick(per_chunk: list[torch.Tensor]) -> list[torch.Tensor]:
-            return rechunk([t[ix.to(t.device)] for t, ix in zip(per_chunk, local)])
+        def pick(per_chunk: list[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
+            """The picked events of per-chunk tensors (events along ``dim``), re-chunked."""
+            parts = [torch.index_select(t, dim, ix.to(t.device))
+                     for t, ix in zip(per_chunk, local)]
+            whole = torch.cat(parts, dim=dim) if parts else torch.zeros(0)
+            return [whole.narrow(dim, c.start, c.stop - c.start) for c in out.chunks]
 
         out.prepared, out.cached = [], []
         for t, preps, cached in zip(self.nll._terms, self.prepared, self.cached):
@@ -611,15 +630,15 @@ class _Batch:
                 continue
             out.cached.append(None)
             u, logdet = pick([p["u"] for p in preps]), pick([p["logdet"] for p in preps])
-            parts = []
+            parts = []  # events as columns (F, n): selected and joined without transposing
             for j, net in enumerate(t.density.nets):
-                if net.input_branch is None:  # the bias alone, one row shared by all events
-                    parts.append([preps[0]["input_parts"][j]] * len(out.chunks))
+                if net.input_branch is None:  # the bias alone, one column shared by all events
+                    parts.append([preps[0]["input_parts_t"][j]] * len(out.chunks))
                 else:
-                    parts.append(pick([p["input_parts"][j] for p in preps]))
+                    parts.append(pick([p["input_parts_t"][j] for p in preps], dim=1))
             chunks = []
             for c in range(len(out.chunks)):
-                parts_t = [part[c].t().contiguous() for part in parts]
+                parts_t = [part[c].contiguous() for part in parts]
                 chunks.append({"u": u[c], "logdet": logdet[c],
                                "input_parts": [p.t() for p in parts_t],
                                "input_parts_t": parts_t})
