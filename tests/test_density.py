@@ -559,3 +559,85 @@ def test_stacked_networks_equal_one_at_a_time(dtype):
     g = [torch.autograd.grad(model.log_prob_prepared(p, leaf).sum(), leaf)[0]
          for p in (prep, rows)]
     torch.testing.assert_close(g[0], g[1], **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_first_order_mixture_node_equals_autograd(dtype):
+    """Within first_order_graphs a frozen network's truncated mixture is one autograd node
+    with a written-out backward: its values and its gradients with respect to the heads (log f,
+    μ and σ pre-activations) and u equal autograd's through the elementwise form, for
+    components inside, across and far outside the box (masses on the exact tail path), with
+    one mixture per event or one for all; a second differentiation is refused."""
+    from egmm.density import _truncated_mixture_log_prob, _TruncatedMixtureT, first_order_graphs
+
+    lo, hi, eps = -4.0, 4.0, 1e-4
+    mu = torch.tensor([0.0, 3.9, -3.5, 5.0, 12.0, -60.0, 4.5], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 0.05, 2.0, 0.5, 0.3, 1.5, 0.01], dtype=torch.float64)
+    logits = torch.tensor([0.0, -1.0, 0.5, -0.5, -2.0, -3.0, 0.2], dtype=torch.float64)
+    if dtype == torch.float32:
+        # components 27-50 σ outside the box (the last three) make ∂/∂μ, ∂/∂σ differences of
+        # terms ~α/σ, α²/σ (up to ~1e7) that cancel to O(1): in float32 both forms are then
+        # off by up to ~10 % (checked against 60-digit mpmath); float64 tests them
+        mu, sigma, logits = mu[:4], sigma[:4], logits[:4]
+    raw = torch.log(torch.expm1(sigma - eps))                  # softplus(raw) + ε = σ
+    u = torch.tensor([-3.99, -1.0, 0.0, 2.5, 3.95, 3.999], dtype=dtype)
+    rng = torch.Generator().manual_seed(2)
+    shared = torch.stack([logits, mu, raw])[..., None]          # (3, G, 1)
+    per_event = shared + 0.05 * torch.randn(3, len(mu), len(u), generator=rng,
+                                            dtype=torch.float64)
+    # float64: there both forms err by up to 3e-10 (mpmath; 1e-13 for the other components)
+    tol = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 2e-4,
+                                                                       "atol": 2e-4}
+    for heads in (shared, per_event):
+        h_ref = heads.to(dtype).clone().requires_grad_(True)
+        u_ref = u.clone().requires_grad_(True)
+        sig = torch.nn.functional.softplus(h_ref[2]) + eps
+        ref = _truncated_mixture_log_prob(u_ref, torch.log_softmax(h_ref[0], 0), h_ref[1], sig,
+                                          lo, hi, dim=0)
+        w = torch.linspace(0.5, 1.5, len(u), dtype=dtype)       # a non-uniform upstream grad
+        g_ref = torch.autograd.grad((w * ref).sum(), (h_ref, u_ref))
+        h_new = heads.to(dtype).clone().requires_grad_(True)
+        u_new = u.clone().requires_grad_(True)
+        with first_order_graphs():
+            new = _TruncatedMixtureT.apply(h_new, u_new, lo, hi, eps)
+        torch.testing.assert_close(new, ref.detach(), **tol)
+        g_new = torch.autograd.grad((w * new).sum(), (h_new, u_new), retain_graph=True)
+        assert g_new[0].shape == heads.shape
+        for a, b in zip(g_new, g_ref):
+            torch.testing.assert_close(a, b, **tol)
+        again = torch.autograd.grad((w * new).sum(), (h_new, u_new))  # saved tensors kept
+        torch.testing.assert_close(again[0], g_new[0], rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="differentiated twice"):
+            new2 = _TruncatedMixtureT.apply(h_new, u_new, lo, hi, eps)
+            torch.autograd.grad(new2.sum(), h_new, create_graph=True)
+
+
+def test_first_order_graphs_in_the_cost_and_model(monkeypatch):
+    """The model's θ gradients inside first_order_graphs equal those outside it (the
+    elementwise graph); the cost's gradient takes that path, and its exact Hessian (SiLU,
+    reverse-over-reverse) is unaffected: the cost computes it outside that context."""
+    from egmm import UnbinnedNLL
+    from egmm.density import _TruncatedMixtureT, first_order_graphs
+
+    calls = []
+    apply = _TruncatedMixtureT.apply
+    monkeypatch.setattr(_TruncatedMixtureT, "apply",
+                        lambda *a: calls.append(1) or apply(*a))
+
+    model, x, _ = trained_toy_model(epochs=1, activation="silu")
+    xs = model.space.validate(x[:300])
+    prep = model.prepare(xs)
+    th = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    g_plain = torch.autograd.grad(model.log_prob_prepared(prep, th).sum(), th)[0]
+    with first_order_graphs():
+        lp = model.log_prob_prepared(prep, th)
+    g_node = torch.autograd.grad(lp.sum(), th)[0]
+    torch.testing.assert_close(g_node, g_plain, rtol=1e-12, atol=1e-12)
+    cost = UnbinnedNLL(xs, model)
+    h = cost.exact_hessian(0.3)
+    ref = torch.autograd.functional.hessian(
+        lambda t: -2.0 * model.log_prob_prepared(prep, t).sum(), th.detach())
+    np.testing.assert_allclose(h, ref.numpy(), rtol=1e-9)
+    before = len(calls)
+    np.testing.assert_allclose(cost.grad([0.3]), -2.0 * g_plain.numpy(), rtol=1e-11)
+    assert len(calls) > before

@@ -14,12 +14,15 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from egmm.base import TrainedModel
@@ -191,6 +194,96 @@ def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma:
     z = (u.unsqueeze(dim) - mu) / sigma
     t = torch.addcmul(a, z, z, value=-0.5)
     return _logsumexp(t, overwrite=True, dim=dim) + (_LOG_2 - _LOG_SQRT_2PI)
+
+
+# The first-order derivative passes (a cost's gradient, the batched fits' scores) evaluate a
+# frozen network's truncated mixture as one autograd node with a hand-written backward
+# (_TruncatedMixtureT): a few passes over (N_G, N) instead of autograd's record of ~40
+# elementwise operations. Its backward cannot itself be differentiated, so it is used only
+# inside first_order_graphs(); anything else (exact Hessians, score regression) records the
+# elementwise operations as written.
+_FIRST_ORDER = contextvars.ContextVar("egmm_first_order_graphs", default=False)
+# the responsibilities a backward pass uses drop terms below e^-60 of the largest (a change
+# below 1e-24 relative); exponents below -60 are evaluated at -60: products of such tiny
+# factors would otherwise be subnormal numbers, which slow the CPU's arithmetic many times
+_BACKWARD_FLOOR = -60.0
+_TWO_OVER_SQRT_2PI = 2.0 / math.sqrt(2.0 * math.pi)
+
+
+@contextlib.contextmanager
+def first_order_graphs() -> Iterator[None]:
+    """Within this context, graphs recorded through frozen networks' mixtures are for one
+    backward pass only (a second differentiation raises): the cost's gradients and the batched
+    fits' scores, not exact Hessians."""
+    token = _FIRST_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _FIRST_ORDER.reset(token)
+
+
+class _TruncatedMixtureT(torch.autograd.Function):
+    """(N,) log p(u) of the truncated mixtures given by heads (3, N_G, N) — the pre-activations
+    of log f (softmax), μ and σ (softplus + ε), events as columns — as
+    :func:`_truncated_mixture_log_prob` computes it, with the gradient written out: with the
+    responsibilities r_g, z = (u − μ)/σ, α, β the box edges in σ units and L = log(2 Z σ),
+    ∂/∂μ = r (z/σ − ∂log Z/∂μ), ∂/∂σ = r (z²/σ − 1/σ − ∂log Z/∂σ), where
+    ∂log Z/∂μ = (φ(α) − φ(β))/(σZ) and ∂log Z/∂σ = (αφ(α) − βφ(β))/(σZ), each φ(x)/(σZ) =
+    2 e^(−x²/2 − L)/√(2π) from the (tail-exact) L itself."""
+
+    @staticmethod
+    def forward(ctx: Any, heads: torch.Tensor, u: torch.Tensor, lo: float, hi: float,
+                eps: float) -> torch.Tensor:
+        mu, raw = heads[1], heads[2]
+        log_f = torch.log_softmax(heads[0], dim=0)
+        sigma = F.softplus(raw).add_(eps)
+        log_norm = _truncated_log_norm(mu, sigma, lo, hi)
+        inv = sigma.reciprocal_()
+        z = (u - mu).mul_(inv)
+        t = torch.addcmul(log_f - log_norm, z, z, value=-0.5)  # (N_G, N); heads may be (…, 1)
+        top = t.amax(0)
+        finite = torch.isfinite(top)
+        whole = bool(finite.all())
+        if not whole:  # as _logsumexp: such an event's value is its largest term, gradient 0
+            top_f = torch.where(finite, top, torch.zeros_like(top))
+            t.sub_(top_f).masked_fill_(~finite, -math.inf)
+        else:
+            t.sub_(top)
+        r = F.threshold_(t, _BACKWARD_FLOOR, -math.inf).exp_()
+        total = r.sum(0)
+        r.div_(total.clamp(min=1.0))  # columns of zeros stay zero
+        ctx.save_for_backward(r, z, inv, mu, log_norm, raw, log_f)
+        ctx.box = (lo, hi)
+        out = torch.log(total).add_(top).add_(_LOG_2 - _LOG_SQRT_2PI)
+        return out if whole else torch.where(finite, out, top)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a second derivative is wanted
+            raise RuntimeError("a graph recorded within egmm.density.first_order_graphs() "
+                               "cannot be differentiated twice")
+        r, z, inv, mu, log_norm, raw, log_f = ctx.saved_tensors
+        lo, hi = ctx.box
+        gr = r * grad  # (saved tensors are not overwritten: retain_graph may call again)
+        d_f = gr - torch.exp(log_f) * grad                   # r g − f g (Σ_g r_g = 1)
+        a = (lo - mu).mul_(inv)
+        b = (hi - mu).mul_(inv)
+        phi_a = torch.exp(a.square().mul_(-0.5).sub_(log_norm).clamp_(min=_BACKWARD_FLOOR))
+        phi_b = torch.exp(b.square().mul_(-0.5).sub_(log_norm).clamp_(min=_BACKWARD_FLOOR))
+        phi_a.mul_(_TWO_OVER_SQRT_2PI)
+        phi_b.mul_(_TWO_OVER_SQRT_2PI)
+        zi = z * inv                                         # z/σ
+        d_mu = (zi - phi_a).add_(phi_b)
+        d_sigma = (z * zi).sub_(inv).sub_(a * phi_a).add_(b * phi_b)
+        d_u = None
+        if ctx.needs_input_grad[1]:
+            d_u = -(gr * zi).sum(0)
+        d_mu.mul_(gr)
+        d_sigma.mul_(gr).mul_(torch.sigmoid(raw))
+        d_heads = torch.stack([d_f, d_mu, d_sigma])
+        if d_heads.shape[-1] != raw.shape[-1]:  # one mixture for every event
+            d_heads = d_heads.sum(-1, keepdim=True)
+        return d_heads, d_u, None, None, None
 
 
 def _truncated_mixture_cdf(u: torch.Tensor, log_f: torch.Tensor, mu: torch.Tensor,
@@ -580,7 +673,11 @@ class GMMDensity(TrainedModel, SavableModel):
         """(N,) log p_i from the first joint pre-activation with events as columns, (1 +
         width, N) after a row of ones (without a graph, a temporary the caller does not
         keep: activated in place)."""
-        log_f, mu, sigma = self.nets[i].mixture_t(pre)
+        net = self.nets[i]
+        if _FIRST_ORDER.get() and records_graph(pre):
+            return _TruncatedMixtureT.apply(net.heads_t(pre), u[:, i], self.projection.u_lo,
+                                            self.projection.u_hi, net.eps)
+        log_f, mu, sigma = net.mixture_t(pre)
         return _truncated_mixture_log_prob(u[:, i], log_f, mu, sigma, self.projection.u_lo,
                                            self.projection.u_hi, dim=0)
 

@@ -87,7 +87,12 @@ import torch
 from iminuit.cost import Constant, CostSum, NormalConstraint
 from iminuit.util import describe
 
-from egmm.density import GMMDensity, _mixture_log_prob, _truncated_log_norm
+from egmm.density import (
+    GMMDensity,
+    _mixture_log_prob,
+    _truncated_log_norm,
+    first_order_graphs,
+)
 from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
@@ -820,7 +825,8 @@ class _Batch:
             nu_event = None if nu is None else self._gather(nu, toy).requires_grad_(True)
             leaves = [v for ins in inputs if ins is not None for v in ins]
             leaves += [nu_event] if nu_event is not None else []
-            ll = self._chunk_log(c, inputs, nu_event)
+            with first_order_graphs():  # scores only: one backward pass
+                ll = self._chunk_log(c, inputs, nu_event)
             scores = torch.zeros((len(toy), n_par), dtype=torch.float64)
             if leaves and ll.requires_grad:
                 parts = iter(torch.autograd.grad(ll.sum(), leaves, allow_unused=True))

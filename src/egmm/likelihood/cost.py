@@ -22,6 +22,7 @@ import torch
 from iminuit.cost import Cost
 
 from egmm.base import DensityModel
+from egmm.density import first_order_graphs
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.likelihood._jet import Jet, as_jet
 from egmm.likelihood.components import (
@@ -645,7 +646,9 @@ class _UnbinnedCost(Cost):
         """
         need_graph = mode != "value"
         theta = torch.tensor(theta_np, dtype=torch.float64, requires_grad=need_graph)
-        with torch.set_grad_enabled(need_graph):
+        # first derivatives only (Hessians: _hessian_at): frozen networks' mixtures as single
+        # nodes with a written-out backward
+        with torch.set_grad_enabled(need_graph), first_order_graphs():
             nu = self._yields(theta)
             if mode == "grad":
                 # chunks are backpropagated one by one (bounded memory); their dependence on
