@@ -644,3 +644,24 @@ def test_max_iter_bounds_both_stages(gmm_toys):
     assert np.array_equal(res.fallback, ~res.converged) and res.fallback.any()
     for k in np.flatnonzero(res.fallback):
         assert res.fits[k] is not None and res.fval[k] == res.fits[k].fval
+
+
+def test_per_toy_columns_added_without_a_gather():
+    """Events as columns: a toy's θ part is added to its events' input parts as one broadcast
+    (toys of one size), slice by slice (a few toys) or by a gather (many): all three equal
+    the gathered sum, and chunks never split toys of one size."""
+    from egmm.infer.batched import _CHUNK, _add_per_toy, _chunks, _segments
+
+    rng = torch.Generator().manual_seed(0)
+    for counts in ([7] * 5, [3, 9, 1, 6], [2] * 40 + [1] * 40):
+        toy = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        toy = toy + 3  # a chunk's toys need not start at 0
+        a = torch.randn(4, len(toy), generator=rng, dtype=torch.float64)
+        per_toy = torch.randn(len(counts) + 3, 4, generator=rng, dtype=torch.float64).t()
+        out = torch.empty_like(a)
+        _add_per_toy(a, per_toy, toy, _segments(toy), out)
+        torch.testing.assert_close(out, a + per_toy[:, toy], rtol=0, atol=0)
+    chunks = _chunks([400] * 50, 20000)
+    assert all((c.stop - c.start) % 400 == 0 and c.stop - c.start <= _CHUNK for c in chunks)
+    assert chunks[-1].stop == 20000
+    assert [c.stop - c.start for c in _chunks([3, 5], 8)] == [8]
