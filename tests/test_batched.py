@@ -665,3 +665,24 @@ def test_per_toy_columns_added_without_a_gather():
     assert all((c.stop - c.start) % 400 == 0 and c.stop - c.start <= _CHUNK for c in chunks)
     assert chunks[-1].stop == 20000
     assert [c.stop - c.start for c in _chunks([3, 5], 8)] == [8]
+
+
+def test_subset_pieces_rebuild_the_picked_events():
+    """A batch's subset joins runs of its old chunks: the pieces reproduce exactly the picked
+    events, in order, in the new chunks, runs never crossing an old chunk's end."""
+    from egmm.infer.batched import _chunks, _pieces
+
+    rng = np.random.default_rng(4)
+    counts = rng.integers(1, 30, size=60).tolist()
+    old = _chunks(counts, sum(counts), 64)
+    toy = np.repeat(np.arange(60), counts)
+    keep = np.sort(rng.choice(60, size=25, replace=False))
+    events = np.flatnonzero(np.isin(toy, keep))
+    new = _chunks(np.bincount(np.searchsorted(keep, toy[events])).tolist(), len(events), 64)
+    rebuilt = []
+    for runs in _pieces(events, old, new):
+        for c, start, length in runs:
+            assert 0 <= start and start + length <= old[c].stop - old[c].start
+            rebuilt.extend(range(old[c].start + start, old[c].start + start + length))
+    np.testing.assert_array_equal(rebuilt, events)
+    assert sum(len(r) for r in _pieces(events, old, new)) < len(events)  # runs, not events

@@ -529,6 +529,27 @@ def _add_per_toy(a: torch.Tensor, per_toy: torch.Tensor, toy: torch.Tensor,
         out.add_(a)
 
 
+def _pieces(events: np.ndarray, old: list[slice], new: list[slice]
+            ) -> list[list[tuple[int, int, int]]]:
+    """For the sorted event indices ``events`` (into the concatenation of the ``old`` chunks)
+    regrouped into the ``new`` chunks (slices of ``events``): per new chunk its runs of
+    consecutive events as (old chunk, start within it, length)."""
+    bounds = np.array([c.start for c in old] + [old[-1].stop if old else 0])
+    out = []
+    for chunk in new:
+        ev = events[chunk]
+        # a run ends where the events jump or an old chunk ends
+        cut = np.flatnonzero((np.diff(ev) != 1)
+                             | (np.searchsorted(bounds, ev[1:], side="right")
+                                != np.searchsorted(bounds, ev[:-1], side="right"))) + 1
+        runs = []
+        for a, b in zip(np.r_[0, cut], np.r_[cut, len(ev)]):
+            c = int(np.searchsorted(bounds, ev[a], side="right")) - 1
+            runs.append((c, int(ev[a] - bounds[c]), int(b - a)))
+        out.append(runs)
+    return out
+
+
 def _chunk_size(densities: Iterable[Any]) -> int:
     """Events per chunk: ``_CHUNK``, or fewer where a GMMDensity's widest layer would make
     its float64 activations outgrow ``_NETWORK_CHUNK_BYTES`` (at least 1024)."""
@@ -674,15 +695,14 @@ class _Batch:
         out.sum_weights = self.sum_weights[picked]
         out.chunks = _chunks(torch.bincount(out.toy, minlength=len(rows)).tolist(), n,
                              self.chunk_size)
-        # the picked events' positions within each old chunk
-        local = [events[(events >= c.start) & (events < c.stop)] - c.start for c in self.chunks]
+        pieces = _pieces(events.numpy(), self.chunks, out.chunks)
 
         def pick(per_chunk: list[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
-            """The picked events of per-chunk tensors (events along ``dim``), re-chunked."""
-            parts = [torch.index_select(t, dim, ix.to(t.device))
-                     for t, ix in zip(per_chunk, local)]
-            whole = torch.cat(parts, dim=dim) if parts else torch.zeros(0)
-            return [whole.narrow(dim, c.start, c.stop - c.start) for c in out.chunks]
+            """The picked events of per-chunk tensors (events along ``dim``), re-chunked: each
+            new chunk joins contiguous runs of old ones (a toy's events are one run; no
+            gather by index, ~3x slower along the columns)."""
+            return [torch.cat([per_chunk[c].narrow(dim, start, length)
+                               for c, start, length in chunk], dim=dim) for chunk in pieces]
 
         out.prepared, out.cached = [], []
         for t, preps, cached in zip(self.nll._terms, self.prepared, self.cached):
@@ -700,7 +720,7 @@ class _Batch:
                     parts.append(pick([p["input_parts_t"][j] for p in preps], dim=1))
             chunks = []
             for c in range(len(out.chunks)):
-                parts_t = [part[c].contiguous() for part in parts]
+                parts_t = [part[c] for part in parts]
                 chunks.append({"u": u[c], "logdet": logdet[c],
                                "input_parts": [p.t() for p in parts_t],
                                "input_parts_t": parts_t})
