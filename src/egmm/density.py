@@ -203,10 +203,14 @@ def _mixture_log_prob(u: torch.Tensor, a: torch.Tensor, mu: torch.Tensor, sigma:
 # inside first_order_graphs(); anything else (exact Hessians, score regression) records the
 # elementwise operations as written.
 _FIRST_ORDER = contextvars.ContextVar("egmm_first_order_graphs", default=False)
-# the responsibilities a backward pass uses drop terms below e^-60 of the largest (a change
-# below 1e-24 relative); exponents below -60 are evaluated at -60: products of such tiny
-# factors would otherwise be subnormal numbers, which slow the CPU's arithmetic many times
-_BACKWARD_FLOOR = -60.0
+# The backward pass keeps its numbers far from the subnormal range, where the CPU's
+# arithmetic runs 10-50x slower (a matrix product with a few subnormal products in it: a
+# float32 derivative pass of the paper model took 2.4 ms instead of 0.1 ms for its heads):
+# responsibilities below e^floor of the largest count as zero, φ(x)/Z factors below e^floor
+# are evaluated at e^floor, and σ's derivative sigmoid(raw) is zero below raw = floor (a width
+# at its minimum ε). Floors: e^-60 ≈ 1e-26 (float64), e^-30 ≈ 1e-13 (float32, whose
+# log-sum-exp cannot see terms below ~1e-8 anyway); changes far below each dtype's rounding.
+_BACKWARD_FLOOR = {torch.float64: -60.0, torch.float32: -30.0}
 _TWO_OVER_SQRT_2PI = 2.0 / math.sqrt(2.0 * math.pi)
 
 
@@ -249,7 +253,8 @@ class _TruncatedMixtureT(torch.autograd.Function):
             t.sub_(top_f).masked_fill_(~finite, -math.inf)
         else:
             t.sub_(top)
-        r = F.threshold_(t, _BACKWARD_FLOOR, -math.inf).exp_()
+        floor = _BACKWARD_FLOOR.get(t.dtype, -30.0)
+        r = F.threshold_(t, floor, -math.inf).exp_()
         total = r.sum(0)
         r.div_(total.clamp(min=1.0))  # columns of zeros stay zero
         ctx.save_for_backward(r, z, inv, mu, log_norm, raw, log_f)
@@ -268,8 +273,9 @@ class _TruncatedMixtureT(torch.autograd.Function):
         d_f = gr - torch.exp(log_f) * grad                   # r g − f g (Σ_g r_g = 1)
         a = (lo - mu).mul_(inv)
         b = (hi - mu).mul_(inv)
-        phi_a = torch.exp(a.square().mul_(-0.5).sub_(log_norm).clamp_(min=_BACKWARD_FLOOR))
-        phi_b = torch.exp(b.square().mul_(-0.5).sub_(log_norm).clamp_(min=_BACKWARD_FLOOR))
+        floor = _BACKWARD_FLOOR.get(grad.dtype, -30.0)
+        phi_a = torch.exp(a.square().mul_(-0.5).sub_(log_norm).clamp_(min=floor))
+        phi_b = torch.exp(b.square().mul_(-0.5).sub_(log_norm).clamp_(min=floor))
         phi_a.mul_(_TWO_OVER_SQRT_2PI)
         phi_b.mul_(_TWO_OVER_SQRT_2PI)
         zi = z * inv                                         # z/σ
@@ -279,7 +285,7 @@ class _TruncatedMixtureT(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             d_u = -(gr * zi).sum(0)
         d_mu.mul_(gr)
-        d_sigma.mul_(gr).mul_(torch.sigmoid(raw))
+        d_sigma.mul_(gr).mul_(torch.sigmoid(F.threshold(raw, floor, -math.inf)))
         d_heads = torch.stack([d_f, d_mu, d_sigma])
         if d_heads.shape[-1] != raw.shape[-1]:  # one mixture for every event
             d_heads = d_heads.sum(-1, keepdim=True)
