@@ -94,13 +94,12 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     is accurate. Masses that underflow or come near it (an interval far in a tail) are
     recomputed, for those entries only, with the slower ``log_ndtr`` form.
     """
+    cap = _ERFC_CAP.get(a.dtype)
+    if cap is None:  # other precisions: the exact form throughout
+        return _log_mass_exact(a, b)
     flip = (a + b) > 0
     lo = torch.where(flip, -b, a)
     hi = torch.where(flip, -a, b)
-    cap = _ERFC_CAP.get(a.dtype)
-    if cap is None:  # other precisions: the exact form throughout
-        log_hi = torch.special.log_ndtr(hi)
-        return log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi))
     mass = 0.5 * (torch.special.erfc((hi * -_SQRT_HALF).clamp(max=cap))
                   - torch.special.erfc((lo * -_SQRT_HALF).clamp(max=cap)))
     floor = (_MASS_FLOOR_GRAPH if records_graph(mass) else _MASS_FLOOR)[a.dtype]
@@ -108,10 +107,18 @@ def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     log_mass = torch.log(torch.where(tiny, torch.ones_like(mass), mass))
     if not bool(tiny.any()):
         return log_mass
-    where = tiny.nonzero(as_tuple=True)
-    log_hi = torch.special.log_ndtr(hi[where])
-    log_lo = torch.special.log_ndtr(lo[where])
-    return log_mass.index_put(where, log_hi + torch.log1p(-torch.exp(log_lo - log_hi)))
+    exact = _log_mass_exact(torch.masked_select(lo, tiny), torch.masked_select(hi, tiny))
+    return log_mass.masked_scatter(tiny, exact)
+
+
+def _log_mass_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(Φ(b) − Φ(a)) for a ≤ b from ``log_ndtr``, the interval reflected onto the lower
+    tail: exact far in either tail, slower than the erfc form (its fallback)."""
+    flip = (a + b) > 0
+    lo = torch.where(flip, -b, a)
+    hi = torch.where(flip, -a, b)
+    log_hi = torch.special.log_ndtr(hi)
+    return log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi))
 
 
 def _logsumexp(t: torch.Tensor, overwrite: bool = False, dim: int = -1) -> torch.Tensor:
@@ -159,17 +166,22 @@ def _truncated_log_norm(mu: torch.Tensor, sigma: torch.Tensor, lo: float, hi: fl
         ea.clamp_(max=cap)
         eb.clamp_(max=cap)
     two_mass = (torch.special.erfc(eb) - torch.special.erfc(ea)).abs()
-    tiny = two_mass < 2.0 * (_MASS_FLOOR_GRAPH if graph else _MASS_FLOOR)[mu.dtype]
-    any_tiny = bool(tiny.any())
-    if any_tiny and graph:  # keep log's gradient finite where the value is replaced below
-        two_mass = torch.where(tiny, torch.ones_like(two_mass), two_mass)
+    floor = 2.0 * (_MASS_FLOOR_GRAPH if graph else _MASS_FLOOR)[mu.dtype]
+    # (the smallest mass first: one reduction instead of a mask and its reduction, the mask
+    # only where there is something to recompute)
+    tiny = two_mass < floor if graph or bool(two_mass.amin() < floor) else None
+    if tiny is not None and graph:
+        tiny = tiny if bool(tiny.any()) else None
+        if tiny is not None:  # keep log's gradient finite where the value is replaced below
+            two_mass = torch.where(tiny, torch.ones_like(two_mass), two_mass)
     # log(σ · 2Z): one log for the normalisation of every component
     log_norm = torch.log(two_mass * sigma)
-    if any_tiny:
-        where = tiny.nonzero(as_tuple=True)
-        mu_t, sigma_t = (t.expand(tiny.shape)[where] for t in (mu, sigma))
-        exact = truncated_normal_log_mass((lo - mu_t) / sigma_t, (hi - mu_t) / sigma_t)
-        log_norm = log_norm.index_put(where, exact + torch.log(2.0 * sigma_t))
+    if tiny is not None:  # the few components far outside the box: exact masses, in place
+        mu_t, sigma_t = torch.masked_select(mu, tiny), torch.masked_select(sigma, tiny)
+        exact = (_log_mass_exact((lo - mu_t) / sigma_t, (hi - mu_t) / sigma_t)
+                 + torch.log(2.0 * sigma_t))
+        log_norm = (log_norm.masked_scatter(tiny, exact) if graph
+                    else log_norm.masked_scatter_(tiny, exact))
     return log_norm
 
 
