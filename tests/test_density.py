@@ -629,8 +629,10 @@ def test_first_order_graphs_in_the_cost_and_model(monkeypatch):
     prep = model.prepare(xs)
     th = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
     g_plain = torch.autograd.grad(model.log_prob_prepared(prep, th).sum(), th)[0]
+    assert not calls  # outside the context: the elementwise graph
     with first_order_graphs():
         lp = model.log_prob_prepared(prep, th)
+    assert calls  # inside: the node
     g_node = torch.autograd.grad(lp.sum(), th)[0]
     torch.testing.assert_close(g_node, g_plain, rtol=1e-12, atol=1e-12)
     cost = UnbinnedNLL(xs, model)
