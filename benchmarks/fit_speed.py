@@ -24,7 +24,10 @@ passes + 2 × backward passes) — a backward pass ≈ twice its forward, the us
 divided by the matrix-product roofline measured here: ``torch.matmul`` (400 × K) @ (K × N) for
 each per-event layer shape, float64 (the cost's dtype), the same thread count, FLOP-weighted.
 Only matrix products count (not the mixture's special functions, not Minuit), so wall / floor
-says how far a fit is from what its arithmetic needs. The FLOPs torch's FlopCounterMode counts
+says how far a fit is from what its arithmetic needs. The roofline is measured once more
+right before each fit of the model's rows (a shorter measurement), and each fit is set
+against that one too (``wall_over_floor_paired``, their median): on a shared machine whose
+speed drifts, the paired ratio is the steadier figure. The FLOPs torch's FlopCounterMode counts
 in one value + gradient call are reported too (3 × forward when weight gradients are computed,
 2 × when only θ's are).
 
@@ -44,7 +47,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +126,15 @@ class CountingDensity(DensityModel):
         return self.density.sample(n, theta, seed)
 
 
-def time_fits(cost: UnbinnedNLL, density: CountingDensity, repeats: int) -> dict[str, Any]:
-    """``repeats`` fits from START: wall times, Minuit's calls, the density's passes."""
-    seconds, result = [], None
+def time_fits(cost: UnbinnedNLL, density: CountingDensity, repeats: int,
+              roofline: Callable[[], float] | None = None) -> dict[str, Any]:
+    """``repeats`` fits from START: wall times, Minuit's calls, the density's passes; with
+    ``roofline``, the roofline measured again right before each fit (``rooflines``), so that
+    each fit has a floor from the same stretch of the machine's speed."""
+    seconds, rooflines, result = [], [], None
     for _ in range(repeats):
+        if roofline is not None:
+            rooflines.append(roofline())
         density.reset()
         t0 = time.perf_counter()
         result = egmm.infer.fit(cost, start=START)
@@ -135,7 +143,8 @@ def time_fits(cost: UnbinnedNLL, density: CountingDensity, repeats: int) -> dict
     median = statistics.median(seconds)
     calls = result.nfcn + result.ngrad
     return {"wall_seconds_median": median, "wall_seconds_best": min(seconds),
-            "wall_seconds": seconds, "nfcn": result.nfcn, "ngrad": result.ngrad,
+            "wall_seconds": seconds, "rooflines": rooflines,
+            "nfcn": result.nfcn, "ngrad": result.ngrad,
             "forward_passes": density.forward, "backward_passes": density.backward,
             "seconds_per_call": median / calls if calls else None,
             "nhessian": result.nhessian,
@@ -165,13 +174,14 @@ def time_calls(cost: UnbinnedNLL, repeats: int) -> dict[str, Any]:
 
 
 def row(name: str, density: Any, data: np.ndarray, *, cached: bool, repeats: int,
-        hessian: bool | None = False) -> tuple[dict[str, Any], UnbinnedNLL, CountingDensity]:
+        hessian: bool | None = False, roofline: Callable[[], float] | None = None
+        ) -> tuple[dict[str, Any], UnbinnedNLL, CountingDensity]:
     wrapped = CountingDensity(density, cached)
     t0 = time.perf_counter()
     cost = UnbinnedNLL(data, wrapped, hessian=hessian)
     construction = time.perf_counter() - t0
     out = {"name": name, "cached": cached, "cost_construction_seconds": construction,
-           **time_fits(cost, wrapped, repeats), **time_calls(cost, max(repeats, 3))}
+           **time_fits(cost, wrapped, repeats, roofline), **time_calls(cost, max(repeats, 3))}
     print(f"{name:18s} fit {out['wall_seconds_median']:.3f} s (best "
           f"{out['wall_seconds_best']:.3f}), nfcn {out['nfcn']}, ngrad {out['ngrad']}, "
           f"nhessian {out['nhessian']}, "
@@ -189,8 +199,14 @@ def floor(fit: dict[str, Any], flops_per_event: float, n_events: int, gflops: fl
     forward_equivalents = fit["forward_passes"] + 2 * fit["backward_passes"]
     flops = flops_per_event * n_events * forward_equivalents
     seconds = flops / (gflops * 1e9)
-    return {"forward_equivalents": forward_equivalents, "flops": flops,
-            "floor_seconds": seconds, "wall_over_floor": fit["wall_seconds_median"] / seconds}
+    out = {"forward_equivalents": forward_equivalents, "flops": flops,
+           "floor_seconds": seconds, "wall_over_floor": fit["wall_seconds_median"] / seconds}
+    if fit.get("rooflines"):  # each fit against the roofline measured just before it
+        paired = [wall * rate * 1e9 / flops
+                  for wall, rate in zip(fit["wall_seconds"], fit["rooflines"])]
+        out["wall_over_floor_paired"] = paired
+        out["wall_over_floor_paired_median"] = statistics.median(paired)
+    return out
 
 
 def gradient_call_flops(cost: UnbinnedNLL) -> int:
@@ -246,14 +262,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"log_prob_prepared: {flops_analytic} FLOPs/event (FlopCounterMode "
           f"{flops_measured:.0f}); roofline at {n_events} rows, float64: {roofline:.1f} GFLOP/s")
 
-    cached, cost, counter = row("model, cached", model, data, cached=True, repeats=repeats)
-    uncached, _, _ = row("model, uncached", model, data, cached=False, repeats=repeats)
+    def roofline_now() -> float:
+        return layered_roofline(layers, matmul_rates(layers, n_events, torch.float64, device,
+                                                     max_seconds=0.05))
+
+    cached, cost, counter = row("model, cached", model, data, cached=True, repeats=repeats,
+                                roofline=roofline_now)
+    uncached, _, _ = row("model, uncached", model, data, cached=False, repeats=repeats,
+                         roofline=roofline_now)
     reference, _, _ = row("true pdf", true_density(), data, cached=True, repeats=repeats)
     for r in (cached, uncached):
         r["floor"] = floor(r, flops_analytic, n_events, roofline)
         print(f"{r['name']}: floor {1e3 * r['floor']['floor_seconds']:.1f} ms "
               f"({r['floor']['forward_equivalents']} forward-pass equivalents); "
-              f"wall / floor = {r['floor']['wall_over_floor']:.1f}")
+              f"wall / floor = {r['floor']['wall_over_floor']:.1f}; each fit against the "
+              f"roofline just before it: "
+              f"{', '.join(f'{v:.2f}' for v in r['floor']['wall_over_floor_paired'])} "
+              f"(median {r['floor']['wall_over_floor_paired_median']:.2f})")
     rows = {"model_cached": cached, "model_uncached": uncached, "true_pdf": reference}
     if args.smooth_model is not None and args.smooth_model.exists():
         # a SiLU model: smooth in θ, so the cost can give Minuit its exact Hessian

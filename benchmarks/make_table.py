@@ -205,7 +205,9 @@ def fit_section(data: dict[str, Any]) -> str:
                      fmt(1e3 * r["seconds_per_call"]) if r.get("seconds_per_call") else "–",
                      fmt(1e3 * r["value_seconds_best"]) if "value_seconds_best" in r else "–",
                      fmt(1e3 * fl["floor_seconds"]) if fl else "–",
-                     f"{fl['wall_over_floor']:.1f}" if fl else "–"])
+                     (f"{fl['wall_over_floor']:.1f}"
+                      + (f" (paired {fl['wall_over_floor_paired_median']:.2f})"
+                         if "wall_over_floor_paired_median" in fl else "")) if fl else "–"])
     flops = data.get("flops", {})
     roof = data.get("roofline", {})
     contour = data.get("contour", {})
@@ -502,8 +504,9 @@ def goals(results: dict[str, Any]) -> str:
         data = results[name]
         if "paper_toy_gmm.egmm" not in str(data.get("settings", {}).get("model", "")):
             continue  # another model's run (e.g. --model of the demo's SiLU model)
-        ratio = data.get("fits", {}).get("model_cached", {}).get("floor", {}).get(
-            "wall_over_floor")
+        fl = data.get("fits", {}).get("model_cached", {}).get("floor", {})
+        # each fit against the roofline measured just before it, where the run has that
+        ratio = fl.get("wall_over_floor_paired_median", fl.get("wall_over_floor"))
         if ratio is not None:
             cpu = data.get("machine", {}).get("cpu", "?")
             fits.append((f"{name}.json, {cpu}", ratio))
