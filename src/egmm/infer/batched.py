@@ -464,12 +464,13 @@ class _GMMParameters(_DensityParameters):
         assert self.sizes is not None and jac is not None
         out = None
         start = 0
+        segments = _segments(toy) if self.by_columns else None
         for size, dpre, whole in zip(self.sizes, grads, self.per_toy):
             if dpre is not None:
-                if self.by_columns:  # (F, n), without the row of ones, in its own precision
+                if segments is not None:  # (F, n), without the row of ones, in its own dtype
                     dpre = dpre if whole else dpre[1:]
                     j = jac[:, start:start + size].to(dpre.dtype)
-                    part = _chain_t(dpre, j, toy.to(dpre.device)).to(torch.float64).cpu()
+                    part = _chain_t(dpre, j, segments).to(torch.float64).cpu()
                 else:
                     j = jac[:, start:start + size].to(torch.float64).cpu()
                     part = _chain(dpre.to(torch.float64).cpu(), j, toy)
@@ -508,6 +509,13 @@ def _segments(toy: torch.Tensor) -> tuple[list[int], list[int]]:
     return ids.tolist(), counts.tolist()
 
 
+def _one_size(segments: tuple[list[int], list[int]]) -> bool:
+    """Whether a chunk's toys are consecutive and of one size (then per-toy work runs on
+    (…, toys, events) views)."""
+    ids, counts = segments
+    return bool(ids) and counts.count(counts[0]) == len(ids) and ids[-1] - ids[0] == len(ids) - 1
+
+
 def _add_per_toy(a: torch.Tensor, per_toy: torch.Tensor, toy: torch.Tensor,
                  segments: tuple[list[int], list[int]], out: torch.Tensor) -> None:
     """out = a + per_toy[:, toy] for events as columns, a (F, n) and per_toy (F, K), without
@@ -515,7 +523,7 @@ def _add_per_toy(a: torch.Tensor, per_toy: torch.Tensor, toy: torch.Tensor,
     (F, toys, events) view, a few toys one slice each (a column gather is ~3x slower)."""
     ids, counts = segments
     k = len(ids)
-    if k and counts.count(counts[0]) == k and ids[-1] - ids[0] == k - 1:
+    if _one_size(segments):
         n_k = counts[0]
         torch.add(a.view(-1, k, n_k), per_toy[:, ids[0]:ids[0] + k, None],
                   out=out.view(-1, k, n_k))
@@ -569,17 +577,20 @@ def _chunks(counts: list[int], n: int, size: int = _CHUNK) -> list[slice]:
     return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
-def _chain_t(dz: torch.Tensor, jac: torch.Tensor, toy: torch.Tensor) -> torch.Tensor:
-    """:func:`_chain` from feature gradients with events as columns, dz (Q, n): each toy's
-    scores J_kᵀ dz[:, events of k] (P, n_k), returned as (n, P) (no transposed copy of dz)."""
-    ids, counts = torch.unique_consecutive(toy, return_counts=True)
+def _chain_t(dz: torch.Tensor, jac: torch.Tensor, segments: tuple[list[int], list[int]]
+             ) -> torch.Tensor:
+    """:func:`_chain` from feature gradients with events as columns, dz (Q, n), and the
+    chunk's :func:`_segments`: each toy's scores J_kᵀ dz[:, events of k] (P, n_k), returned
+    as (n, P) (no transposed copy of dz)."""
+    ids, counts = segments
     jac_t = jac.transpose(1, 2)
-    if len(ids) and bool((counts == counts[0]).all()):
-        n = int(counts[0])
-        blocks = dz.reshape(dz.shape[0], len(ids), n).transpose(0, 1)   # (K, Q, n_k)
-        return torch.bmm(jac_t[ids], blocks).transpose(1, 2).reshape(dz.shape[1], -1)
-    return torch.cat([jac_t[k] @ d for d, k in
-                      zip(dz.split(counts.tolist(), dim=1), ids.tolist())], dim=1).t()
+    if _one_size(segments):
+        blocks = dz.reshape(dz.shape[0], len(ids), counts[0]).transpose(0, 1)  # (K, Q, n_k)
+        first = ids[0]
+        return (torch.bmm(jac_t[first:first + len(ids)], blocks).transpose(1, 2)
+                .reshape(dz.shape[1], -1))
+    return torch.cat([jac_t[k] @ d for d, k in zip(dz.split(counts, dim=1), ids)],
+                     dim=1).t()
 
 
 def _parameters_of(density: Any, dtype: torch.dtype) -> _DensityParameters:
