@@ -602,6 +602,52 @@ def test_subsets_select_prepared_events(gmm_toys):
     assert not batch_of(costs)[0].indexable
 
 
+def test_batch_joins_the_costs_prepared_events(monkeypatch):
+    """A batch of GMMDensity costs joins the events its toys' costs prepared (each here in
+    several chunks of its own, of unequal sizes, one toy empty) into its own chunks without
+    preparing them again: values, gradients and curvatures are the costs' own and a batch's
+    prepared from the events (the θ-independent background's cached log p joined too)."""
+    x, template = gmm_on_flat()
+    rng = np.random.default_rng(11)
+    sizes = [23, 0, 57, 31]
+    starts = np.cumsum((0, *sizes))
+    costs = [ExtendedUnbinnedNLL(x[a:b], [Component("sig", template._terms[0].density,
+                                                    "n_sig"),
+                                          Component("bkg", template._terms[1].density,
+                                                    "n_bkg")],
+                                 weights=rng.uniform(0.5, 1.5, b - a), chunk_size=10)
+             if b > a else template.with_data(np.zeros((0, 2)))
+             for a, b in itertools.pairwise(starts)]
+    assert [len(c._terms[0].prepared) for c in costs] == [3, 0, 6, 4]
+    theta = np.array([[0.2, 40.0, 20.0], [0.4, 60.0, 50.0], [-0.1, 30.0, 30.0],
+                      [0.6, 25.0, 10.0]])
+    model = template._terms[0].density
+    calls = []
+    prepare = model.prepare
+    monkeypatch.setattr(model, "prepare", lambda *a, **k: calls.append(1) or prepare(*a, **k))
+    joined, _ = batch_of(costs)
+    assert not calls and len(joined.chunks) == 1
+    f, g, _ = joined.derivatives(theta)
+    for k, cost in enumerate(costs):
+        assert f[k] == pytest.approx(cost(*theta[k]), rel=1e-13, abs=1e-9)
+        np.testing.assert_allclose(g[k], cost.grad(*theta[k]), rtol=1e-9, atol=1e-9)
+    # against events prepared in the batch's own chunks (as it did before joining)
+    monkeypatch.undo()
+    monkeypatch.setattr(_Batch, "__init__", _prepared_anew(_Batch.__init__))
+    _same_evaluations(joined, batch_of(costs)[0], theta, 1e-12)
+
+
+def _prepared_anew(init):
+    """_Batch.__init__ that then prepares its GMMDensity terms' events again from x."""
+    def wrapped(self, per_toy, position, names, *args, **kwargs):
+        init(self, per_toy, position, names, *args, **kwargs)
+        x = np.concatenate([items[position]._x for items in per_toy])
+        for j, t in enumerate(self.nll._terms):
+            if self.cached[j] is None:
+                self.prepared[j] = [t.density.prepare(x[c][:, t.columns]) for c in self.chunks]
+    return wrapped
+
+
 def test_subsets_of_weighted_toys_of_unequal_size():
     """Per-event weights and per-toy sums of weights follow their toys into a subset; toys of
     different sizes (one of them empty, as an extended toy may be) keep their events."""

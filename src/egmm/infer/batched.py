@@ -80,6 +80,7 @@ import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -558,6 +559,36 @@ def _pieces(events: np.ndarray, old: list[slice], new: list[slice]
     return out
 
 
+def _pick(per_chunk: list[torch.Tensor], pieces: list[list[tuple[int, int, int]]],
+          dim: int = 0) -> list[torch.Tensor]:
+    """The new chunks of per-chunk tensors (events along ``dim``) from :func:`_pieces`: each
+    joins contiguous runs of old ones (a toy's events are one run; no gather by index, ~3x
+    slower along the columns)."""
+    return [torch.cat([per_chunk[c].narrow(dim, start, length) for c, start, length in chunk],
+                      dim=dim) for chunk in pieces]
+
+
+def _joined(density: GMMDensity, preps: list[Mapping[str, Any]],
+            pieces: list[list[tuple[int, int, int]]]) -> list[dict[str, Any]]:
+    """A GMMDensity's prepared events (``GMMDensity.prepare``, per old chunk) regrouped into
+    new chunks by :func:`_pieces`; input parts stay events as columns (F, n), joined without
+    transposing."""
+    u = _pick([p["u"] for p in preps], pieces)
+    logdet = _pick([p["logdet"] for p in preps], pieces)
+    parts = []
+    for j, net in enumerate(density.nets):
+        if net.input_branch is None:  # the bias alone, one column shared by all events
+            parts.append([preps[0]["input_parts_t"][j] for _ in pieces])
+        else:
+            parts.append(_pick([p["input_parts_t"][j] for p in preps], pieces, dim=1))
+    chunks = []
+    for c in range(len(pieces)):
+        parts_t = [part[c] for part in parts]
+        chunks.append({"u": u[c], "logdet": logdet[c], "input_parts": [p.t() for p in parts_t],
+                       "input_parts_t": parts_t})
+    return chunks
+
+
 def _chunk_size(densities: Iterable[Any]) -> int:
     """Events per chunk: ``_CHUNK``, or fewer where a GMMDensity's widest layer would make
     its float64 activations outgrow ``_NETWORK_CHUNK_BYTES`` (at least 1024)."""
@@ -636,7 +667,15 @@ class _Batch:
         self.prepared: list[list[Any]] = []
         self.cached: list[list[torch.Tensor] | None] = []
         for j, t in enumerate(nll._terms):
-            if t.density.parameters:
+            if isinstance(t.density, GMMDensity) and t.density.parameters:
+                # the toys' costs prepared their events already: joined, not prepared again
+                preps = [p for c in nlls for p in c._terms[j].prepared]
+                bounds = np.cumsum([0] + [len(p["u"]) for p in preps])
+                old = [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+                self.prepared.append(_joined(t.density, preps, _pieces(
+                    np.arange(len(x)), old, self.chunks)))
+                self.cached.append(None)
+            elif t.density.parameters:
                 self.prepared.append([t.density.prepare(x[c][:, t.columns], dtype=nll._dtype)
                                       for c in self.chunks])
                 self.cached.append(None)
@@ -708,34 +747,14 @@ class _Batch:
                              self.chunk_size)
         pieces = _pieces(events.numpy(), self.chunks, out.chunks)
 
-        def pick(per_chunk: list[torch.Tensor], dim: int = 0) -> list[torch.Tensor]:
-            """The picked events of per-chunk tensors (events along ``dim``), re-chunked: each
-            new chunk joins contiguous runs of old ones (a toy's events are one run; no
-            gather by index, ~3x slower along the columns)."""
-            return [torch.cat([per_chunk[c].narrow(dim, start, length)
-                               for c, start, length in chunk], dim=dim) for chunk in pieces]
-
         out.prepared, out.cached = [], []
         for t, preps, cached in zip(self.nll._terms, self.prepared, self.cached):
             if cached is not None:
-                out.cached.append(pick(cached))
+                out.cached.append(_pick(cached, pieces))
                 out.prepared.append([None] * len(out.chunks))
-                continue
-            out.cached.append(None)
-            u, logdet = pick([p["u"] for p in preps]), pick([p["logdet"] for p in preps])
-            parts = []  # events as columns (F, n): selected and joined without transposing
-            for j, net in enumerate(t.density.nets):
-                if net.input_branch is None:  # the bias alone, one column shared by all events
-                    parts.append([preps[0]["input_parts_t"][j]] * len(out.chunks))
-                else:
-                    parts.append(pick([p["input_parts_t"][j] for p in preps], dim=1))
-            chunks = []
-            for c in range(len(out.chunks)):
-                parts_t = [part[c] for part in parts]
-                chunks.append({"u": u[c], "logdet": logdet[c],
-                               "input_parts": [p.t() for p in parts_t],
-                               "input_parts_t": parts_t})
-            out.prepared.append(chunks)
+            else:
+                out.cached.append(None)
+                out.prepared.append(_joined(t.density, preps, pieces))
         out.constraints = [(idx, centre[picked], covinv[picked])
                            for idx, centre, covinv in self.constraints]
         out.constants = self.constants[picked]
