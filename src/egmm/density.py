@@ -267,7 +267,9 @@ class _TruncatedMixtureT(torch.autograd.Function):
         else:
             t.sub_(top)
         floor = _BACKWARD_FLOOR.get(t.dtype, -30.0)
-        r = F.threshold_(t, floor, -math.inf).exp_()
+        # zero below e^floor; exp itself never sees -inf or arguments far below the floor
+        # (its slow path: 10-50x, float32 underflow below -87 included)
+        r = F.threshold_(t.clamp_(min=floor).exp_(), math.exp(floor), 0.0)
         total = r.sum(0)
         r.div_(total.clamp(min=1.0))  # columns of zeros stay zero
         ctx.save_for_backward(r, z, inv, mu, log_norm, raw, log_f)
