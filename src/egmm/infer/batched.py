@@ -114,6 +114,9 @@ _NETWORK_CHUNK_BYTES = 3 << 20
 _ARMIJO = 1e-4
 _ALPHA_MIN = 1e-10
 _MAX_BACKTRACKS = 30
+# line-search trials evaluated with derivatives (the first: the full step); later trials
+# evaluate f only, and the point they accept gets its derivatives afterwards
+_DERIVATIVE_TRIALS = 2
 # Secant pairs of the last steps that correct the curvature (steps and convergence test), if
 # within this reach (sᵀHs, squared distance in units of the errors).
 _SECANT_PAIRS = 4
@@ -1349,14 +1352,16 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         new_g, new_hess = g.copy(), hess.copy()
         alpha = np.ones(k_toys)
         accepted = np.zeros(k_toys, dtype=bool)
+        derived = np.zeros(k_toys, dtype=bool)  # new_g, new_hess known at new_theta
         searching = running.copy()
         for trial_no in range(_MAX_BACKTRACKS):
             sel = np.flatnonzero(searching)
             trial = np.clip(theta + alpha[:, None] * step, lo, hi)
             trial[:, fixed] = theta[:, fixed]
             f_trial = np.full(k_toys, math.inf)
-            if trial_no == 0:
-                # the full step is accepted most of the time: take its derivatives at once
+            if trial_no < _DERIVATIVE_TRIALS:
+                # the full step is accepted most of the time, the first backtrack most of
+                # the rest: take their derivatives at once
                 f_sel, g_sel, h_sel = ev.derivatives(trial, sel)
                 f_trial[sel] = f_sel
             else:
@@ -1366,11 +1371,13 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             ok = searching & np.isfinite(f_trial) & (
                 f_trial <= f + _ARMIJO * np.minimum(slope, 0.0) + rounding * np.abs(f))
             new_theta[ok], new_f[ok] = trial[ok], f_trial[ok]
-            if trial_no == 0:
+            if trial_no < _DERIVATIVE_TRIALS:
                 at_once = ok[sel]
                 new_g[sel[at_once]], new_hess[sel[at_once]] = g_sel[at_once], h_sel[at_once]
-                # accepted or not, the full step tells the curvature along it
-                good = np.isfinite(f_sel)
+                derived[sel[at_once]] = True
+                # the full step tells the curvature along it, accepted or not; a shorter
+                # one where it is accepted (as for a later one below)
+                good = np.isfinite(f_sel) & (at_once if trial_no else True)
                 history.add(sel[good], trial[sel[good]] - theta[sel[good]],
                             g_sel[good] - g[sel[good]])
             accepted |= ok
@@ -1379,7 +1386,7 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             searching &= alpha >= _ALPHA_MIN
             if not searching.any():
                 break
-        later = np.flatnonzero(accepted & (alpha < 1.0))
+        later = np.flatnonzero(accepted & ~derived)
         if len(later):
             f_sel, g_sel, h_sel = ev.derivatives(new_theta, later)
             new_f[later], new_g[later], new_hess[later] = f_sel, g_sel, h_sel
