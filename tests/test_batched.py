@@ -695,8 +695,9 @@ def test_max_iter_bounds_both_stages(gmm_toys):
 def test_per_toy_columns_added_without_a_gather():
     """Events as columns: a toy's θ part is added to its events' input parts as one broadcast
     (toys of one size), slice by slice (a few toys) or by a gather (many): all three equal
-    the gathered sum, and chunks never split toys of one size."""
-    from egmm.infer.batched import _CHUNK, _add_per_toy, _chunks, _segments
+    the gathered sum (as do per-toy columns copied by broadcast or gathered), and chunks
+    never split toys of one size."""
+    from egmm.infer.batched import _CHUNK, _add_per_toy, _chunks, _per_toy_columns, _segments
 
     rng = torch.Generator().manual_seed(0)
     for counts in ([7] * 5, [3, 9, 1, 6], [2] * 40 + [1] * 40):
@@ -707,6 +708,9 @@ def test_per_toy_columns_added_without_a_gather():
         out = torch.empty_like(a)
         _add_per_toy(a, per_toy, toy, _segments(toy), out)
         torch.testing.assert_close(out, a + per_toy[:, toy], rtol=0, atol=0)
+        columns = _per_toy_columns(per_toy, toy, _segments(toy))
+        torch.testing.assert_close(columns, per_toy[:, toy], rtol=0, atol=0)
+        assert columns.is_contiguous()  # a leaf of its own (per-event gradients)
     chunks = _chunks([400] * 50, 20000)
     assert all((c.stop - c.start) % 400 == 0 and c.stop - c.start <= _CHUNK for c in chunks)
     assert chunks[-1].stop == 20000
