@@ -501,14 +501,20 @@ def test_events_as_columns_equal_the_row_path(activation, dtype):
         torch.testing.assert_close(cols, rows, **tol)
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "silu"])
 @pytest.mark.parametrize("C", [0, 1, 2])
-def test_mixture_t_is_the_transposed_mixture(C):
+def test_mixture_t_is_the_transposed_mixture(C, activation):
     """Frozen networks of any depth: mixture_t of the transposed pre-activation (with its row
-    of ones) is mixture's output transposed, with and without a graph."""
+    of ones) is mixture's output transposed, with and without a graph (which carries the row
+    of ones through the layers as act(1): 1 for LeakyReLU, 0.731 for SiLU)."""
     from egmm.networks import ConditionalGMMNet, ones_row
 
     torch.manual_seed(5)
-    net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0, C=C).requires_grad_(False)
+    net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0, C=C,
+                            activation=activation).requires_grad_(False)
+    for layer in net.modules():  # biases start at zero: give them values to carry
+        if isinstance(layer, torch.nn.Linear):
+            layer.bias.normal_(0.0, 0.5)
     pre = torch.randn(300, net.joint.out_features, dtype=torch.float64)
     rows = net.mixture(pre.clone())
     cols = ones_row(pre.shape[1], 300, pre)
