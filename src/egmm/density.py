@@ -679,7 +679,9 @@ class GMMDensity(TrainedModel, SavableModel):
             self.nets[i].heads_t(pre, out=heads[k])
         log_f = torch.log_softmax(heads[:, 0], dim=1)
         sigma = first.widths(heads[:, 2])
-        lp = _truncated_mixture_log_prob(u[:, nets].t(), log_f, heads[:, 1], sigma,
+        # consecutive networks (the usual case) read their observables as a view
+        cols = slice(nets[0], nets[-1] + 1) if nets[-1] - nets[0] == len(nets) - 1 else nets
+        lp = _truncated_mixture_log_prob(u[:, cols].t(), log_f, heads[:, 1], sigma,
                                          self.projection.u_lo, self.projection.u_hi, dim=1)
         return lp.sum(0)
 
