@@ -341,6 +341,17 @@ class _DensityParameters:
         """(n,) log p of a chunk's events from their :meth:`event_inputs`."""
         return self.density.log_prob_prepared(prepared, inputs[0])
 
+    def log_prob_grads(self, prepared: Any, inputs: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """:meth:`log_prob` (without a graph) and its events' gradients with respect to
+        their :meth:`event_inputs` (leaves; ``None`` where log p does not depend on one):
+        one forward and one backward pass."""
+        with torch.enable_grad(), first_order_graphs():
+            lp = self.log_prob(prepared, inputs)
+        if not lp.requires_grad:
+            return lp, [None] * len(inputs)
+        return lp.detach(), list(torch.autograd.grad(lp.sum(), inputs, allow_unused=True))
+
     def scores(self, grads: list[torch.Tensor | None], jac: torch.Tensor | None,
                toy: torch.Tensor) -> torch.Tensor | None:
         """Per-event d log p/dθ (n, p) from the gradients with respect to the
@@ -446,22 +457,39 @@ class _GMMParameters(_DensityParameters):
                 pres.append(pre.requires_grad_(leaves))
         return pres
 
-    def log_prob(self, prepared: Any, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _conditional(self, i: int, u: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """(n,) log p_i(u_i | u_<i, θ) of network i from its event input ``pre``."""
         d = self.density
+        if self.per_toy[i] and isinstance(d.nets[i], CategoricalNet):
+            return pre.gather(1, d._category(u, i)[:, None])[:, 0]
+        if self.per_toy[i]:
+            dim = 0 if self.by_columns else -1  # the components' axis
+            a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=dim)
+            return _mixture_log_prob(u[:, i], a, mu, sigma, dim=dim)
+        if self.by_columns:
+            return d._conditional_pre_t(i, u, pre)
+        return d._conditional_pre(i, u, pre)
+
+    def log_prob(self, prepared: Any, inputs: list[torch.Tensor]) -> torch.Tensor:
         u = prepared["u"]
-        cond = []
-        for i, (pre, whole) in enumerate(zip(inputs, self.per_toy)):
-            if whole and isinstance(d.nets[i], CategoricalNet):
-                cond.append(pre.gather(1, d._category(u, i)[:, None])[:, 0])
-            elif whole:
-                dim = 0 if self.by_columns else -1  # the components' axis
-                a, mu, sigma = pre.split(d.nets[i].n_gauss, dim=dim)
-                cond.append(_mixture_log_prob(u[:, i], a, mu, sigma, dim=dim))
-            elif self.by_columns:
-                cond.append(d._conditional_pre_t(i, u, pre))
-            else:
-                cond.append(d._conditional_pre(i, u, pre))
+        cond = [self._conditional(i, u, pre) for i, pre in enumerate(inputs)]
         return torch.stack(cond, dim=1).sum(1) + prepared["logdet"]
+
+    def log_prob_grads(self, prepared: Any, inputs: list[torch.Tensor]
+                       ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """As :meth:`_DensityParameters.log_prob_grads`, network by network: each one's
+        backward pass follows its forward pass while its activations are still in cache
+        (~5 % faster than one backward pass through all of them), and its graph is freed
+        before the next one is built. The same numbers as through :meth:`log_prob`."""
+        u = prepared["u"]
+        cond, grads = [], []
+        for i, pre in enumerate(inputs):
+            with torch.enable_grad(), first_order_graphs():
+                lp = self._conditional(i, u, pre)
+            grads.append(torch.autograd.grad(lp.sum(), pre, allow_unused=True)[0]
+                         if lp.requires_grad else None)
+            cond.append(lp.detach())
+        return torch.stack(cond, dim=1).sum(1) + prepared["logdet"], grads
 
     def scores(self, grads: list[torch.Tensor | None], jac: torch.Tensor | None,
                toy: torch.Tensor) -> torch.Tensor | None:
@@ -844,21 +872,28 @@ class _Batch:
                    nu_event: torch.Tensor | None) -> torch.Tensor:
         """ln p_i (single density) or ln λ_i = ln Σ_c ν_c p_c (mixture) of the events of
         chunk ``c``, from per-event inputs (:meth:`_event_inputs`) and yields (n, C)."""
-        logs = []
-        for m, ins, prep, cached in zip(self.maps, inputs, self.prepared, self.cached):
-            if cached is not None:
-                logs.append(cached[c])
-            else:
-                logs.append(m.log_prob(prep[c], ins).to(torch.float64))
+        logs = [cached[c] if cached is not None else m.log_prob(prep[c], ins).to(torch.float64)
+                for m, ins, prep, cached in zip(self.maps, inputs, self.prepared, self.cached)]
+        return self._combine(logs, nu_event)[0]
+
+    @staticmethod
+    def _combine(logs: list[torch.Tensor], nu_event: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """ln λ_i from the terms' ln p_c (n,) each: ln p (single density) or, with yields
+        (n, C), ln Σ_c ν_c p_c; and for a mixture its derivatives ∂ln λ/∂ln p_c = ν_c p_c/λ
+        and ∂ln λ/∂ν_c = p_c/λ (n, C each; None for a single density)."""
         if nu_event is None:
-            return logs[0].cpu()
+            return logs[0].cpu(), None, None
         device = logs[0].device
         # as in the cost: log Σ_c ν_c p_c = m + log Σ_c ν_c exp(log p_c − m), which keeps a
         # finite gradient for a yield at its limit ν = 0
         lp = torch.stack([v.to(device) for v in logs], dim=1)
-        top = lp.detach().max(dim=1).values
-        lam = (nu_event.to(device) * torch.exp(lp - top[:, None])).sum(dim=1)
-        return (top + torch.log(lam)).cpu()
+        top = lp.max(dim=1).values
+        e = torch.exp(lp - top[:, None])
+        nu_event = nu_event.to(device)
+        lam = (nu_event * e).sum(dim=1)
+        d_nu = e / lam[:, None]
+        return (top + torch.log(lam)).cpu(), (nu_event * d_nu).cpu(), d_nu.cpu()
 
     @staticmethod
     def _gather(per_toy: torch.Tensor | None, toy: torch.Tensor) -> torch.Tensor | None:
@@ -912,8 +947,10 @@ class _Batch:
         H_k = 2 Σ_i w_i s_i s_iᵀ with the per-event scores s_i = ∇ ln p_i (∇ ln λ_i for
         extended costs; either way its expectation is the Fisher information, the expected
         Hessian of −2 ln L / 2), plus the constraints' exact 2 V⁻¹. One forward and one
-        backward pass per chunk: the scores are the gradients with respect to per-event
-        copies of the per-toy features and yields, chained through their Jacobians (K rows).
+        backward pass per chunk and term (network by network for a GMMDensity): the scores
+        are the gradients with respect to per-event copies of the per-toy features, chained
+        through their Jacobians (K rows); in a mixture each term's weighted by ∂ln λ/∂ln p_c,
+        plus the yields' share ∂ln λ/∂ν · ∂ν/∂θ.
         """
         n_par = theta.shape[1]
         th = torch.as_tensor(theta, dtype=torch.float64)
@@ -944,29 +981,27 @@ class _Batch:
         for c, sl in enumerate(self.chunks):
             toy = self.toy[sl]
             inputs = self._event_inputs(c, z, toy, leaves=True)
-            nu_event = None if nu is None else self._gather(nu, toy).requires_grad_(True)
-            leaves = [v for ins in inputs if ins is not None for v in ins]
-            leaves += [nu_event] if nu_event is not None else []
-            with first_order_graphs():  # scores only: one backward pass
-                ll = self._chunk_log(c, inputs, nu_event)
+            logs, grads = [], []
+            for m, ins, prep, cached in zip(self.maps, inputs, self.prepared, self.cached):
+                if cached is not None:
+                    logs.append(cached[c])
+                    grads.append(None)
+                else:  # each term's (each network's) graph used and freed at once
+                    lp, g = m.log_prob_grads(prep[c], ins)
+                    logs.append(lp.to(torch.float64))
+                    grads.append(g)
+            ll, d_log, d_nu = self._combine(logs, None if nu is None else self._gather(nu, toy))
             scores = torch.zeros((len(toy), n_par), dtype=torch.float64)
-            if leaves and ll.requires_grad:
-                parts = iter(torch.autograd.grad(ll.sum(), leaves, allow_unused=True))
-                for m, ins, jac, cols in zip(self.maps, inputs, jac_z, self.columns):
-                    if ins is None:
-                        continue
-                    term = m.scores([next(parts) for _ in ins], jac, toy)
-                    if term is not None:
-                        scores[:, cols] += term
-                if nu_event is not None:
-                    dnu = next(parts)
-                    if dnu is not None and jac_nu is not None:
-                        scores += torch.einsum("nc,ncp->np", dnu.cpu(),
-                                               torch.index_select(jac_nu, 0, toy))
+            for j, (m, g, jac, cols) in enumerate(zip(self.maps, grads, jac_z, self.columns)):
+                term = None if g is None else m.scores(g, jac, toy)
+                if term is not None:
+                    scores[:, cols] += term if d_log is None else d_log[:, j:j + 1] * term
+            if d_nu is not None and jac_nu is not None:
+                scores += torch.einsum("nc,ncp->np", d_nu, torch.index_select(jac_nu, 0, toy))
             if norm is not None:
                 scores -= torch.index_select(norm, 0, toy)
             w = self.w[sl]
-            total.index_add_(0, toy, w * ll.detach())
+            total.index_add_(0, toy, w * ll)
             grad.index_add_(0, toy, w[:, None] * scores)
             outer.index_add_(0, toy, w[:, None, None] * scores[:, :, None] * scores[:, None, :])
         f = self._assemble(th, total, nu)
