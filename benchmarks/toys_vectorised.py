@@ -63,7 +63,7 @@ RESULTS = Path(__file__).parent / "results"
 MINUIT_TOL = 0.1             # iminuit's default, that of the plain loop's egmm.infer.fit
 EDM_GOAL = 0.002 * MINUIT_TOL  # MIGRAD's goal, and fit_batched's default decrement goal
 TIGHT_TOL = 1e-7
-ROUNDS = 3                   # batched runs, each followed by a third of the Minuit loop
+ROUNDS = 5                   # batched runs, each followed by a fifth of the Minuit loop
 LO, HI = 0.0, 10.0
 
 
@@ -142,19 +142,23 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
           flush=True)
 
     # warm-up (first calls build caches), then the batched fit and the Minuit loop measured
-    # in alternation: ROUNDS batched runs of all toys, each followed by a third of the loop,
+    # in alternation: ROUNDS batched runs of all toys, each followed by a part of the loop,
     # so that both sample the same stretch of the machine's speed (a VM's drifts by ±30 %
-    # within minutes); batched: the median run, the loop: all its toys over its total time
+    # within minutes); batched: the median run, the loop: all its toys over its total time;
+    # and each round's own ratio (its batched run against the loop toys right after it),
+    # whose median a slow spell in one round moves least
     fit_batched(costs[:4], truth, validate=False)
     fit(costs[0], truth)
-    batched_runs, plain, t_plain = [], [], 0.0
+    batched_runs, plain, t_plain, paired = [], [], 0.0, []
     for segment in np.array_split(np.arange(n_reference), max(1, min(ROUNDS, n_reference))):
         start = time.perf_counter()
         batched = fit_batched(costs, truth, validate=False)
         batched_runs.append(time.perf_counter() - start)
         start = time.perf_counter()
         plain += [fit(costs[k], truth) for k in segment]
-        t_plain += time.perf_counter() - start
+        t_segment = time.perf_counter() - start
+        t_plain += t_segment
+        paired.append((n_toys / batched_runs[-1]) / (len(segment) / t_segment))
         print(f"[{name}] batched: {batched_runs[-1]:.2f} s; plain Minuit loop, toys "
               f"{segment[0]}-{segment[-1]}: {len(plain)} toys in {t_plain:.2f} s", flush=True)
     t_batched = statistics.median(batched_runs)
@@ -194,6 +198,7 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
         "parameters": list(names),
         "truth": truth,
         "batched_runs_seconds": batched_runs,
+        "speedup_paired_rounds": paired,
         "seconds": {"batched": t_batched, "batched_validated": t_validated,
                     "batched_tight": t_tight, "batched_float64": t_all64,
                     "plain_minuit": t_plain},
@@ -201,6 +206,7 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
                        "plain_minuit_edm_goal": EDM_GOAL, "batched_tight": TIGHT_TOL},
         "toys_per_second": rates,
         "speedup": {"batched": rates["batched"] / rates["plain_minuit"],
+                    "batched_paired_median": statistics.median(paired),
                     "batched_validated": rates["batched_validated"] / rates["plain_minuit"],
                     "batched_tight": rates["batched_tight"] / rates["plain_minuit"],
                     "batched_float64": rates["batched_float64"] / rates["plain_minuit"]},
@@ -342,6 +348,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{r['batched']['fallback']:>8d} "
               f"{agree['distance_in_errors'].get('max', math.nan):>11.2g} "
               f"{agree['fval_batched_minus_plain'].get('max', math.nan):>9.2g}")
+    for name, r in results.items():
+        rounds = ", ".join(f"{v:.1f}x" for v in r["speedup_paired_rounds"])
+        print(f"{name}: round by round (each batched run against the loop toys after it) "
+              f"{rounds}; median {r['speedup']['batched_paired_median']:.1f}x")
     for name, r in results.items():
         for ts in ([r["teststat"]] if "teststat" in r else []) + r.get("teststat_other_tols",
                                                                         []):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -265,7 +266,11 @@ def test_toys_vectorised_json_and_table(tmp_path):
     assert r["tolerances"] == {"batched_decrement_goal": 2e-4, "plain_minuit_tol": 0.1,
                                "plain_minuit_edm_goal": 2e-4, "batched_tight": 1e-7}
     assert set(r["speedup"]) == {"batched", "batched_validated", "batched_tight",
-                                 "batched_float64"}
+                                 "batched_float64", "batched_paired_median"}
+    # five rounds: a batched run of all toys, then a fifth of the loop; their own ratios
+    assert len(r["batched_runs_seconds"]) == len(r["speedup_paired_rounds"]) == 5
+    assert r["speedup"]["batched_paired_median"] == pytest.approx(
+        statistics.median(r["speedup_paired_rounds"]))
     assert r["batched"]["converged"] == 12 and r["plain"]["valid"] == 12
     # an analytic density has no float32 stage: the same minima either way
     assert r["batched"]["fval_minus_float64"]["max"] == 0.0
@@ -288,6 +293,7 @@ def test_toys_vectorised_json_and_table(tmp_path):
                                      str(tmp_path / "README.md")])
     assert "Both stop at MIGRAD's EDM goal 0.0002 (Minuit tol 0.1)" in text
     assert "batched, float64" in text
+    assert "(rounds: " in text
     assert f"### toys_vectorised_variant.json ({r['description']})" in text
     assert text.count("| model | batched toys/s |") == 2
     assert "| analytic | 0.001 | 4 |" in text and "| analytic | 0.1 | 4 |" in text
