@@ -23,9 +23,12 @@ a far tighter goal (1e-7, fit_batched's earlier default) is timed too, for its c
 iterations, fallbacks, Minuit calls; and how the minima compare (|Δθ|/σ and Δ(−2 ln L) =
 batched − plain). Times are wall-clock with one torch thread (``--threads``); never a
 pass/fail criterion. After a warm-up of both, the batched fit (``validate=False``) and the
-Minuit loop are measured in alternation — three batched runs of all toys, each followed by a
-third of the loop's toys — so that both sample the same stretch of the machine's speed; the
-batched rate is the median run's (all three stored), the loop's its toys over its total time.
+Minuit loop are measured in alternation — five batched runs of all toys, each followed by a
+fifth of the loop's toys — so that both sample the same stretch of the machine's speed; the
+batched rate is the median run's (all five stored), the loop's its toys over its total time;
+and each round's own ratio (its batched run against the loop toys right after it) is stored,
+with their median (``speedup.batched_paired_median``), which a slow spell in one round moves
+least.
 
 Results go to ``benchmarks/results/toys_vectorised.json`` (written atomically).
 
