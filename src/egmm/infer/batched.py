@@ -875,14 +875,15 @@ class _Batch:
         chunk ``c``, from per-event inputs (:meth:`_event_inputs`) and yields (n, C)."""
         logs = [cached[c] if cached is not None else m.log_prob(prep[c], ins).to(torch.float64)
                 for m, ins, prep, cached in zip(self.maps, inputs, self.prepared, self.cached)]
-        return self._combine(logs, nu_event)[0]
+        return self._combine(logs, nu_event, derivatives=False)[0]
 
     @staticmethod
-    def _combine(logs: list[torch.Tensor], nu_event: torch.Tensor | None
+    def _combine(logs: list[torch.Tensor], nu_event: torch.Tensor | None,
+                 derivatives: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """ln λ_i from the terms' ln p_c (n,) each: ln p (single density) or, with yields
-        (n, C), ln Σ_c ν_c p_c; and for a mixture its derivatives ∂ln λ/∂ln p_c = ν_c p_c/λ
-        and ∂ln λ/∂ν_c = p_c/λ (n, C each; None for a single density)."""
+        (n, C), ln Σ_c ν_c p_c; and for a mixture (``derivatives``) ∂ln λ/∂ln p_c =
+        ν_c p_c/λ and ∂ln λ/∂ν_c = p_c/λ (n, C each; None otherwise)."""
         if nu_event is None:
             return logs[0].cpu(), None, None
         device = logs[0].device
@@ -893,6 +894,8 @@ class _Batch:
         e = torch.exp(lp - top[:, None])
         nu_event = nu_event.to(device)
         lam = (nu_event * e).sum(dim=1)
+        if not derivatives:
+            return (top + torch.log(lam)).cpu(), None, None
         d_nu = e / lam[:, None]
         return (top + torch.log(lam)).cpu(), (nu_event * d_nu).cpu(), d_nu.cpu()
 
