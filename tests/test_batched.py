@@ -644,7 +644,9 @@ def _prepared_anew(init):
         x = np.concatenate([items[position]._x for items in per_toy])
         for j, t in enumerate(self.nll._terms):
             if self.cached[j] is None:
-                self.prepared[j] = [t.density.prepare(x[c][:, t.columns]) for c in self.chunks]
+                self.prepared[j] = [t.density.prepare(x[c][:, t.columns],
+                                                      dtype=self.nll._dtype)
+                                    for c in self.chunks]
     return wrapped
 
 

@@ -505,14 +505,14 @@ def test_events_as_columns_equal_the_row_path(activation, dtype):
 @pytest.mark.parametrize("C", [0, 1, 2])
 def test_mixture_t_is_the_transposed_mixture(C, activation):
     """Frozen networks of any depth: mixture_t of the transposed pre-activation (with its row
-    of ones) is mixture's output transposed, with and without a graph (which carries the row
-    of ones through the layers as act(1): 1 for LeakyReLU, 0.731 for SiLU)."""
+    of ones) is mixture's output transposed, with and without a graph (bias as a weight
+    column, or addmm), for both activations."""
     from egmm.networks import ConditionalGMMNet, ones_row
 
     torch.manual_seed(5)
     net = ConditionalGMMNet(2, 1, u_lo=-5.0, u_hi=5.0, C=C,
                             activation=activation).requires_grad_(False)
-    for layer in net.modules():  # biases start at zero: give them values to carry
+    for layer in net.modules():  # biases start at zero, which would hide a bias error
         if isinstance(layer, torch.nn.Linear):
             layer.bias.normal_(0.0, 0.5)
     pre = torch.randn(300, net.joint.out_features, dtype=torch.float64)
