@@ -26,10 +26,20 @@ fitted twice (μ free with μ ≥ 0, and μ fixed). Implementations:
   n_bkg ~ N(1000, 50)), numpy backend and scipy optimiser. With numpy ≥ 2.4,
   ``pyhf.infer.hypotest(calctype="toybased")`` of pyhf 0.7.6 raises in its expected-CLs
   percentile (numpy removed ``percentile(interpolation=...)``); the exception is recorded and
-  the calculator's ``distributions`` + ``pvalues`` (all of the toy work) are timed instead.
+  the calculator's ``distributions`` + ``pvalues`` (all of the toy work) are timed instead;
+* ``zfit + hepstats``: hepstats' ``FrequentistCalculator`` on the same *unbinned* model written
+  in zfit (``Gauss`` and ``Exponential`` normalised on [100, 160], the signal yield a
+  ``ComposedParameter`` 20 · μ, a ``GaussianConstraint`` on n_bkg), zfit's Minuit minimiser in
+  mode (strategy) 0 at its default tolerance, TensorFlow on one thread:
+  ``calculator.pvalue(qtilde=True)`` (the observed q̃_μ, the s+b and b-only toys, their fits,
+  the p-values) with ``--zfit-ntoys`` toys per hypothesis (default 100: it runs ~50× slower),
+  after an untimed warm-up of 5 toys each (TensorFlow traces its graphs on the first fits).
+  Optional: zfit pulls in TensorFlow, so neither is a dependency of egmm; without them the
+  row records that it was skipped. ``pip install zfit hepstats`` (a separate environment is
+  wise) to run it.
 
-Each row reports toys/s = 2 · ntoys / wall seconds and the observed CLs (all should agree
-within the toys' errors, the binned one up to binning). Results:
+Each row reports toys/s = 2 · (its toys per hypothesis) / wall seconds and the observed CLs
+(all should agree within the toys' errors, the binned one up to binning). Results:
 ``benchmarks/results/toys_speed.json`` with the machine. Times depend on the machine and its
 load; nothing here passes or fails on them.
 
@@ -39,6 +49,8 @@ load; nothing here passes or fails on them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import platform
 import sys
@@ -238,6 +250,59 @@ def run_pyhf(data: np.ndarray, ntoys: int, seed: int) -> dict[str, Any]:
     return out
 
 
+# -- zfit + hepstats on the unbinned model (optional) -------------------------------------------
+def run_zfit(data: np.ndarray, ntoys: int, seed: int) -> dict[str, Any]:
+    """hepstats' FrequentistCalculator with a zfit model: ``{"skipped": why}`` without them."""
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        return {"skipped": f"not installed ({exc.name}); pip install zfit hepstats"}
+    try:  # one thread, as the egmm rows; only possible before TensorFlow's first operation
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    try:
+        import hepstats
+        import zfit
+        from hepstats.hypotests.calculators import FrequentistCalculator
+        from hepstats.hypotests.parameters import POI, POIarray
+    except ImportError as exc:
+        return {"skipped": f"not installed ({exc.name}); pip install zfit hepstats"}
+    zfit.settings.set_seed(seed)
+    obs = zfit.Space("m", limits=(M_LO, M_HI))
+    mu = zfit.Parameter("mu", MU_TEST, *MU_LIMITS)
+    n_bkg = zfit.Parameter("n_bkg", BKG_EVENTS, 0.0, 5.0 * BKG_EVENTS)
+    n_sig = zfit.ComposedParameter("n_sig", lambda mu: SIGNAL_EVENTS * mu, params={"mu": mu})
+    model = zfit.pdf.SumPDF([
+        zfit.pdf.Gauss(mu=PEAK, sigma=WIDTH, obs=obs, extended=n_sig),
+        zfit.pdf.Exponential(lam=-SLOPE, obs=obs, extended=n_bkg)])
+    loss = zfit.loss.ExtendedUnbinnedNLL(
+        model=model, data=zfit.Data.from_numpy(obs=obs, array=data[:, None]),
+        constraints=zfit.constraint.GaussianConstraint(params=n_bkg, observation=BKG_EVENTS,
+                                                       uncertainty=BKG_ERROR))
+    minimizer = zfit.minimize.Minuit(mode=STRATEGY)
+    poinull, poialt = POIarray(mu, [MU_TEST]), POI(mu, 0.0)
+
+    def pvalues(n: int) -> tuple[float, float]:
+        calc = FrequentistCalculator(loss, minimizer, ntoysnull=n, ntoysalt=n)
+        pnull, palt = calc.pvalue(poinull=poinull, poialt=poialt, qtilde=True, onesided=True)
+        return float(np.asarray(pnull).ravel()[0]), float(np.asarray(palt).ravel()[0])
+
+    with contextlib.redirect_stderr(io.StringIO()):  # hepstats' progress bars
+        start = time.perf_counter()
+        pvalues(5)
+        warmup = time.perf_counter() - start
+        start = time.perf_counter()
+        clsb, clb = pvalues(ntoys)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "cls": clsb / clb if clb > 0 else math.nan,
+            "clsb": clsb, "clb": clb, "ntoys_per_hypothesis": ntoys,
+            "warmup_seconds": warmup,
+            "versions": {"zfit": zfit.__version__, "hepstats": hepstats.__version__,
+                         "tensorflow": tf.__version__}}
+
+
 # -- driver -----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
@@ -256,7 +321,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: "
                     "egmm-serial, egmm-serial-fd, egmm-batched, egmm-pool, iminuit, "
-                    "egmm-binned, pyhf")
+                    "egmm-binned, pyhf, zfit")
+    ap.add_argument("--zfit-ntoys", type=int, default=100,
+                    help="toys per hypothesis of the zfit + hepstats row (100)")
     ap.add_argument("--out", type=Path, default=RESULTS / "toys_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -293,12 +360,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "pyhf" not in skip:
         rows[f"pyhf {pyhf.__version__} ToyCalculator (binned)"] = run_pyhf(data, args.ntoys,
                                                                           args.seed)
+    if "zfit" not in skip:
+        row = run_zfit(data, args.zfit_ntoys, args.seed)
+        versions = row.get("versions", {})
+        name = (f"zfit {versions['zfit']} + hepstats {versions['hepstats']} (unbinned)"
+                if versions else "zfit + hepstats (unbinned)")
+        rows[name] = row
     print(f"\n{'implementation':44s} {'seconds':>8s} {'toys/s':>8s} {'CLs':>7s}  ± (binomial)")
     for name, r in rows.items():
-        r["toys_per_second"] = 2 * args.ntoys / r["seconds"]
+        if "skipped" in r:
+            print(f"{name:44s} skipped: {r['skipped']}")
+            continue
+        n = r.setdefault("ntoys_per_hypothesis", args.ntoys)
+        r["toys_per_second"] = 2 * n / r["seconds"]
         clsb, clb = r["clsb"], r["clb"]
-        r["cls_error"] = (clsb / clb * math.sqrt((1 - clsb) / (max(clsb, 1e-12) * args.ntoys)
-                                                  + (1 - clb) / (clb * args.ntoys))
+        r["cls_error"] = (clsb / clb * math.sqrt((1 - clsb) / (max(clsb, 1e-12) * n)
+                                                  + (1 - clb) / (clb * n))
                           if clb > 0 else math.nan)
         print(f"{name:44s} {r['seconds']:8.1f} {r['toys_per_second']:8.1f} "
               f"{r['cls']:7.4f}  {r['cls_error']:.4f}")
@@ -309,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {"machine": info, "settings": {"ntoys_per_hypothesis": args.ntoys,
                                             "mu_test": MU_TEST, "test_stat": "qtilde",
                                             "workers": args.workers, "seed": args.seed,
-                                            "n_observed": len(data), "pyhf_bins": N_BINS},
+                                            "n_observed": len(data), "pyhf_bins": N_BINS,
+                                            "zfit_ntoys_per_hypothesis": args.zfit_ntoys},
               "rows": rows}
     write_json(args.out, result)
     print(f"\n{args.out}")

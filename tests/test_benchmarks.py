@@ -144,6 +144,36 @@ def test_table_without_results(tmp_path):
     assert "`toys_speed.json` has an unexpected layout" in text
 
 
+def test_table_toys_speed_peers(tmp_path):
+    """The analytic toys' goals against pyhf and zfit + hepstats (a row with its own toy
+    count), and a peer that was not installed shown as skipped, not as a figure."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    rows = {
+        "egmm serial": {"seconds": 4.0, "toys_per_second": 250.0, "cls": 0.1, "clsb": 0.05,
+                        "clb": 0.5, "cls_error": 0.02, "ntoys_per_hypothesis": 500},
+        "pyhf 0.7.6 ToyCalculator (binned)": {
+            "seconds": 5.0, "toys_per_second": 200.0, "cls": 0.1, "clsb": 0.05, "clb": 0.5,
+            "cls_error": 0.02, "ntoys_per_hypothesis": 500},
+        "zfit 0.28.0 + hepstats 0.10.1 (unbinned)": {
+            "seconds": 50.0, "toys_per_second": 4.0, "cls": 0.12, "clsb": 0.06, "clb": 0.5,
+            "cls_error": 0.05, "ntoys_per_hypothesis": 100}}
+    settings = {"ntoys_per_hypothesis": 500}
+    (folder / "toys_speed.json").write_text(json.dumps({"settings": settings, "rows": rows}))
+    text = _load("make_table").main(["--results", str(folder),
+                                     "--out", str(tmp_path / "README.md")])
+    assert "analytic-pdf toys no slower per toy than pyhf's ToyCalculator" in text
+    assert "62× (Minuit loop / zfit)" in text  # 250 / 4 = 62.5
+    assert "(100 toys per hypothesis)" in text
+    del rows["zfit 0.28.0 + hepstats 0.10.1 (unbinned)"]
+    rows["zfit + hepstats (unbinned)"] = {"skipped": "not installed (tensorflow)"}
+    (folder / "toys_speed.json").write_text(json.dumps({"settings": settings, "rows": rows}))
+    text = _load("make_table").main(["--results", str(folder),
+                                     "--out", str(tmp_path / "README.md")])
+    assert "skipped: not installed (tensorflow)" in text
+    assert "faster than zfit + hepstats" not in text
+
+
 def test_timed_counts_calls():
     common = _load("_common")
     calls = []
@@ -161,6 +191,14 @@ def test_write_json_is_atomic(tmp_path):
     common.write_json(path, {"x": 1})
     assert json.loads(path.read_text()) == {"x": 1}
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="TensorFlow is installed here: the zfit row would run")
+def test_zfit_row_without_tensorflow_is_skipped():
+    """zfit (TensorFlow) is no dependency: without it the row says so and times nothing."""
+    row = _load("toys_speed").run_zfit(_load("toys_speed").observed_data(1), 5, 0)
+    assert set(row) == {"skipped"} and "pip install zfit hepstats" in row["skipped"]
 
 
 def test_older_benchmarks_keep_their_machine_keys():
