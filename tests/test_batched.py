@@ -450,6 +450,13 @@ def test_float32_steps_before_a_fine_goal(gmm_toys):
     assert same_minimum.sum() >= 36
     assert np.all(np.abs(mixed.fval - plain.fval)[same_minimum] < 2e-3)
     assert np.median(np.abs(mixed.fval - plain.fval)) < 2e-5
+    # the float64 stage starts from the float32 stage's gradients and curvatures, but takes
+    # at least one float64 step: the errors are the float64 cost's curvature at the reported
+    # point (float32 bodies would differ by ~3e-7 relative)
+    assert np.all(mixed.n_iter >= 1)
+    batch, _ = batch_of(gmm_toys)
+    _, _, hess = batch.derivatives(mixed.values)
+    np.testing.assert_allclose(mixed.errors[:, 0], np.sqrt(2.0 / hess[:, 0, 0]), rtol=1e-10)
     bounded = fit_batched(gmm_toys[:8], validate=False, tol=goal, max_iter=3)
     assert bounded.n_iter.max() <= 3
 

@@ -1343,7 +1343,9 @@ def _newton(batch: _Batch, theta: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     decrement of its last steps and its kink verdicts (the test at ``theta`` counts toys it
     found converged at a kink as kinked). ``reuse``: toys it found converged keep its
     gradients and curvatures (float32 bodies summed in float64: the convergence test gives
-    its verdict again); only their f is evaluated here.
+    its verdict again); only their f is evaluated here. With ``fresh`` the first test passes
+    no toy (the last decrease is unknown): such toys take their first step from the earlier
+    stage's gradient and curvature, and their verdict rests on this stage's derivatives.
     """
     rounding = max(_ROUNDING, noise)
     k_toys = theta.shape[0]
@@ -1599,7 +1601,9 @@ def fit_batched(
         # continues with the float32 stage's secant pairs, which show the kinks it met, and
         # keeps its gradients and curvatures where it converged (below the kinks' precision
         # not at a kink). Finer goals: float32 steps to the kinks' precision, then a fresh
-        # float64 stage
+        # float64 stage, which starts from the float32 stage's gradients and curvatures where
+        # that converged (its first test can pass no toy: their verdicts, errors and
+        # decrements come from float64 derivatives after at least one float64 step)
         fresh = tol < _FLOAT32_FINEST or (tol < _KINK_DECREMENT
                                           and not batch.smooth_networks)
         first = _newton(low, theta0, lo, hi, fixed_mask, int(max_iter),
@@ -1607,7 +1611,7 @@ def fit_batched(
         if tol < _KINK_DECREMENT and not fresh:
             first = _at_kinks_afresh(first)
         state = _newton(batch, first.theta, lo, hi, fixed_mask, int(max_iter), float(tol),
-                        after=first, fresh=fresh, reuse=not fresh)
+                        after=first, fresh=fresh, reuse=True)
     k_toys = len(costs)
     values = state.theta.copy()
     fval = state.f.copy()
