@@ -429,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="torch.profiler tables of one GMM log_prob and sample chunk")
     ap.add_argument("--quick", action="store_true", help="small sizes, one thread: a smoke run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--matmul-precision", choices=("highest", "high", "medium"), default=None,
+                    help="torch.set_float32_matmul_precision for the run (default: leave "
+                         "torch's, 'highest'); on a GPU 'high' lets float32 products use TF32 "
+                         "tensor cores, for every model alike. Recorded either way")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON file (default results/throughput.json, throughput_cuda.json "
                          "on a GPU)")
@@ -437,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
+    if args.matmul_precision is not None:
+        torch.set_float32_matmul_precision(args.matmul_precision)
     default_threads = torch.get_num_threads()
     if args.threads is not None:
         thread_counts = parse_ints(args.threads)
@@ -573,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = {
         "machine": info, "device": str(device), "gpu": info["gpu"],
         "settings": {"models": names, "dtypes": dtypes, "chunks": list(chunks),
+                     "float32_matmul_precision": torch.get_float32_matmul_precision(),
                      "threads": list(thread_counts), "torch_default_threads": default_threads,
                      "events": args.events, "seconds": args.seconds, "rounds": args.rounds,
                      "api_chunk": api_chunk,

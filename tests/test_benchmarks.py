@@ -43,6 +43,7 @@ def test_throughput_json(results):
     folder, returned, _, _ = results
     data = json.loads((folder / "throughput.json").read_text())
     assert data["settings"]["chunks"] == [256, 512]
+    assert data["settings"]["float32_matmul_precision"] == "highest"  # torch's default
     assert data["machine"]["load_average"] is not None
     assert set(data["models"]) == {"gmm", "maf", "nsf"}
     gmm = data["models"]["gmm"]
@@ -129,6 +130,22 @@ def test_table(results):
     entry = json.loads((folder / "throughput.json").read_text())["runs"][0]["summary"][
         "float32"]["log_prob"]
     assert f"round by round {entry['paired_ratio_gmm_maf']:.2f}×" in text
+
+
+def test_table_h100_row_names_the_matmul_precision(results, tmp_path):
+    """A GPU file's log_prob rate fills the H100 goal row, and a float32 figure taken with
+    TF32 products (--matmul-precision high) says so."""
+    folder, _, _, _ = results
+    data = json.loads((folder / "throughput.json").read_text())
+    data.update(device="cuda", gpu="NVIDIA H100 80GB HBM3")
+    data["settings"]["float32_matmul_precision"] = "high"
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    (gpu / "throughput_cuda.json").write_text(json.dumps(data))
+    text = _load("make_table").main(["--results", str(gpu), "--out", str(tmp_path / "R.md")])
+    row = next(line for line in text.splitlines() if line.startswith("| H100"))
+    assert "(float32, matmul precision high)" in row and "(float64)" in row
+    assert "no H100 run yet" not in row
 
 
 def test_table_without_results(tmp_path):

@@ -51,7 +51,8 @@ met, included). Below 2e-4 a toy the float32 stage found converged at a kink is 
 unconverged and without history, for float64 steps. Finer goals, and goals below 2e-4 with
 LeakyReLU networks, whose kinks are everywhere and whose valleys between them a float32 f
 (uncertain by ~1e-4) cannot follow: the float32 stage stops at 2e-4 and a fresh float64
-stage takes the last steps and gives the verdict, gradients and errors. User-written
+stage takes the last steps and gives the verdict, gradients and errors (its first step
+starts from the float32 gradients and curvatures, with f evaluated in float64). User-written
 densities (``TorchDensity``) always run in the cost's dtype.
 
 The −2 ln L of a :class:`~egmm.GMMDensity` is only piecewise smooth in θ (LeakyReLU units): its
