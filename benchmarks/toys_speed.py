@@ -39,7 +39,12 @@ fitted twice (μ free with μ ≥ 0, and μ fixed). Implementations:
   wise) to run it.
 
 Each row reports toys/s = 2 · (its toys per hypothesis) / wall seconds and the observed CLs
-(all should agree within the toys' errors, the binned one up to binning). Results:
+(all should agree within the toys' errors, the binned one up to binning). The rows compared
+in the goals table — egmm serial, egmm batched, pyhf — run in ``--rounds`` interleaved rounds
+(default 3, the order reversed every other round) after an untimed warm-up of 20 toys each:
+their seconds are the median round's, and each round's own egmm / pyhf ratio is stored
+(``paired_ratios``) with its median, since this VM's speed drifts by more than the margin
+between them from one row to the next. Results:
 ``benchmarks/results/toys_speed.json`` with the machine. Times depend on the machine and its
 load; nothing here passes or fails on them.
 
@@ -53,6 +58,7 @@ import contextlib
 import io
 import math
 import platform
+import statistics
 import sys
 import time
 import traceback
@@ -223,21 +229,26 @@ def pyhf_model_and_data(data: np.ndarray) -> tuple[Any, list[float]]:
     return model, counts.tolist() + model.config.auxdata
 
 
-def run_pyhf(data: np.ndarray, ntoys: int, seed: int) -> dict[str, Any]:
+def run_pyhf(data: np.ndarray, ntoys: int, seed: int, hypotest: bool = True
+             ) -> dict[str, Any]:
+    """pyhf's toy-based CLs; ``hypotest=False``: its ToyCalculator directly (what is timed
+    where ``pyhf.infer.hypotest`` raised once)."""
     pyhf.set_backend("numpy", "scipy")
     model, obs = pyhf_model_and_data(data)
     out: dict[str, Any] = {}
-    np.random.seed(seed)  # noqa: NPY002 (pyhf's toys draw from numpy's global state)
-    start = time.perf_counter()
-    try:
-        cls, (clsb, clb) = pyhf.infer.hypotest(MU_TEST, obs, model, calctype="toybased",
-                                               ntoys=ntoys, test_stat="qtilde",
-                                               return_tail_probs=True, track_progress=False)
-        out.update(seconds=time.perf_counter() - start, cls=float(cls), clsb=float(clsb),
-                   clb=float(clb), what="pyhf.infer.hypotest")
-        return out
-    except Exception as exc:  # pyhf 0.7.6 + numpy ≥ 2.4: recorded, then the calculator alone
-        out["hypotest_error"] = "".join(traceback.format_exception_only(exc)).strip()
+    if hypotest:
+        np.random.seed(seed)  # noqa: NPY002 (pyhf's toys draw from numpy's global state)
+        start = time.perf_counter()
+        try:
+            cls, (clsb, clb) = pyhf.infer.hypotest(MU_TEST, obs, model, calctype="toybased",
+                                                   ntoys=ntoys, test_stat="qtilde",
+                                                   return_tail_probs=True,
+                                                   track_progress=False)
+            out.update(seconds=time.perf_counter() - start, cls=float(cls), clsb=float(clsb),
+                       clb=float(clb), what="pyhf.infer.hypotest")
+            return out
+        except Exception as exc:  # pyhf 0.7.6 + numpy ≥ 2.4: recorded, then the calculator
+            out["hypotest_error"] = "".join(traceback.format_exception_only(exc)).strip()
     np.random.seed(seed)  # noqa: NPY002
     start = time.perf_counter()
     calc = pyhf.infer.calculators.ToyCalculator(obs, model, test_stat="qtilde", ntoys=ntoys,
@@ -322,10 +333,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--skip", default="", help="comma-separated rows to skip: "
                     "egmm-serial, egmm-serial-fd, egmm-batched, egmm-pool, iminuit, "
                     "egmm-binned, pyhf, zfit")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of the egmm serial, batched and pyhf rows (3)")
     ap.add_argument("--zfit-ntoys", type=int, default=100,
                     help="toys per hypothesis of the zfit + hepstats row (100)")
     ap.add_argument("--out", type=Path, default=RESULTS / "toys_speed.json")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1, got {args.rounds}")
     torch.set_num_threads(1)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     info = machine()
@@ -334,14 +349,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{args.ntoys} b-only toys; load average {info['load_average_at_start']}")
     rows: dict[str, dict[str, Any]] = {}
     cost = egmm_cost(data[:, None])
-    if "egmm-serial" not in skip:
-        rows["egmm serial"] = run_egmm(cost, args.ntoys, args.seed, "serial")
+    pyhf_name = f"pyhf {pyhf.__version__} ToyCalculator (binned)"
+    # egmm in one process (Minuit loop, batched fits) and pyhf in interleaved rounds: on a
+    # shared machine whose speed drifts between rows, each round's own ratio is the fair one
+    paired = {"egmm-serial": ("egmm serial",
+                              lambda: run_egmm(cost, args.ntoys, args.seed, "serial")),
+              "egmm-batched": ("egmm serial, batched fits",
+                               lambda: run_egmm(cost, args.ntoys, args.seed, "serial",
+                                                batched=True)),
+              "pyhf": (pyhf_name, lambda: run_pyhf(
+                  data, args.ntoys, args.seed,
+                  hypotest="hypotest_error" not in rows.get(pyhf_name, {})))}
+    paired = {k: v for k, v in paired.items() if k not in skip}
+    times: dict[str, list[float]] = {name: [] for name, _ in paired.values()}
+    # untimed warm-up of each (first fits, first pyhf calls): 20 toys per hypothesis
+    if "egmm-serial" in paired or "egmm-batched" in paired:
+        run_egmm(cost, 20, args.seed + 1, "serial", batched="egmm-serial" not in paired)
+    if "pyhf" in paired:
+        run_pyhf(data, 20, args.seed + 1, hypotest=False)
+    for r in range(args.rounds):
+        for name, run in (list(paired.values()) if r % 2 == 0
+                          else list(paired.values())[::-1]):
+            row = run()
+            rows.setdefault(name, row)
+            times[name].append(row["seconds"])
+    for name, seconds in times.items():
+        rows[name] = {**rows[name], "seconds": statistics.median(seconds),
+                      "seconds_rounds": seconds}
+    ratios = {}
+    if pyhf_name in times:
+        for name, label in (("egmm serial", "egmm serial / pyhf"),
+                            ("egmm serial, batched fits", "batched / pyhf")):
+            if name in times:
+                each = [b / a for a, b in zip(times[name], times[pyhf_name])]
+                ratios[label] = {"rounds": each, "median": statistics.median(each)}
     if "egmm-serial-fd" not in skip:
         rows["egmm serial, finite-difference HESSE"] = run_egmm(
             egmm_cost(data[:, None], hessian=False), args.ntoys, args.seed, "serial")
-    if "egmm-batched" not in skip:
-        rows["egmm serial, batched fits"] = run_egmm(cost, args.ntoys, args.seed, "serial",
-                                                     batched=True)
     if "egmm-pool" not in skip:
         t0 = time.perf_counter()
         with egmm.infer.local_executor(args.workers) as pool:
@@ -357,9 +401,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         pyhf.set_backend("numpy")
         rows["egmm serial, binned (PyhfCost)"] = run_egmm(
             egmm.PyhfCost(*pyhf_model_and_data(data)), args.ntoys, args.seed, "serial")
-    if "pyhf" not in skip:
-        rows[f"pyhf {pyhf.__version__} ToyCalculator (binned)"] = run_pyhf(data, args.ntoys,
-                                                                          args.seed)
     if "zfit" not in skip:
         row = run_zfit(data, args.zfit_ntoys, args.seed)
         versions = row.get("versions", {})
@@ -382,13 +423,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "hypotest_error" in r:
             print(f"    pyhf.infer.hypotest raised: {r['hypotest_error']}\n"
                   f"    (timed: {r['what']})")
+    for label, ratio in ratios.items():
+        print(f"{label}: toys/s ratio {ratio['median']:.2f} (median of {args.rounds} "
+              f"interleaved rounds: {', '.join(f'{v:.2f}' for v in ratio['rounds'])})")
     info["load_average_at_end"] = load_average()
     result = {"machine": info, "settings": {"ntoys_per_hypothesis": args.ntoys,
                                             "mu_test": MU_TEST, "test_stat": "qtilde",
                                             "workers": args.workers, "seed": args.seed,
                                             "n_observed": len(data), "pyhf_bins": N_BINS,
-                                            "zfit_ntoys_per_hypothesis": args.zfit_ntoys},
-              "rows": rows}
+                                            "zfit_ntoys_per_hypothesis": args.zfit_ntoys,
+                                            "rounds": args.rounds},
+              "rows": rows, "paired_ratios": ratios}
     write_json(args.out, result)
     print(f"\n{args.out}")
     return result

@@ -189,6 +189,15 @@ def test_table_toys_speed_peers(tmp_path):
                                      "--out", str(tmp_path / "README.md")])
     assert "skipped: not installed (tensorflow)" in text
     assert "faster than zfit + hepstats" not in text
+    # interleaved rounds: the goal uses the median of the rounds' own ratios
+    paired = {"egmm serial / pyhf": {"rounds": [0.9, 1.3, 1.1], "median": 1.1},
+              "batched / pyhf": {"rounds": [1.5, 1.9, 1.7], "median": 1.7}}
+    (folder / "toys_speed.json").write_text(json.dumps({"settings": settings, "rows": rows,
+                                                        "paired_ratios": paired}))
+    text = _load("make_table").main(["--results", str(folder),
+                                     "--out", str(tmp_path / "README.md")])
+    assert "1.10× (Minuit loop / pyhf, rounds' median); 1.70× (batched / pyhf" in text
+    assert "egmm serial / pyhf: 1.10× (median of 3 interleaved rounds: 0.90, 1.30, 1.10)" in text
 
 
 def test_timed_counts_calls():
