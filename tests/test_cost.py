@@ -441,6 +441,8 @@ def test_parameter_checks():
         cost(5.0, 0.5, 300.0, 0.3, -1.0)
     with pytest.raises(ParameterError, match="'sigma' is nan"):
         cost(5.0, np.nan, 300.0, 0.3, 700.0)
+    with pytest.raises(ParameterError, match="'n_sig' is inf"):  # within [0, ∞], not finite
+        cost(5.0, 0.5, math.inf, 0.3, 700.0)
     with pytest.raises(ParameterError, match="expected 5 parameters"):
         cost(5.0, 0.5)
     # an ulp beyond a limit (Minuit's bounded transform) is put back on the limit

@@ -47,10 +47,12 @@ class Jet:
     @staticmethod
     def variables(values: Sequence[float], order: int) -> list[Jet]:
         """The independent variables at ``values``, with derivatives up to ``order``."""
+        if order == 0:
+            return [Jet(float(v), None, None) for v in values]
         n = len(values)
         eye = np.eye(n)
-        return [Jet(float(v), eye[i].copy() if order > 0 else None,
-                    np.zeros((n, n)) if order > 1 else None) for i, v in enumerate(values)]
+        return [Jet(float(v), eye[i].copy(), np.zeros((n, n)) if order > 1 else None)
+                for i, v in enumerate(values)]
 
     def _const(self, c: float) -> Jet:
         return Jet(c, None if self.g is None else np.zeros_like(self.g),

@@ -304,6 +304,10 @@ class _UnbinnedCost(Cost):
         self._lo = np.array([lo for lo, _ in limits.values()], dtype=np.float64)
         self._hi = np.array([hi for _, hi in limits.values()], dtype=np.float64)
         self._reach_lo, self._reach_hi = _reach(self._lo, self._hi)
+        # the same as Python floats, for the per-call check (a few parameters: ~5× faster
+        # than numpy's elementwise calls)
+        self._bounds = list(zip(self._reach_lo.tolist(), self._reach_hi.tolist(),
+                                self._lo.tolist(), self._hi.tolist()))
         self._starts = list(range(0, len(x), self._chunk_size))
         self._prepare()
         self._shapes = _FixedShapes.of(self)
@@ -527,6 +531,12 @@ class _UnbinnedCost(Cost):
                 f"{type(self).__name__}: expected {len(self._names)} parameters "
                 f"{list(self._names)}, got {theta.shape[0]}"
             )
+        values = theta.tolist()
+        if all(reach_lo <= v <= reach_hi and math.isfinite(v)
+               for v, (reach_lo, reach_hi, _, _) in zip(values, self._bounds)):
+            # within reach: clipped to the limits (the common case, in Python floats)
+            return np.array([lo if v < lo else hi if v > hi else v
+                             for v, (_, _, lo, hi) in zip(values, self._bounds)])
         bad = ~np.isfinite(theta)
         if bad.any():
             i = int(np.argmax(bad))
