@@ -32,7 +32,7 @@ HOW_TO_RUN = [
      "caching, the true pdf, a 2-D contour", "python benchmarks/fit_speed.py", "~1 min"),
     ("toys_speed.py", "toys/s of a toy-based CLs test: egmm, a plain iminuit loop, pyhf, "
      "zfit + hepstats (if installed)",
-     "python benchmarks/toys_speed.py --ntoys 500 --workers 2", "~1 min (+1 min with zfit)"),
+     "python benchmarks/toys_speed.py --ntoys 500 --workers 2", "~2 min (+1 min with zfit)"),
     ("toys_vectorised.py", "batched toy fits (fit_batched) vs one Minuit fit per toy",
      "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5–10 min"),
     ("fidelity_paper_toy.py", "KL(true ‖ model) of the GMM and zuko flows trained on the paper "
