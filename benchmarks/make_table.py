@@ -550,26 +550,26 @@ def goals(results: dict[str, Any]) -> str:
                         lambda v: v >= 10.0, lambda v: f"{v:.1f}×"))
     speed = results.get("toys_speed", {}).get("rows", {})
     paired = results.get("toys_speed", {}).get("paired_ratios", {})
-    theirs = next((r.get("toys_per_second") for k, r in speed.items() if k.startswith("pyhf")),
-                  None)
+
+    def against(peer: str) -> list[tuple[str, float]]:
+        """egmm's toys/s (one process; batched fits) over the row starting with ``peer``."""
+        theirs = next((r.get("toys_per_second") for k, r in speed.items()
+                       if k.startswith(peer)), None)
+        return [(f"{label} / {peer}", speed[key]["toys_per_second"] / theirs)
+                for key, label in (("egmm serial", "Minuit loop"),
+                                   ("egmm serial, batched fits", "batched"))
+                if theirs and speed.get(key, {}).get("toys_per_second")]
+
     if paired:  # interleaved rounds: the median of the rounds' own ratios
         measured = [(f"{label}, rounds' median", paired[key]["median"])
                     for key, label in (("egmm serial / pyhf", "Minuit loop / pyhf"),
                                        ("batched / pyhf", "batched / pyhf")) if key in paired]
     else:
-        measured = [(label, speed[key]["toys_per_second"] / theirs)
-                    for key, label in (("egmm serial", "Minuit loop / pyhf"),
-                                       ("egmm serial, batched fits", "batched / pyhf"))
-                    if theirs and speed.get(key, {}).get("toys_per_second")]
+        measured = against("pyhf")
     if measured:
         rows.append(row("analytic-pdf toys no slower per toy than pyhf's ToyCalculator",
                         measured, lambda v: v >= 1.0, lambda v: f"{v:.2f}×"))
-    theirs = next((r.get("toys_per_second") for k, r in speed.items() if k.startswith("zfit")),
-                  None)
-    measured = [(label, speed[key]["toys_per_second"] / theirs)
-                for key, label in (("egmm serial", "Minuit loop / zfit"),
-                                   ("egmm serial, batched fits", "batched / zfit"))
-                if theirs and speed.get(key, {}).get("toys_per_second")]
+    measured = against("zfit")
     if measured:
         rows.append(row("analytic-pdf toys far (≥ 10 ×) faster than zfit + hepstats",
                         measured, lambda v: v >= 10.0, lambda v: f"{v:.0f}×"))
