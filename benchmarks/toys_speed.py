@@ -363,8 +363,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     paired = {k: v for k, v in paired.items() if k not in skip}
     times: dict[str, list[float]] = {name: [] for name, _ in paired.values()}
     # untimed warm-up of each (first fits, first pyhf calls): 20 toys per hypothesis
-    if "egmm-serial" in paired or "egmm-batched" in paired:
-        run_egmm(cost, 20, args.seed + 1, "serial", batched="egmm-serial" not in paired)
+    for key, batched in (("egmm-serial", False), ("egmm-batched", True)):
+        if key in paired:
+            run_egmm(cost, 20, args.seed + 1, "serial", batched=batched)
     if "pyhf" in paired:
         run_pyhf(data, 20, args.seed + 1, hypotest=False)
     for r in range(args.rounds):
