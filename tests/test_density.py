@@ -541,6 +541,36 @@ def test_sampling_with_events_as_columns_equals_rows(trained_2d, dtype):
                                    atol=1e-9 if dtype == torch.float64 else 1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 300, 1024, 5000])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_draw_index_inverts_the_cumulative_sum(n, dtype):
+    """The sampler's component draw (row-by-row sums for wide batches, torch.cumsum for
+    narrow ones) picks exactly the index torch.cumsum's inversion picks from the same
+    uniforms, per event and shared (K, 1) alike; it leaves its input untouched, and the
+    indices follow the probabilities (a χ² test)."""
+    from egmm.density import _ROW_SCAN_MIN, _draw_index
+
+    assert 300 < _ROW_SCAN_MIN <= 1024  # both regimes are exercised
+    gen = torch.Generator().manual_seed(1)
+    for log_p in (torch.log_softmax(torch.randn(20, n, generator=gen, dtype=dtype), 0),
+                  torch.log_softmax(torch.randn(20, 1, generator=gen, dtype=dtype), 0),
+                  torch.log_softmax(torch.randn(n, 7, generator=gen, dtype=dtype), 1).t()):
+        before = log_p.clone()
+        got = _draw_index(log_p, n, torch.Generator().manual_seed(5))
+        r = torch.rand(1, n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        cdf = torch.cumsum(log_p.double().exp(), dim=0)
+        want = (cdf < r * cdf[-1:]).sum(0).clamp(max=log_p.shape[0] - 1)
+        assert got.dtype == torch.int64 and got.shape == (n,)
+        assert torch.equal(got, want)
+        assert torch.equal(log_p, before)
+    # one shared distribution, many draws: the frequencies match it
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    k = _draw_index(torch.tensor(np.log(p), dtype=dtype)[:, None], 40_000,
+                    torch.Generator().manual_seed(2 + n))
+    counts = np.bincount(k.numpy(), minlength=4)
+    assert stats.chisquare(counts, 40_000 * p).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_stacked_networks_equal_one_at_a_time(dtype):
     """Three or more observables: the networks with inputs run their layers one by one and

@@ -83,6 +83,9 @@ _MASS_FLOOR_GRAPH = {torch.float64: 1e-150, torch.float32: 1e-17}
 # exp likewise: terms more than 80 below the largest of a logsumexp (relative weight
 # < 2e-35) are evaluated at −80, a change far below float64 rounding.
 _LSE_FLOOR = -80.0
+# events from which _draw_index sums its cumulative probabilities row by row (fewer: one
+# torch.cumsum, whose per-call cost the row loop's 19 operations exceed)
+_ROW_SCAN_MIN = 1024
 
 
 def truncated_normal_log_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -856,11 +859,19 @@ def _theta_kinds(features: Any, space: ObservableSpace) -> tuple[str, ...]:
 
 def _draw_index(log_p: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
     """One index per event from log probabilities (K, n) — or (K, 1) shared by all n
-    events — by inverting the cumulative sum."""
-    cdf = torch.cumsum(log_p.double().exp(), dim=0)
+    events — by inverting the cumulative sum (float64, whatever ``log_p``'s dtype)."""
+    cdf = log_p.to(torch.float64, memory_format=torch.contiguous_format, copy=True).exp_()
+    if cdf.shape[1] >= _ROW_SCAN_MIN:
+        # row by row: the same sums in the same order as torch.cumsum, whose scan across the
+        # rows of a wide tensor is 2-6x slower (20 × 4096: 0.2 against 0.8-1.4 ms)
+        for k in range(1, cdf.shape[0]):
+            cdf[k].add_(cdf[k - 1])
+    else:
+        cdf.cumsum_(0)
     r = torch.rand(1, n, dtype=torch.float64, generator=gen).to(log_p.device)
-    r = r * cdf[-1:]  # normalisation exact to rounding
-    return (cdf < r).sum(0).clamp_(max=log_p.shape[0] - 1)
+    r.mul_(cdf[-1:])  # normalisation exact to rounding
+    below = cdf.lt_(r) if cdf.shape[1] == n else cdf < r  # (K, 1) shared: broadcast
+    return below.sum(0).long().clamp_(max=log_p.shape[0] - 1)
 
 
 def _torch_generator(seed: Any) -> torch.Generator:
