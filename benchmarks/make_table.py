@@ -35,6 +35,9 @@ HOW_TO_RUN = [
      "python benchmarks/toys_speed.py --ntoys 500 --workers 2", "~2 min (+1 min with zfit)"),
     ("toys_vectorised.py", "batched toy fits (fit_batched) vs one Minuit fit per toy",
      "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5–10 min"),
+    ("minima_precision.py", "how close batched fits (several goals) and MIGRAD (several "
+     "tolerances) come to the lowest −2 ln L found, on the same toys",
+     "python benchmarks/minima_precision.py --toys 200 [--fixed cx]", "~8 min"),
     ("fidelity_paper_toy.py", "KL(true ‖ model) of the GMM and zuko flows trained on the paper "
      "toy (`--workers 2`: the GMM's networks in two processes)",
      "python benchmarks/fidelity_paper_toy.py --models gmm,nsf,maf --workers 2", "~2 h"),
@@ -312,6 +315,26 @@ def toys_vectorised_section(data: dict[str, Any]) -> str:
                  + table(["model", "Minuit tol", "toys", "batched toys/s", "loop toys/s",
                           "speed-up", "invalid fits (batched / loop)", "max |Δt|"], ts_rows))
     return text
+
+
+def minima_precision_section(data: dict[str, Any]) -> str:
+    s = data.get("settings", {})
+    fixed = s.get("fixed")
+    rows = []
+    thresholds: list[str] = []
+    for name, m in data["methods"].items():
+        e = m["excess"]
+        thresholds = list(e["toys_above"])
+        per_toy = (f"{fmt(m['calls_per_toy'])} calls" if "calls_per_toy" in m
+                   else f"{fmt(m['newton_iterations_per_toy'])} iterations")
+        rows.append([name, fmt(m["seconds"]), per_toy, fmt(e["median"]), fmt(e["q90"]),
+                     fmt(e["max"]), *e["toys_above"].values()])
+    return (f"{data.get('description', '')}: {s.get('toys')} toys of {s.get('events')} "
+            f"events" + (f", {', '.join(fixed)} fixed at the truth" if fixed else "")
+            + f", MIGRAD strategy {s.get('strategy')}. Excess: −2 ln L above the lowest "
+            "minimum any method found for that toy.\n\n"
+            + table(["method", "seconds", "per toy", "excess median", "q90", "max",
+                     *[f"toys > {t}" for t in thresholds]], rows))
 
 
 def _design(setup: dict[str, Any]) -> str:
@@ -601,6 +624,7 @@ def read_results(folder: Path) -> tuple[dict[str, Any], list[str]]:
     names += sorted(p.stem for p in folder.glob("coverage_paper_toy_*.json"))
     names += sorted(p.stem for p in folder.glob("score_bias_*.json"))
     names += sorted(p.stem for p in folder.glob("cusp_datasets*.json"))
+    names += sorted(p.stem for p in folder.glob("minima_precision*.json"))
     for name in names:
         path = folder / f"{name}.json"
         if not path.exists():
@@ -664,6 +688,12 @@ def render(folder: Path) -> str:
         model = next(iter(results[n].get("results", {}).values()), {}).get("description", "")
         parts += [f"### {n}.json" + (f" ({model})" if model else ""), "",
                   _safe(lambda n=n: toys_vectorised_section(results[n]), n), ""]
+    mp = [n for n in results if n.startswith("minima_precision")]
+    if mp:
+        parts += ["## Precision of the minima (minima_precision.py)", ""]
+        for n in mp:
+            parts += [f"### {n}.json", "",
+                      _safe(lambda n=n: minima_precision_section(results[n]), n), ""]
     fid = [n for n in results if n.startswith("fidelity_paper_toy")]
     body = "\n\n".join(f"### {n}.json\n\n" + _safe(lambda n=n: fidelity_section(results[n]), n)
                        for n in fid) or "No results yet: `python benchmarks/fidelity_paper_toy.py`."

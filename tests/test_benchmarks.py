@@ -479,3 +479,40 @@ def test_cusp_datasets_names_a_model_that_took_the_truths_other_minimum():
     np.testing.assert_allclose(out["area_ratio"], 1.0, atol=0.02)
     rows = [{"point": [-0.8, 0.0], "k": 6, "models": {"m": out}}]
     assert cd.summarise(rows, "m")["shift_fails_other_minimum"] == 1
+
+
+def test_minima_precision_json_and_table(tmp_path):
+    """minima_precision.py on a few analytic toys (a smooth −2 ln L): every method's excess
+    over the lowest minimum found is ≥ 0 and, for a smooth likelihood, within twice its goal
+    (batched: the decrement goal; MIGRAD: its EDM goal 0.002 · tol; the factor 2 allows the
+    curvature estimates' error), the tight reference is among the best, a fixed parameter
+    gives conditional fits, and make_table renders the file."""
+    module = _load("minima_precision")
+    out = tmp_path / "minima_precision.json"
+    data = module.main(["--model", "analytic", "--toys", "6", "--events", "200",
+                        "--batched-goals", "2e-6,2e-4", "--minuit-tols", "0.001,0.1",
+                        "--out", str(out)])
+    assert json.loads(out.read_text())["methods"] == data["methods"]
+    methods = data["methods"]
+    assert list(methods) == ["batched goal 2e-06", "batched goal 0.0002", "reference",
+                             "MIGRAD tol 0.001", "MIGRAD tol 0.1"]
+    goals = {"batched goal 2e-06": 2e-6, "batched goal 0.0002": 2e-4, "reference": 1e-10,
+             "MIGRAD tol 0.001": 2e-6, "MIGRAD tol 0.1": 2e-4}
+    for name, m in methods.items():
+        e = m["excess"]
+        assert 0.0 <= e["median"] <= e["q90"] <= e["max"] <= 2 * goals[name] + 1e-9, name
+        assert list(e["toys_above"]) == ["2e-06", "2e-05", "0.0002", "0.001"]
+    assert methods["MIGRAD tol 0.1"]["valid"] == 6 and methods["reference"]["converged"] == 6
+    fixed = module.main(["--model", "analytic", "--toys", "3", "--events", "200",
+                         "--batched-goals", "2e-6", "--minuit-tols", "0.001", "--fixed", "mu",
+                         "--out", str(tmp_path / "minima_precision_fixed.json")])
+    assert fixed["settings"]["fixed"] == {"mu": 5.0}
+    text = _load("make_table").main(["--results", str(tmp_path), "--out",
+                                     str(tmp_path / "README.md")])
+    assert "## Precision of the minima (minima_precision.py)" in text
+    assert "### minima_precision_fixed.json" in text and "mu fixed at the truth" in text
+    assert "| MIGRAD tol 0.001 |" in text
+    with pytest.raises(SystemExit):
+        module.main(["--model", "analytic", "--fixed", "nope", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        module.main(["--model", "analytic", "--batched-goals", "2e-6,-1", "--out", str(out)])
