@@ -688,12 +688,8 @@ def render(folder: Path) -> str:
         model = next(iter(results[n].get("results", {}).values()), {}).get("description", "")
         parts += [f"### {n}.json" + (f" ({model})" if model else ""), "",
                   _safe(lambda n=n: toys_vectorised_section(results[n]), n), ""]
-    mp = [n for n in results if n.startswith("minima_precision")]
-    if mp:
-        parts += ["## Precision of the minima (minima_precision.py)", ""]
-        for n in mp:
-            parts += [f"### {n}.json", "",
-                      _safe(lambda n=n: minima_precision_section(results[n]), n), ""]
+    parts += _family("Precision of the minima (minima_precision.py)", "minima_precision",
+                     results, minima_precision_section)
     fid = [n for n in results if n.startswith("fidelity_paper_toy")]
     body = "\n\n".join(f"### {n}.json\n\n" + _safe(lambda n=n: fidelity_section(results[n]), n)
                        for n in fid) or "No results yet: `python benchmarks/fidelity_paper_toy.py`."
@@ -709,15 +705,22 @@ def render(folder: Path) -> str:
                          "score_bias", results, score_bias_section, "score_bias.py"))
     for n in (n for n in results if n.startswith("score_bias_")):
         parts += [f"### {n}.json", "", _safe(lambda n=n: score_bias_section(results[n]), n), ""]
-    cd = [n for n in results if n.startswith("cusp_datasets")]
-    if cd:
-        parts += ["## The demo's test on many datasets at the cusps (cusp_datasets.py)", ""]
-        for n in cd:
-            parts += [f"### {n}.json", "",
-                      _safe(lambda n=n: cusp_datasets_section(results[n]), n), ""]
+    parts += _family("The demo's test on many datasets at the cusps (cusp_datasets.py)",
+                     "cusp_datasets", results, cusp_datasets_section)
     if problems:
         parts += ["## Unreadable files", "", *[f"- {p}" for p in problems], ""]
     return "\n".join(parts)
+
+
+def _family(title: str, prefix: str, results: dict[str, Any],
+            render: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A section of one subsection per results file whose name starts with ``prefix``
+    (nothing without such files)."""
+    names = [n for n in results if n.startswith(prefix)]
+    parts = [f"## {title}", ""] if names else []
+    for n in names:
+        parts += [f"### {n}.json", "", _safe(lambda n=n: render(results[n]), n), ""]
+    return parts
 
 
 def _safe(fn: Callable[[], str], name: str) -> str:
