@@ -105,24 +105,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     methods: dict[str, dict[str, Any]] = {}
     fvals: dict[str, np.ndarray] = {}
-    for goal in goals:
-        name = f"batched goal {goal:g}"
+
+    def batched(name: str, record: dict[str, Any], **settings: Any) -> None:
         t0 = time.perf_counter()
-        res = fit_batched(costs, truth, fixed=fixed, validate=False, tol=goal)
-        methods[name] = {"kind": "batched", "goal": goal, "seconds": time.perf_counter() - t0,
+        res = fit_batched(costs, truth, fixed=fixed, validate=False, **settings)
+        methods[name] = {"kind": "batched", **record, "seconds": time.perf_counter() - t0,
                          "newton_iterations_per_toy": float(np.mean(res.n_iter)),
                          "converged": int(np.sum(res.converged)),
                          "fallback": int(np.sum(res.fallback))}
         fvals[name] = np.asarray(res.fval, dtype=np.float64)
         print(f"{name}: {methods[name]['seconds']:.1f} s", flush=True)
-    t0 = time.perf_counter()
-    ref = fit_batched(costs, truth, fixed=fixed, validate=False, **REFERENCE)
-    methods["reference"] = {"kind": "batched", **REFERENCE,
-                            "seconds": time.perf_counter() - t0,
-                            "newton_iterations_per_toy": float(np.mean(ref.n_iter)),
-                            "converged": int(np.sum(ref.converged)),
-                            "fallback": int(np.sum(ref.fallback))}
-    fvals["reference"] = np.asarray(ref.fval, dtype=np.float64)
+
+    for goal in goals:
+        batched(f"batched goal {goal:g}", {"goal": goal}, tol=goal)
+    batched("reference", REFERENCE, **REFERENCE)
     for tol in tols:
         name = f"MIGRAD tol {tol:g}"
         t0 = time.perf_counter()

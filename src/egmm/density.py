@@ -862,8 +862,8 @@ def _draw_index(log_p: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tens
     events — by inverting the cumulative sum (float64, whatever ``log_p``'s dtype)."""
     cdf = log_p.to(torch.float64, memory_format=torch.contiguous_format, copy=True).exp_()
     if cdf.shape[1] >= _ROW_SCAN_MIN:
-        # row by row: the same sums in the same order as torch.cumsum, whose scan across the
-        # rows of a wide tensor is 2-6x slower (20 × 4096: 0.2 against 0.8-1.4 ms)
+        # row by row: the same sums in the same order as torch.cumsum on a CPU, whose scan
+        # across the rows of a wide tensor is 2-6x slower (20 × 4096: 0.2 against 0.8-1.4 ms)
         for k in range(1, cdf.shape[0]):
             cdf[k].add_(cdf[k - 1])
     else:
