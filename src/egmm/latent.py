@@ -715,6 +715,12 @@ class LatentProjection:
         return torch.stack(cols, -1)
 
 
+def _rows_at(tb: _Tables, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The interval rows (t0, t1, p0, 1 − p1, slope, log slope) at indices ``i`` (any shape),
+    each shaped like ``i`` (index_select: 2-4x faster than indexing for 4096 events)."""
+    return tb.rows.index_select(0, i.reshape(-1)).view(*i.shape, -1).unbind(-1)
+
+
 def _to_mass(
     m: _ObservableMap, tb: _Tables, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -726,7 +732,7 @@ def _to_mass(
     n = tb.rows.shape[0]
     xc = x.clamp(m.a, m.b)
     i = (torch.searchsorted(tb.knots, xc, right=True) - 1).clamp_(0, n - 1)
-    t0, t1, p0, comp1, slope, log_dq = tb.rows[i].unbind(-1)
+    t0, t1, p0, comp1, slope, log_dq = _rows_at(tb, i)
     p = p0 + slope * (xc - t0)
     comp = comp1 + slope * (t1 - xc)
     if m.tail_lo is not None:
@@ -752,7 +758,7 @@ def _from_mass(m: _ObservableMap, tb: _Tables, p: torch.Tensor, comp: torch.Tens
     """Q_x⁻¹ of one column from (p, 1 − p); ±inf for zero mass beyond an infinite side."""
     n = tb.rows.shape[0]
     i = (torch.searchsorted(tb.cdf, p, right=True) - 1).clamp_(0, n - 1)
-    t0, t1, p0, comp1, slope, _ = tb.rows[i].unbind(-1)
+    t0, t1, p0, comp1, slope, _ = _rows_at(tb, i)
     # from the nearer end of the interval; the clamp only removes rounding (x ∈ [a, b] exactly)
     x = torch.where(p <= comp, t0 + (p - p0) / slope, t1 - (comp - comp1) / slope)
     x = x.clamp(m.a, m.b)
