@@ -537,3 +537,47 @@ SMALL = X_REF[:50]
 def test_bad_input_raises(call, match):
     with pytest.raises(InputError, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_interval_lookup_equals_searchsorted(dtype):
+    """The maps' interval index by a uniform cell grid (many events) is exactly
+    searchsorted(T, x, right=True) − 1 clamped to the K intervals: for a fitted map's uniform
+    knots and uneven CDF, a random uneven table, at every entry, one ulp either side, at the
+    cells' edges and beyond both ends; a table too uneven for the grid (or small batches)
+    falls back to searchsorted; NaN gives an index in range, no error."""
+    from egmm.latent import _CELLS_MIN, _cells, _interval
+
+    rng = np.random.default_rng(3)
+    space = ObservableSpace([Observable("a", 0.0, 10.0), Observable("b", -math.inf, math.inf)])
+    x = np.column_stack([rng.gamma(2.0, 1.5, 4000).clip(0, 10), rng.normal(size=4000)])
+    proj = LatentProjection.fit(space, x)
+    tables = [t for tb in proj._tables(torch.zeros(1, dtype=dtype)) for t in (tb.knots, tb.cdf)]
+    tables.append(torch.as_tensor(np.cumsum(rng.uniform(0.2, 1.0, 60)), dtype=dtype))
+    tables.append(torch.arange(9, dtype=dtype))  # entries exactly on cell edges (width ½)
+    inf = torch.tensor(math.inf, dtype=dtype)
+    for table in tables:
+        cells = _cells(table)
+        assert cells is not None
+        t = table.double().numpy()
+        width = t[-1] - t[0]
+        points = torch.as_tensor(np.concatenate([
+            rng.uniform(t[0] - 0.1 * width, t[-1] + 0.1 * width, 20_000), t,
+            cells.lo + np.arange(len(cells.start)) / cells.scale, [math.inf, -math.inf]]),
+            dtype=dtype)
+        points = torch.cat([points, torch.nextafter(points, inf), torch.nextafter(points, -inf)])
+        assert len(points) >= _CELLS_MIN
+        want = (torch.searchsorted(table, points, right=True) - 1).clamp(0, len(t) - 2)
+        assert torch.equal(_interval(table, cells, points), want)
+        assert torch.equal(_interval(table, cells, points.view(3, -1)), want.view(3, -1))
+        assert torch.equal(_interval(table, cells, points[:10]), want[:10])  # searchsorted
+        nan = _interval(table, cells, torch.full((_CELLS_MIN,), math.nan, dtype=dtype))
+        assert bool(((nan >= 0) & (nan <= len(t) - 2)).all())
+        # a point within rounding of a cell's edge may be counted in the neighbouring cell:
+        # grids shifted by a hair put the entries and edges there, either side
+        for shift in (1e-9, -1e-9):
+            moved = cells._replace(lo=cells.lo + shift / cells.scale)
+            assert torch.equal(_interval(table, moved, points), want)
+    # an interval 1e-7 of the span: a grid would need 2e7 cells; and two equal entries
+    assert _cells(torch.tensor([0.0, 1e-7, 0.5, 1.0], dtype=torch.float64)) is None
+    assert _cells(torch.tensor([0.0, 0.5, 0.5, 1.0], dtype=torch.float64)) is None

@@ -246,10 +246,64 @@ def _tail(tail: Sequence[float] | None, what: str) -> tuple[float, float] | None
     return mass, scale
 
 
+class _Cells(NamedTuple):
+    """A uniform grid over a strictly increasing table T (K + 1 entries): for each cell, the
+    interval of T its left edge lies in. Cells at most half as wide as T's narrowest interval
+    hold at most one entry of T, so the interval of any x is its cell's or the next one, and
+    two comparisons find it — also for an x within rounding of a cell's edge, counted in the
+    neighbouring cell (:func:`_interval`): a few vectorised passes instead of torch's
+    per-element binary search (~50 ns a lookup in a 201-entry table on this CPU)."""
+    lo: float
+    scale: float  # cells per unit of T
+    start: torch.Tensor  # (M,) int64
+
+
 class _Tables(NamedTuple):
     knots: torch.Tensor  # (K + 1,) searched by the forward map
     cdf: torch.Tensor  # (K + 1,) searched by the inverse map
     rows: torch.Tensor  # (K, 6) _ObservableMap.rows(): one gather per event
+    knot_cells: _Cells | None  # None: torch.searchsorted (see _cells)
+    cdf_cells: _Cells | None
+
+
+#: the most cells of a _Cells grid; a table with a relatively narrower interval is searched
+_MAX_CELLS = 1 << 16
+#: lookups from which the grid pays (fewer: torch.searchsorted, whose per-call cost is lower;
+#: 201-entry table: 400 lookups 15 against 55 µs, 4096 229 against 84, 8192 429 against 122)
+_CELLS_MIN = 1024
+
+
+def _cells(table: torch.Tensor) -> _Cells | None:
+    """The :class:`_Cells` of a table as stored (in its dtype), or None where its intervals
+    are too uneven for a small grid or rounding made two entries equal."""
+    t = table.detach().cpu().double().numpy()
+    gaps = np.diff(t)
+    if len(t) < 2 or not np.all(gaps > 0):
+        return None
+    span = float(t[-1] - t[0])
+    m = math.ceil(2.0 * span / float(gaps.min()))
+    if not (math.isfinite(span) and 1 <= m <= _MAX_CELLS):
+        return None
+    scale = m / span
+    edges = t[0] + np.arange(m) / scale
+    start = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(t) - 2)
+    return _Cells(float(t[0]), scale, torch.as_tensor(start, device=table.device))
+
+
+def _interval(table: torch.Tensor, cells: _Cells | None, x: torch.Tensor) -> torch.Tensor:
+    """The index of the interval [T_i, T_{i+1}) holding each x (any shape), clamped to the K
+    intervals: ``searchsorted(table, x, right=True) − 1``, clamped to [0, K − 1]."""
+    n = table.shape[0] - 1
+    if cells is None or x.numel() < _CELLS_MIN:
+        return (torch.searchsorted(table, x, right=True) - 1).clamp_(0, n - 1)
+    flat = x.reshape(-1)
+    last = cells.start.shape[0] - 1
+    # (clamped before and after the conversion: NaN converts to an arbitrary integer)
+    cell = ((flat - cells.lo) * cells.scale).clamp_(0, last).long().clamp_(0, last)
+    i = cells.start.index_select(0, cell)
+    i.add_((table.index_select(0, i + 1) <= flat).long())  # the cell holds the next entry
+    i.sub_((table.index_select(0, i) > flat).long())  # x within rounding below the cell
+    return i.clamp_(0, n - 1).view(x.shape)
 
 
 def _fit_map(
@@ -678,7 +732,8 @@ class LatentProjection:
                 return torch.as_tensor(a, dtype=like.dtype, device=like.device)
 
             tables = [
-                None if m is None else _Tables(conv(m.knots), conv(m.cdf), conv(m.rows()))
+                None if m is None else _table_set(conv(m.knots), conv(m.cdf),
+                                                  conv(m.rows()))
                 for m in self._maps
             ]
             self._cache[key] = tables
@@ -715,6 +770,10 @@ class LatentProjection:
         return torch.stack(cols, -1)
 
 
+def _table_set(knots: torch.Tensor, cdf: torch.Tensor, rows: torch.Tensor) -> _Tables:
+    return _Tables(knots, cdf, rows, _cells(knots), _cells(cdf))
+
+
 def _rows_at(tb: _Tables, i: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The interval rows (t0, t1, p0, 1 − p1, slope, log slope) at indices ``i`` (any shape),
     each shaped like ``i`` (index_select: 2-4x faster than indexing for 4096 events)."""
@@ -729,9 +788,8 @@ def _to_mass(
     Every branch is evaluated on inputs clamped to its own domain, so that the branch where()
     discards never produces inf/NaN (which would poison the gradients).
     """
-    n = tb.rows.shape[0]
     xc = x.clamp(m.a, m.b)
-    i = (torch.searchsorted(tb.knots, xc, right=True) - 1).clamp_(0, n - 1)
+    i = _interval(tb.knots, tb.knot_cells, xc)
     t0, t1, p0, comp1, slope, log_dq = _rows_at(tb, i)
     p = p0 + slope * (xc - t0)
     comp = comp1 + slope * (t1 - xc)
@@ -756,8 +814,7 @@ def _to_mass(
 
 def _from_mass(m: _ObservableMap, tb: _Tables, p: torch.Tensor, comp: torch.Tensor) -> torch.Tensor:
     """Q_x⁻¹ of one column from (p, 1 − p); ±inf for zero mass beyond an infinite side."""
-    n = tb.rows.shape[0]
-    i = (torch.searchsorted(tb.cdf, p, right=True) - 1).clamp_(0, n - 1)
+    i = _interval(tb.cdf, tb.cdf_cells, p)
     t0, t1, p0, comp1, slope, _ = _rows_at(tb, i)
     # from the nearer end of the interval; the clamp only removes rounding (x ∈ [a, b] exactly)
     x = torch.where(p <= comp, t0 + (p - p0) / slope, t1 - (comp - comp1) / slope)
