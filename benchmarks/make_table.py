@@ -37,7 +37,8 @@ HOW_TO_RUN = [
      "python benchmarks/toys_vectorised.py --toys 200 --events 400", "~5–10 min"),
     ("minima_precision.py", "how close batched fits (several goals) and MIGRAD (several "
      "tolerances) come to the lowest −2 ln L found, on the same toys",
-     "python benchmarks/minima_precision.py --toys 200 [--fixed cx]", "~8 min"),
+     "python benchmarks/minima_precision.py --toys 200 [--fixed cx]",
+     "~5 min (~2 with --fixed cx)"),
     ("fidelity_paper_toy.py", "KL(true ‖ model) of the GMM and zuko flows trained on the paper "
      "toy (`--workers 2`: the GMM's networks in two processes)",
      "python benchmarks/fidelity_paper_toy.py --models gmm,nsf,maf --workers 2", "~2 h"),

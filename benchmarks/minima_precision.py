@@ -14,7 +14,7 @@ in how fast; a few toys end in another local minimum whatever the method.
 ``--fixed NAME`` fixes that parameter at its true value (the conditional fits of t_μ toys).
 Results: ``benchmarks/results/minima_precision.json`` (atomic).
 
-    python benchmarks/minima_precision.py --toys 200                 # paper-size GMM, ~8 min
+    python benchmarks/minima_precision.py --toys 200                 # paper-size GMM, ~5 min
     python benchmarks/minima_precision.py --toys 200 --fixed cx \\
         --out benchmarks/results/minima_precision_fixed.json
     python benchmarks/minima_precision.py --model analytic --toys 50
