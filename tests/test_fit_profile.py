@@ -240,7 +240,7 @@ def test_default_start_moves_inside_narrowed_limits():
     start on the edge is respected."""
     from iminuit.cost import LeastSquares
 
-    from egmm.infer.fit import make_minuit
+    from egmm.infer import make_minuit  # the public path the README names
 
     xs = np.linspace(0, 1, 20)
     cost = LeastSquares(xs, 0.5 + 0.3 * xs, 0.01, lambda x, a, b: a + b * x)

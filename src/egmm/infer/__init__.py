@@ -8,7 +8,7 @@ from egmm.infer.calculators import (
     hypotest,
 )
 from egmm.infer.coverage import CoverageResult, coverage
-from egmm.infer.fit import FitResult, Retry, exact_hessian, fit, start_values
+from egmm.infer.fit import FitResult, Retry, exact_hessian, fit, make_minuit, start_values
 from egmm.infer.intervals import (
     NeymanInterval,
     NeymanRegion2D,
@@ -52,6 +52,7 @@ __all__ = [
     "fit",
     "hypotest",
     "local_executor",
+    "make_minuit",
     "neyman_interval",
     "neyman_region_2d",
     "profile",
