@@ -226,3 +226,30 @@ def test_workers_report_batches_to_the_parents_bar(monkeypatch, capfd):
     train(_model(x), x, th, max_epochs=2, batch_size=10, workers=2, progress=True)
     err = capfd.readouterr().err
     assert "training in 2 processes" in err and f"{total}/{total}" in err
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_script_without_main_guard_gets_a_clear_error(tmp_path, progress):
+    """A script that calls train(workers=2) at top level: the spawned processes re-import it
+    and die at start-up (multiprocessing's bootstrapping RuntimeError); the parent says why
+    (the progress bar's manager process and the pool's workers fail in different places)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(tests)!r})\n"
+        "from helpers import SMALL, toy_2d\n"
+        "from egmm import GMMDensity, LatentProjection, Observable, ObservableSpace, train\n"
+        "x, th = toy_2d(50)\n"
+        "space = ObservableSpace([Observable('a', 0.0, 1.0), Observable('b', 0.0, 1.0)])\n"
+        "model = GMMDensity(space, ['c'], LatentProjection.fit(space, x), **SMALL)\n"
+        f"train(model, x, th, workers=2, max_epochs=1, progress={progress})\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "egmm.errors.EgmmError: workers > 1: a worker process died" in run.stderr
+    assert 'if __name__ == "__main__":' in run.stderr

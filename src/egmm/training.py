@@ -57,6 +57,7 @@ import pickle
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -66,7 +67,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from egmm.errors import InputError, ModelFileError, ParameterError, TrainingError
+from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
 
@@ -700,6 +701,13 @@ def _train_group(payload: bytes, unit_ids: list[int], fingerprint: dict[str, Any
     return pickle.dumps((history.to_dict(), [units[i].state_dict() for i in unit_ids]))
 
 
+def _spawn_failed() -> EgmmError:
+    return EgmmError(
+        "workers > 1: a worker process died (see any error it printed above). Spawned "
+        "processes re-import the main script: if yours calls train() at top level, put that "
+        "code under `if __name__ == \"__main__\":`")
+
+
 def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: list[list[int]],
                         settings: _LoopSettings, *, fingerprint: dict[str, Any],
                         checkpoints: list[Path | None], resume: bool,
@@ -719,7 +727,10 @@ def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: li
                desc=f"training in {len(groups)} processes")
     counted = [0] * len(groups)
     context = multiprocessing.get_context("spawn")
-    manager = context.Manager() if progress else None
+    try:
+        manager = context.Manager() if progress else None
+    except EOFError as exc:  # the manager's process died while starting
+        raise _spawn_failed() from exc
     queue = manager.Queue() if manager is not None else None
 
     def drain() -> None:
@@ -747,7 +758,10 @@ def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: li
                 drain()
                 for fut in done:
                     g = futures[fut]
-                    results[g] = pickle.loads(fut.result())
+                    try:
+                        results[g] = pickle.loads(fut.result())
+                    except BrokenProcessPool as exc:
+                        raise _spawn_failed() from exc
                     bar.update(share - counted[g])
                     counted[g] = share
     finally:
