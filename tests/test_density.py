@@ -257,6 +257,10 @@ def test_bad_input(trained_2d):
         trained_2d.log_prob([[0.5, 0.5]], {"c": np.nan})
     with pytest.raises(ParameterError, match="unknown"):
         trained_2d.log_prob([[0.5, 0.5]], {"c": 0.0, "d": 1.0})
+    with pytest.raises(ParameterError, match="parameter 'c': expected a scalar or 3 values"):
+        trained_2d.log_prob(np.full((3, 2), 0.5), {"c": np.zeros(10)})
+    with pytest.raises(ParameterError, match="parameter 'c'"):
+        trained_2d.log_prob(np.full((3, 2), 0.5), {"c": np.zeros((3, 1))})
     with pytest.raises(InputError, match="'b'"):
         trained_2d.log_prob([[0.5, 1.5]], {"c": 0.0})
     with pytest.raises(InputError, match="latent box"):

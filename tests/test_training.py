@@ -150,6 +150,26 @@ def test_bad_training_input():
         train(_model(x), bad, th, progress=False)
 
 
+def test_training_theta_as_a_mapping():
+    """θ as name -> per-event values (or a scalar) trains exactly as the (N, P) array; a
+    mapping with a wrong name or length, or a θ that is no array, is refused by name."""
+    x, th = toy_2d(100)
+    kwargs = {"max_epochs": 2, "batch_size": 50, "progress": False, "seed": 1}
+    ref, by_name = _model(x), _model(x)
+    h_ref = train(ref, x, th, **kwargs)
+    h = train(by_name, x, {"c": th[:, 0]}, **kwargs)
+    assert h.val_loss == h_ref.val_loss
+    for a, b in zip(ref.module.state_dict().values(), by_name.module.state_dict().values()):
+        assert torch.equal(a, b)
+    train(_model(x), x, {"c": 0.5}, **kwargs)  # one point for all events
+    with pytest.raises(ParameterError, match="unknown"):
+        train(_model(x), x, {"c": th[:, 0], "d": 1.0}, progress=False)
+    with pytest.raises(ParameterError, match="parameter 'c': expected a scalar or 300 values"):
+        train(_model(x), x, {"c": th[:-1, 0]}, progress=False)
+    with pytest.raises(InputError, match="training θ: expected an"):
+        train(_model(x), x, object(), progress=False)
+
+
 def test_cosine_schedule_follows_half_cosine_and_resumes(tmp_path):
     x, th = toy_2d(200)
     kwargs = {"max_epochs": 4, "batch_size": 64, "progress": False, "seed": 3,

@@ -101,18 +101,7 @@ class DensityModel(ABC):
                 raise ParameterError(f"parameters {list(names)} must be given")
             return torch.zeros(0, dtype=torch.float64)
         if isinstance(theta, Mapping):
-            missing = [n for n in names if n not in theta]
-            extra = [k for k in theta if k not in names]
-            if missing or extra:
-                raise ParameterError(
-                    f"parameters: expected {list(names)}, missing {missing}, unknown {extra}"
-                )
-            cols = [np.asarray(theta[n], dtype=np.float64) for n in names]
-            if all(c.ndim == 0 for c in cols):
-                arr = np.array([float(c) for c in cols])
-            else:
-                length = n_events if n_events is not None else max(c.size for c in cols)
-                arr = np.stack([np.broadcast_to(c, (length,)) for c in cols], axis=1)
+            arr = theta_columns(names, theta, n_events)
         else:
             if isinstance(theta, torch.Tensor):
                 theta = theta.detach().cpu().numpy()
@@ -215,3 +204,26 @@ class TrainedModel(DensityModel):
             "parameter_bounds": {k: list(v) for k, v in self.parameter_bounds.items()},
             "projection": self.projection.to_dict(),  # type: ignore[attr-defined]
         }
+
+
+def theta_columns(names: Sequence[str], theta: Mapping[str, Any],
+                  n_events: int | None = None) -> np.ndarray:
+    """θ given as a mapping name -> value, in the order of ``names``: (P,) when every value
+    is a scalar, else (N, P) with scalars repeated and per-event arrays of length N
+    (``n_events``, or the longest array's). Names missing or unknown, and arrays of another
+    length or shape, raise :class:`ParameterError` naming the parameter."""
+    missing = [n for n in names if n not in theta]
+    extra = [k for k in theta if k not in names]
+    if missing or extra:
+        raise ParameterError(
+            f"parameters: expected {list(names)}, missing {missing}, unknown {extra}")
+    cols = [np.asarray(theta[n], dtype=np.float64) for n in names]
+    if all(c.ndim == 0 for c in cols):
+        return np.array([float(c) for c in cols])
+    length = n_events if n_events is not None else max(c.size for c in cols)
+    for name, c in zip(names, cols):
+        if c.ndim > 1 or (c.ndim == 1 and c.size not in (1, length)):
+            raise ParameterError(
+                f"parameter {name!r}: expected a scalar or {length} values (one per event), "
+                f"got shape {c.shape}")
+    return np.stack([np.broadcast_to(c, (length,)) for c in cols], axis=1)

@@ -56,7 +56,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from egmm.base import theta_columns
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
@@ -173,8 +174,16 @@ def _prepare_inputs(model: TrainableDensity, x: Any, theta: Any, weights: Any
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xv = model.space.validate(x, what="training events")
     n = len(xv)
-    th = np.asarray(theta, dtype=np.float64)
     p = len(model.parameters)
+    if isinstance(theta, Mapping):  # name -> scalar or one value per event
+        th = np.broadcast_to(theta_columns(model.parameters, theta, n), (n, p)).copy()
+    else:
+        try:
+            th = np.asarray(theta, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"training θ: expected an ({n}, {p}) array or a mapping of "
+                             f"{list(model.parameters)}, got {type(theta).__name__} ({exc})"
+                             ) from None
     if th.ndim == 1 and p == 1:
         th = th[:, None]
     if p == 0 and th.size == 0:
