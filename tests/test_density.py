@@ -267,6 +267,10 @@ def test_bad_input(trained_2d):
         trained_2d.log_prob_latent([[0.0, 7.0]], {"c": 0.0})
     with pytest.raises(InputError, match="n must be"):
         trained_2d.sample(-1, {"c": 0.0})
+    for bad in (2.5, float("nan"), "3", True):  # refused, not truncated
+        with pytest.raises(InputError, match="n must be a whole number"):
+            trained_2d.sample(bad, {"c": 0.0})
+    assert trained_2d.sample(3.0, {"c": 0.0}, seed=1).shape == (3, 2)
 
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from egmm.errors import ParameterError
+from egmm.errors import InputError, ParameterError
 from egmm.observables import ObservableSpace
 
 __all__ = ["DensityModel", "TrainedModel"]
@@ -227,3 +227,19 @@ def theta_columns(names: Sequence[str], theta: Mapping[str, Any],
                 f"parameter {name!r}: expected a scalar or {length} values (one per event), "
                 f"got shape {c.shape}")
     return np.stack([np.broadcast_to(c, (length,)) for c in cols], axis=1)
+
+
+def sample_count(n: Any) -> int:
+    """The number of events ``sample`` is asked for, as an int: a non-negative whole number
+    (an integral float such as 1e6 included); anything else raises :class:`InputError`
+    rather than being truncated."""
+    try:
+        count = int(n)
+        whole = not isinstance(n, bool) and count == n
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise InputError(f"sample: n must be a whole number of events, got {n!r}")
+    if count < 0:
+        raise InputError(f"sample: n must be ≥ 0, got {count}")
+    return count

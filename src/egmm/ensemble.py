@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, sample_count
 from egmm.errors import InputError
 
 __all__ = ["EnsembleDensity"]
@@ -124,9 +124,7 @@ class EnsembleDensity(DensityModel):
     def sample(self, n: int, theta: Any = None, seed: Any = None, **kwargs: Any) -> np.ndarray:
         """Draw ``n`` events at θ: a member per event with probabilities ``weights``, then
         that member's sampler. Extra keyword arguments go to the members' ``sample``."""
-        n = int(n)
-        if n < 0:
-            raise InputError(f"sample: n must be ≥ 0, got {n}")
+        n = sample_count(n)
         rng = np.random.default_rng(seed)
         th = self.theta_tensor(theta, n_events=n, allow_outside=kwargs.get("allow_outside",
                                                                             False))

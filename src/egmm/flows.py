@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egmm.base import TrainedModel
+from egmm.base import TrainedModel, sample_count
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.observables import ObservableSpace
@@ -144,9 +144,7 @@ class FlowDensity(TrainedModel, SavableModel):
     def sample(self, n: int, theta: Any = None, seed: Any = None, *,
                allow_outside: bool = False, dtype: torch.dtype = torch.float32) -> np.ndarray:
         """Draw ``n`` events at θ, (n, D) float64 in data space; ``seed`` int or None."""
-        n = int(n)
-        if n < 0:
-            raise InputError(f"sample: n must be ≥ 0, got {n}")
+        n = sample_count(n)
         th = self.theta_tensor(theta, n_events=n, allow_outside=allow_outside)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
