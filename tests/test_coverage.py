@@ -134,6 +134,15 @@ def test_bad_input():
                  parameters=["mu", "sigma"], executor="serial")
     with pytest.raises(InputError, match="n_events"):
         coverage(NORMAL, normal_cost, {"mu": 1.0, "sigma": 2.0}, ntoys=3, seed=1)
+    with pytest.raises(ParameterError, match=r"truth_pars names \['sigam'\], which neither"):
+        coverage(normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0, "sigam": 2.0}, ntoys=3,
+                 seed=1, executor="serial")  # a misspelling, not silently ignored
+    toy = PaperToy()
+    dens = TorchDensity.from_numpy(PaperToy.space, toy.log_prob, ("cx", "cy"),
+                                   {"cx": (-1.5, 1.5), "cy": (-1.2, 1.2)}, name="paper toy")
+    with pytest.raises(ParameterError, match=r"truth_pars names \['foo'\]"):
+        coverage(toy, lambda x: UnbinnedNLL(x, dens), {"cx": 0.8, "cy": 0.8, "foo": 1.0},
+                 ntoys=3, seed=1, n_events=50, executor="serial")
     with pytest.raises(InputError, match="cannot generate data"):
         coverage(42, normal_cost, {"mu": 1.0}, ntoys=3, seed=1)
 

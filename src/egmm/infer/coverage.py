@@ -522,6 +522,11 @@ def coverage(
                        dict(start) if start is not None else None, fixed, limits,
                        int(strategy), tol)
     names = list(describe(_first_cost(job, ntoys)))
+    used = set(names) | set(truth.parameters if kind in ("density", "sampler") else ())
+    unused = [k for k in truth_values if k not in used]
+    if unused:  # a misspelt name would otherwise be ignored and its parameter left free
+        raise ParameterError(f"coverage: truth_pars names {unused}, which neither the cost "
+                             f"{names} nor the truth uses")
     if parameters is None:
         fixed_names = {fixed} if isinstance(fixed, str) else set(fixed or ())
         parameters = [p for p in names if p in truth_values and p not in fixed_names]
