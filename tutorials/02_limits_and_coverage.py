@@ -301,7 +301,8 @@ def main(fast: bool = False, out: Path = Path("tutorial-02-output"),
         # toy): the same statistic toy by toy, to the fits' tolerance, hence the same CLs
         mid = len(toy_grid) // 2
         batched_calc = egmm.infer.ToyCalculator(cost, "mu", ntoys=ntoys, seed=7,
-                                                executor="serial", batched=True)
+                                                executor="serial", batched=True,
+                                                track_progress=not fast)
         start = time.perf_counter()
         cls_batched = egmm.infer.hypotest(toy_grid[mid], cost, "mu", calculator=batched_calc)
         batched_check = {"mu": toy_grid[mid], "ntoys": ntoys, "cls_loop": toy_cls[mid],
