@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import egmm.validation as ev
-from egmm import GMMDensity, InputError, LatentProjection, train
+from egmm import GMMDensity, InputError, LatentProjection, ParameterError, train
 from egmm.cli import main
 from egmm.demo import true_density
 from egmm.groundtruth import PaperToy
@@ -292,8 +292,9 @@ def test_bad_inputs_raise_input_errors(tmp_path):
         ev.report(model, {}, tmp_path, **run)
     with pytest.raises(InputError, match="expected 1 values"):
         ev.report(model, {(0.0, 1.0): good}, tmp_path, **run)
-    with pytest.raises(InputError, match="outside the model's range"):
+    with pytest.raises(ParameterError, match="outside the model's range") as info:
         ev.report(model, {(5.0,): good}, tmp_path, **run)
+    assert "allow_outside" not in str(info.value)  # report() has no such option to offer
     bad = good.copy()
     bad[3, 0] = np.nan
     with pytest.raises(InputError, match=r"data at θ = \(c = 0\).*'a'.*row 3"):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from egmm.base import DensityModel
-from egmm.errors import InputError
+from egmm.errors import InputError, ParameterError
 from egmm.validation.histograms import (
     double_ratio,
     histogram,
@@ -100,7 +100,13 @@ def _theta_dict(model: DensityModel, key: Any) -> dict[str, float]:
         raise InputError(f"θ {key!r}: values must be numbers") from None
     if len(arr) != len(names):
         raise InputError(f"θ {key!r}: expected {len(names)} values {list(names)}")
-    model.check_theta(arr)
+    model.check_theta(arr, allow_outside=True)  # finite values
+    for name, value in zip(names, arr):
+        lo, hi = model.parameter_bounds.get(name, (-np.inf, np.inf))
+        if not lo <= value <= hi:
+            raise ParameterError(
+                f"θ {key!r}: parameter {name!r} = {value} lies outside the model's range "
+                f"[{lo}, {hi}]; a validation report tests a model where it was trained only")
     return dict(zip(names, arr.tolist()))
 
 
