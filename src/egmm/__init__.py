@@ -1,6 +1,6 @@
 """egmm: neural density models as unbinned likelihood terms for iminuit.
 
-The public names; see DESIGN.md for the contract.
+The public names (the README documents them; `help(egmm.infer)` for inference).
 """
 
 from egmm import infer
