@@ -271,6 +271,12 @@ def test_bad_input(trained_2d):
         with pytest.raises(InputError, match="n must be a whole number"):
             trained_2d.sample(bad, {"c": 0.0})
     assert trained_2d.sample(3.0, {"c": 0.0}, seed=1).shape == (3, 2)
+    # a chunk size < 1 had returned np.empty's uninitialised memory as results
+    for bad in (-1, 0, 2.5):
+        with pytest.raises(InputError, match="chunk_size"):
+            trained_2d.log_prob(np.full((3, 2), 0.5), {"c": 0.0}, chunk_size=bad)
+        with pytest.raises(InputError, match="chunk_size"):
+            trained_2d.sample(3, {"c": 0.0}, chunk_size=bad)
 
 
 

@@ -148,6 +148,21 @@ def test_bad_training_input():
     bad[5, 1] = 2.0
     with pytest.raises(InputError, match="'b'"):
         train(_model(x), bad, th, progress=False)
+    # settings that would train nothing or silently misbehave: min_delta = nan never counts an
+    # improvement (the untrained weights came back), eval_batch_size < 1 made every
+    # validation loss 0, lr_factor ≤ 0 zeroed the rate, fractional counts were truncated
+    for kwargs, name in (({"min_delta": float("nan")}, "min_delta"),
+                         ({"min_delta": -1e-3}, "min_delta"),
+                         ({"eval_batch_size": -1}, "eval_batch_size"),
+                         ({"lr_factor": 0.0}, "lr_factor"), ({"lr_factor": -1.0}, "lr_factor"),
+                         ({"lr_factor": float("nan")}, "lr_factor"),
+                         ({"lr_factor": 1.5}, "lr_factor"),
+                         ({"lr_patience": -1}, "lr_patience"),
+                         ({"max_epochs": 2.5}, "max_epochs"),
+                         ({"batch_size": 100.5}, "batch_size"), ({"patience": 0}, "patience"),
+                         ({"validation": "0.3"}, "validation")):
+        with pytest.raises(InputError, match=name):
+            train(_model(x), x, th, progress=False, **kwargs)
 
 
 def test_training_theta_as_a_mapping():

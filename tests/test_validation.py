@@ -88,6 +88,8 @@ def test_importance_weights_agree_with_the_model_and_reweighting_with_direct_sam
     assert w.shape == (2, 500)
     np.testing.assert_allclose(w[0], model.importance_weights(x[:500], {"c": 0.5},
                                                               {"c": 0.0}), rtol=1e-10)
+    with pytest.raises(InputError, match="chunk_size"):  # was uninitialised memory
+        ev.importance_weights(model, x[:5], [{"c": 0.5}], {"c": 0.0}, chunk_size=-1)
     # the truth at (0.8, 0) from a (0, 0) sample (Kish effective sample size 77 %) against a
     # direct sample: Σ pull² over the bins must be χ²-distributed
     dens = perfect_toy_model()

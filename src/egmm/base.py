@@ -74,6 +74,7 @@ class DensityModel(ABC):
         (scalar or per event), a sequence/array (P,) or (N, P). θ outside the trained range
         raises unless ``allow_outside=True``. ``dtype``: evaluation precision.
         """
+        chunk_size = whole_number(chunk_size, "log_prob: chunk_size")
         xv = self.space.validate(x)
         th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
         device = getattr(self, "device", torch.device("cpu"))
@@ -229,17 +230,22 @@ def theta_columns(names: Sequence[str], theta: Mapping[str, Any],
     return np.stack([np.broadcast_to(c, (length,)) for c in cols], axis=1)
 
 
-def sample_count(n: Any) -> int:
-    """The number of events ``sample`` is asked for, as an int: a non-negative whole number
-    (an integral float such as 1e6 included); anything else raises :class:`InputError`
-    rather than being truncated."""
+def whole_number(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int if it is a whole number ≥ ``minimum`` (an integral float such as
+    1e6 included); anything else — 2.5, nan, a bool, a string — raises :class:`InputError`
+    naming ``name`` rather than being truncated."""
     try:
-        count = int(n)
-        whole = not isinstance(n, bool) and count == n
+        count = int(value)
+        whole = not isinstance(value, (bool, str)) and count == value
     except (TypeError, ValueError, OverflowError):
         whole = False
     if not whole:
-        raise InputError(f"sample: n must be a whole number of events, got {n!r}")
-    if count < 0:
-        raise InputError(f"sample: n must be ≥ 0, got {count}")
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    if count < minimum:
+        raise InputError(f"{name} must be ≥ {minimum}, got {count}")
     return count
+
+
+def sample_count(n: Any) -> int:
+    """The number of events ``sample`` is asked for (:func:`whole_number` ≥ 0)."""
+    return whole_number(n, "sample: n", 0)

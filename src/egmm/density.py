@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egmm.base import TrainedModel, sample_count
+from egmm.base import TrainedModel, sample_count, whole_number
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.networks import (
@@ -740,6 +740,7 @@ class GMMDensity(TrainedModel, SavableModel):
         if dtype not in (torch.float32, torch.float64):
             raise InputError(f"sample: dtype must be torch.float32 or torch.float64, got {dtype}")
         n = sample_count(n)
+        chunk_size = whole_number(chunk_size, "sample: chunk_size")
         th = self.theta_tensor(theta, n_events=n, allow_outside=allow_outside)
         gen = _torch_generator(seed)
         out = np.empty((n, self.space.dim))

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from egmm.base import theta_columns
+from egmm.base import theta_columns, whole_number
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
@@ -104,23 +104,37 @@ SCHEDULES = ("plateau", "cosine")
 
 def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
                             max_epochs: int = 1000, lr: float = 1e-3, schedule: str = "plateau",
-                            patience: int = 8, score_weight: float = 1.0) -> None:
+                            patience: int = 8, score_weight: float = 1.0,
+                            lr_factor: float = 0.5, lr_patience: int = 2,
+                            min_delta: float = 1e-6, eval_batch_size: int = 65536) -> None:
     """Raise :class:`InputError` for settings :func:`train` cannot use (its arguments of the
     same names), before any data are prepared."""
-    if not 0.0 < validation < 1.0:
-        raise InputError(f"validation must be a fraction in (0, 1), got {validation}")
-    if batch_size < 1 or max_epochs < 0 or patience < 1:
-        raise InputError("batch_size and patience must be ≥ 1 and max_epochs ≥ 0")
-    if not (math.isfinite(lr) and lr > 0.0):
-        raise InputError(f"lr must be a positive finite number, got {lr}")
+    if not _is_number(validation) or not 0.0 < validation < 1.0:
+        raise InputError(f"validation must be a fraction in (0, 1), got {validation!r}")
+    whole_number(batch_size, "batch_size")
+    whole_number(patience, "patience")
+    whole_number(max_epochs, "max_epochs", 0)
+    whole_number(lr_patience, "lr_patience", 0)
+    whole_number(eval_batch_size, "eval_batch_size")
+    if not (_is_number(lr) and math.isfinite(lr) and lr > 0.0):
+        raise InputError(f"lr must be a positive finite number, got {lr!r}")
+    if not (_is_number(lr_factor) and 0.0 < lr_factor < 1.0):
+        raise InputError(f"lr_factor must be in (0, 1) (the rate is multiplied by it on a "
+                         f"plateau), got {lr_factor!r}")
+    if not (_is_number(min_delta) and math.isfinite(min_delta) and min_delta >= 0.0):
+        raise InputError(f"min_delta must be a finite number ≥ 0, got {min_delta!r}")
     if schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine" and max_epochs < 1:
         raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
-    if not (isinstance(score_weight, (int, float, np.floating)) and
-            not isinstance(score_weight, bool) and math.isfinite(score_weight) and
-            score_weight >= 0.0):
+    if not (_is_number(score_weight) and math.isfinite(score_weight) and score_weight >= 0.0):
         raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (NaN included: the callers test finiteness themselves), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool)
 
 
 _CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
@@ -345,7 +359,9 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         raise InputError(f"workers must be ≥ 1, got {workers}")
     check_training_settings(validation=validation, batch_size=batch_size,
                             max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience,
-                            score_weight=score_weight)
+                            score_weight=score_weight, lr_factor=lr_factor,
+                            lr_patience=lr_patience, min_delta=min_delta,
+                            eval_batch_size=eval_batch_size)
     xv, th, w = _prepare_inputs(model, x, theta, weights)
     if score is not None:
         targets, info = _prepare_score(model, score, w)

@@ -25,7 +25,7 @@ import hist
 import numpy as np
 import torch
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.errors import InputError
 from egmm.observables import ObservableSpace
 
@@ -165,6 +165,7 @@ def importance_weights(model: DensityModel, x: Any, thetas: Sequence[Any],
     part of the model (projection, Jacobian, input branches) is evaluated once per chunk and
     reused for every θ_k (:meth:`DensityModel.prepare`).
     """
+    chunk_size = whole_number(chunk_size, "importance_weights: chunk_size")
     xv = model.space.validate(x)
     points = [model.theta_tensor(t) for t in thetas]
     ref = model.theta_tensor(theta_ref)
