@@ -130,6 +130,22 @@ def test_resume_gives_identical_weights(tmp_path):
     assert swapped.sum() == th.sum() and not np.array_equal(swapped, th)
     with pytest.raises(ModelFileError, match="different training"):
         train(_model(x), x, swapped, checkpoint=ckpt, resume=True, **kwargs)
+    # ... and one of a model with weights of the same sizes but another activation or
+    # projection (before, only the sizes were compared: it resumed into the wrong model)
+    space = ObservableSpace([Observable("a", 0.0, 1.0), Observable("b", 0.0, 1.0)])
+    for other in (GMMDensity(space, ["c"], LatentProjection.fit(space, x), activation="silu",
+                             **SMALL),
+                  GMMDensity(space, ["c"], LatentProjection.fit(space, x, f=0.3), **SMALL)):
+        assert [p.numel() for p in other.module.parameters()] == [
+            p.numel() for p in ref.module.parameters()]
+        with pytest.raises(ModelFileError, match="different training"):
+            train(other, x, th, checkpoint=ckpt, resume=True, **kwargs)
+    # a checkpoint of an older format says so
+    old = torch.load(ckpt, weights_only=True)
+    old["version"] = 2
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ModelFileError, match="older egmm"):
+        train(_model(x), x, th, checkpoint=tmp_path / "old.ckpt", resume=True, **kwargs)
 
 
 def test_bad_training_input():

@@ -50,6 +50,7 @@ import concurrent.futures as cf
 import copy
 import glob
 import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -137,7 +138,9 @@ def _is_number(value: Any) -> bool:
         value, bool)
 
 
-_CHECKPOINT_VERSION = 2  # 2: the fingerprint holds a data digest and the settings
+# 2: the fingerprint holds a data digest and the settings; 3: and a digest of the model's
+# configuration (architecture, θ features, projection, parameter bounds), not only its size
+_CHECKPOINT_VERSION = 3
 
 
 @dataclass
@@ -411,6 +414,10 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                    "data_sha256": digest.hexdigest(), "lr": lr, "lr_factor": lr_factor,
                    "lr_patience": lr_patience, "patience": patience, "min_delta": min_delta,
                    "dtype": str(dtype)}
+    config = getattr(model, "to_config", None)
+    if config is not None:  # same-sized weights of another architecture or input scaling
+        fingerprint["model_sha256"] = hashlib.sha256(
+            json.dumps(config(), sort_keys=True, default=str).encode()).hexdigest()
     if schedule != "plateau":  # (older checkpoints have no key: they are plateau runs)
         fingerprint.update(schedule=schedule, max_epochs=max_epochs)
     if score is not None:
@@ -514,10 +521,14 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             ck = torch.load(checkpoint, map_location=dev, weights_only=True)
         except Exception as exc:
             raise ModelFileError(f"{checkpoint}: cannot read checkpoint ({exc})") from None
-        if ck.get("version") != _CHECKPOINT_VERSION or ck.get("fingerprint") != fingerprint:
+        if ck.get("version") != _CHECKPOINT_VERSION:
+            raise ModelFileError(f"{checkpoint}: checkpoint format {ck.get('version')} of an "
+                                 f"older egmm (this one writes {_CHECKPOINT_VERSION}); train "
+                                 "afresh with resume=False or another checkpoint file")
+        if ck.get("fingerprint") != fingerprint:
             raise ModelFileError(f"{checkpoint}: checkpoint belongs to a different training "
                                  "(data, split, batch size, seed, learning-rate or stopping "
-                                 "settings, dtype, model or workers differ)")
+                                 "settings, dtype, model configuration or workers differ)")
         model.module.load_state_dict(ck["module"])
         for o, sd in zip(optims, ck["optims"]):
             o.load_state_dict(sd)
