@@ -11,6 +11,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from egmm.errors import InputError
@@ -139,3 +140,23 @@ def test_bad_executor_and_corrupted_file(study, tmp_path):
         ToyStore(out).load("a")
     with pytest.raises(InputError, match="ntoys"):
         ToyCalculator(study[0], "mu", ntoys=-1)
+
+
+def test_toy_file_tells_other_models_apart(study, tmp_path):
+    """Studies with the same settings and names but another model share one out= file: the
+    second runs its own toys (its key holds a toy's −2 ln L); another dataset of the same
+    model reuses the toys, which do not depend on the data; reruns run nothing again."""
+    cost, pars = study
+    other_model = analytic_cost(mu=1.0, signal=80.0, seed=11)  # another signal yield
+    other_data = analytic_cost(mu=1.0, seed=12)
+    out = tmp_path / "toys.jsonl"
+    kw = dict(ntoys=6, seed=7, executor="serial", progress=False)
+    a = toy_teststats(cost, pars, "mu", 1.0, out=out, **kw).values
+    b = toy_teststats(other_model, pars, "mu", 1.0, out=out, **kw).values
+    assert len(out.read_bytes().splitlines()) == 12
+    np.testing.assert_array_equal(b, toy_teststats(other_model, pars, "mu", 1.0, **kw).values)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(toy_teststats(other_data, pars, "mu", 1.0, out=out,
+                                                **kw).values, a)
+    np.testing.assert_array_equal(toy_teststats(cost, pars, "mu", 1.0, out=out, **kw).values, a)
+    assert len(out.read_bytes().splitlines()) == 12  # nothing ran again

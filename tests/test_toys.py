@@ -93,6 +93,12 @@ def test_extended_toys_are_reproducible_poisson_and_keep_the_structure():
     np.testing.assert_array_equal(t1.data, t2.data)
     assert not np.array_equal(t1.data, sample_toy(cost, pars, 6).data)
     assert type(t1) is ExtendedUnbinnedNLL and describe(t1) == describe(cost)
+    # a misspelt name or a point outside the cost's limits is refused, not ignored or
+    # extrapolated
+    with pytest.raises(ParameterError, match=r"unknown \['nb'\]"):
+        sample_toy(cost, {**pars, "nb": 300.0}, 5)
+    with pytest.raises(ParameterError, match="outside the cost's limits"):
+        sample_toy(cost, {"mu": 2.0, "n_b": -5.0}, 5)
     # N ~ Poisson(ν_s + ν_b) = Poisson(400): mean and variance over 400 toys; the mean's
     # standard error is √(400/400) = 1, so 4σ = 4 events; the variance's relative error is
     # √(2/399) = 7 %, so 4σ = 28 %

@@ -619,7 +619,7 @@ def neyman_region_2d(
             t_obs, cond, free = _profile_ratio(cost, dict(zip(pois, point)), start, fixed,
                                                limits, strategy, tol, free)
             pars = _values(cost, cond.values)
-            check_toys(cost, pars, [toy_seed(seed, 3, k) for k in range(min(ntoys, 5))])
+            digest = check_toys(cost, pars, [toy_seed(seed, 3, k) for k in range(min(ntoys, 5))])
             # the loop's free fits start with one toy's HESSE errors as first steps
             steps = None if batched else _typical_errors(cost, pars, toy_seed(seed, 3, 0),
                                                          fixed, limits)
@@ -628,6 +628,7 @@ def neyman_region_2d(
             key = "region2d/" + fingerprint(pois, point, seed, {n: float(f"{pars[n]:.9g}")
                                                                 for n in names},
                                             repr(fixed), limits, int(strategy), float(tol),
+                                            digest,
                                             *(["batched"] if batched else []))
             records = run_toys(_region_batch_task if batched else _region_task, job,
                                range(ntoys), key=key, executor=executor, out=out,

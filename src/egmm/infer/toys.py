@@ -106,17 +106,27 @@ def toy_seed(seed: int, *key: int) -> np.random.SeedSequence:
 
 
 def _values(cost: Any, pars: Mapping[str, float]) -> dict[str, float]:
-    names = list(describe(cost))
+    """Every parameter of ``cost`` from ``pars``: finite, inside the cost's limits; a name
+    missing or unknown to the cost (a misspelling) raises :class:`ParameterError`."""
+    limits = describe(cost, annotations=True)
+    names = list(limits)
     if not isinstance(pars, Mapping):
         raise InputError(f"parameter values must be a mapping name -> value, got "
                          f"{type(pars).__name__}")
     missing = [n for n in names if n not in pars]
-    if missing:
-        raise ParameterError(f"parameter values missing for {missing}; the cost has {names}")
+    extra = [n for n in pars if n not in limits]
+    if missing or extra:
+        raise ParameterError(f"parameter values: the cost has {names}; missing {missing}, "
+                             f"unknown {extra}")
     out = {n: float(pars[n]) for n in names}
     bad = [n for n, v in out.items() if not math.isfinite(v)]
     if bad:
         raise ParameterError(f"parameter {bad[0]!r} is {out[bad[0]]}")
+    for n, v in out.items():
+        lo, hi = limits[n] if limits[n] is not None else (-math.inf, math.inf)
+        if not lo <= v <= hi:
+            raise ParameterError(f"parameter {n!r} = {v} lies outside the cost's limits "
+                                 f"[{lo}, {hi}]")
     return out
 
 
@@ -245,19 +255,28 @@ def sample_toy(cost: Any, pars: Mapping[str, float], seed: Any) -> Any:
     return _sum(out)
 
 
-def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> None:
+def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> str:
     """Raise the error of bad input (no sampler, unsupported term) before toys are farmed
     out: the first of ``seeds`` whose toy can be made passes; a toy that fails by chance (its
-    failure is recorded when it runs) does not stop the study."""
+    failure is recorded when it runs) does not stop the study.
+
+    Returns that toy's −2 ln L at ``pars``, exactly (hex): in the key of a stored toy study it
+    tells apart studies of another model (density, yields, constraints) under the same
+    settings and names, whose toys differ; the observed data do not enter, as the toys do not
+    depend on them. (A pickle of the cost would not do: its caches change as it is
+    evaluated.) On another machine the last bits may differ: the toys then run again, never
+    mix."""
     error: Exception | None = None
     for seed in seeds:
         try:
-            sample_toy(cost, pars, seed)
-            return
+            toy = sample_toy(cost, pars, seed)
         except Exception as exc:  # the same error for every seed is bad input
             error = error or exc
+            continue
+        return float(toy(*[pars[n] for n in describe(cost)])).hex()
     if error is not None:
         raise error
+    raise InputError("check_toys: no seed given")
 
 
 def asimov_cost(cost: Any, pars: Mapping[str, float], *, size: int = 100_000, seed: int = 0
@@ -498,7 +517,7 @@ def toy_teststats(
     ntoys = check_ntoys(ntoys)
     seed = check_seed(seed)
     values = _values(cost, pars)
-    check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
+    digest = check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
     batched = bool(batched)
     if batched:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
@@ -513,7 +532,8 @@ def toy_teststats(
                        fixed, limits, int(strategy), float(tol), steps)
     fields = [test_stat, poi, float(mu), seed, int(stream),
               {n: float(f"{v:.9g}") for n, v in values.items()},
-              _fixed_key(fixed), limits, int(strategy), float(tol)]
+              _fixed_key(fixed), limits, int(strategy), float(tol),
+              digest]
     key = "teststat/" + fingerprint(*fields, *(["batched"] if batched else []))
     records = run_toys(_teststat_batch_task if batched else _teststat_task, job, range(ntoys),
                        key=key, executor=executor, out=out, progress=progress,
