@@ -16,7 +16,7 @@ from iminuit.cost import NormalConstraint
 from scipy import stats
 from scipy.optimize import brentq
 
-from egmm.errors import InputError, ParameterError
+from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer import (
     AsymptoticCalculator,
     EmpiricalDistribution,
@@ -92,6 +92,12 @@ def test_upper_limit_matches_pyhf(simple):
     o, e = upper_limit(cost, "mu", scan=scan)
     assert o == pytest.approx(float(s_obs), rel=1e-3)
     np.testing.assert_allclose(e, _floats(s_exp), rtol=1e-3)
+    # a scan that does not reach the limit is an error, not its end point (pyhf's interp
+    # returns 1.0 here; the limit is 4.76)
+    with pytest.raises(EgmmError, match=r"observed CLs stays above 0.05 at μ = 1: the scan"):
+        upper_limit(cost, "mu", scan=[0.0, 0.5, 1.0])
+    with pytest.raises(EgmmError, match="is already below"):
+        upper_limit(cost, "mu", scan=[9.0, 10.0])
 
 
 def test_empirical_distribution_follows_pyhf():

@@ -82,6 +82,30 @@ def _probability(cl: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # CLs upper limits
 # ----------------------------------------------------------------------------------------------
+_CURVE_NAMES = ("observed CLs", "expected CLs −2σ", "expected CLs −1σ", "expected CLs",
+                "expected CLs +1σ", "expected CLs +2σ")
+
+
+def _scan_crossing(points: np.ndarray, cls: np.ndarray, level: float, what: str) -> float:
+    """Where ``cls`` (at the sorted ``points``) first falls below ``level``, linearly
+    interpolated between the two scan points around it; a curve that does not cross inside
+    the scan, or has no value somewhere, raises instead of giving an end point."""
+    bad = ~np.isfinite(cls)
+    if bad.any():
+        raise EgmmError(f"upper_limit: {what} is {cls[bad][0]} at μ = {points[bad][0]:g} (too "
+                        "few toys?); no limit from this scan")
+    below = np.flatnonzero(cls < level)
+    if not below.size or below[0] == 0:
+        where = ("stays above" if not below.size else "is already below")
+        end = points[-1] if not below.size else points[0]
+        raise EgmmError(f"upper_limit: {what} {where} {level:g} at μ = {end:g}: the scan "
+                        f"[{points[0]:g}, {points[-1]:g}] does not bracket the limit; "
+                        "widen it")
+    i = below[0]
+    a, b, fa, fb = points[i - 1], points[i], cls[i - 1], cls[i]
+    return float(a + (fa - level) * (b - a) / (fa - fb))
+
+
 def upper_limit(
     cost: Any,
     poi: str = "mu",
@@ -104,7 +128,10 @@ def upper_limit(
     ``scipy.optimize.toms748`` (``rtol``, ``atol``) inside ``bounds`` (default: the POI's
     limits, e.g. [0, 10]); the bracket is widened (lower end halved, upper doubled, at most to
     the POI's limit) until it contains every crossing. With ``scan``, CLs is computed on those
-    points and the crossings are interpolated linearly. One calculator serves every point,
+    points and each crossing (the first point where the curve falls below ``level``) is
+    interpolated linearly; a curve that does not cross inside the scan raises
+    :class:`~egmm.EgmmError` (pyhf returns the scan's end point). One calculator serves every
+    point,
     so the fits to the observed data, the Asimov dataset, or the toys' seeds (common random
     numbers across μ) are shared.
 
@@ -151,7 +178,7 @@ def upper_limit(
         if points.size < 2 or not np.all(np.isfinite(points)):
             raise InputError("upper_limit: scan needs at least two finite points")
         values = np.array([[curve(mu, k) + level for k in range(6)] for mu in points])
-        limits = [float(np.interp(level, values[::-1, k], points[::-1])) for k in curves]
+        limits = [_scan_crossing(points, values[:, k], level, _CURVE_NAMES[k]) for k in curves]
     else:
         lo, hi = _bracket(cost, poi, bounds, calculator, curve, curves)
         limits = []
