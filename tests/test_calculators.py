@@ -284,3 +284,14 @@ def test_neyman_interval_with_batched_toys_equals_the_loop():
         assert all(r["batched"] for r in b.records)
         np.testing.assert_allclose(b.values, a.values, atol=2e-3)
     np.testing.assert_array_equal(batched.observed, loop.observed)
+
+
+def test_toy_cls_with_clb_zero_is_an_error():
+    """An observed statistic beyond every background-only toy gives CLb = 0 and no CLs: an
+    error that says to run more toys (it had returned CLs = nan)."""
+    from iminuit.cost import NormalConstraint
+
+    cost = NormalConstraint("mu", -4.0, 1.0)  # a 4σ deficit: q_obs = 9 at μ = 1
+    with pytest.raises(EgmmError, match=r"beyond all 50 background-only toys; run more toys"):
+        hypotest(1.0, cost, "mu", calctype="toybased", ntoys=50, executor="serial",
+                 track_progress=False)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from egmm.errors import InputError
+from egmm.errors import EgmmError, InputError
 from egmm.infer.fit import FitResult, fit
 from egmm.infer.teststats import Limits, _fixed_mapping, check_poi, evaluate, get_test_stat
 from egmm.infer.toys import (
@@ -186,10 +186,19 @@ class _Calculator:
     @staticmethod
     def pvalues(teststat: float, sig_plus_bkg_distribution: Any, bkg_only_distribution: Any
                 ) -> tuple[float, float, float]:
-        """(CLs+b, CLb, CLs) of a test statistic value."""
+        """(CLs+b, CLb, CLs) of a test statistic value. CLb = 0 — with toys: the value lies
+        beyond every background-only toy — leaves CLs undefined: :class:`~egmm.EgmmError`."""
         clsb = sig_plus_bkg_distribution.pvalue(teststat)
         clb = bkg_only_distribution.pvalue(teststat)
-        return float(clsb), float(clb), float(clsb / clb) if clb > 0 else math.nan
+        if not clb > 0:
+            samples = getattr(bkg_only_distribution, "samples", None)
+            if samples is not None:
+                why = f"beyond all {len(samples)} background-only toys; run more toys (ntoys)"
+            else:
+                why = "where the background-only distribution has no probability left"
+            raise EgmmError(f"CLb = {float(clb)}, so CLs = CLs+b/CLb is undefined: the "
+                            f"observed test statistic {teststat:.6g} lies {why}")
+        return float(clsb), float(clb), float(clsb / clb)
 
 
 class AsymptoticCalculator(_Calculator):
