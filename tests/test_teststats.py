@@ -212,3 +212,23 @@ def test_bad_input():
         get_test_stat("z")
     with pytest.raises(InputError, match="iminuit cost"):
         tmu(1.0, object())
+
+
+def test_free_fit_that_missed_its_minimum_is_refitted():
+    """A global fit stuck in a shallower mode makes the conditional minimum the deeper one
+    (Δ = −3.9): the free fit starts again from the conditional minimum, so t is the exact
+    −2 ln λ (it had been clipped to 0); a given unconditional fit with the POI fixed is
+    refused."""
+    from scipy.optimize import minimize_scalar
+
+    def cost(mu, b):  # a tilted double well in μ, the deeper mode at μ ≈ 2.1
+        return b ** 2 + (mu ** 2 - 4.0) ** 2 / 4.0 - mu
+
+    cost.errordef = 1.0
+    shallow = fit(cost, start={"mu": -2.0, "b": 0.5})
+    assert shallow.values["mu"] < 0
+    t = tmu(2.0, cost, "mu", unconditional=shallow)
+    best = minimize_scalar(lambda m: (m ** 2 - 4.0) ** 2 / 4.0 - m, bracket=(1.5, 2.5)).fun
+    assert t == pytest.approx(cost(2.0, 0.0) - best, abs=1e-6)  # 0.0590
+    with pytest.raises(ParameterError, match="'mu' fixed"):
+        tmu(1.0, cost, "mu", unconditional=fit(cost, fixed={"mu": 3.0}))

@@ -43,6 +43,7 @@ from egmm.infer.teststats import (
     _fixed_mapping,
     _limits,
     check_poi,
+    deeper_free_fit,
     evaluate,
     profiled_start,
 )
@@ -451,6 +452,7 @@ def _profile_ratio(cost: Any, values: Mapping[str, float], start: Mapping[str, f
                        if n not in values and e > 0})
     cond = fit(cost, cond_start, fixed={**fix, **values}, limits=limits, strategy=strategy,
                tol=tol, hesse=False, errors=cond_steps or None)
+    free = deeper_free_fit(cost, cond, free, fix, limits, strategy, tol, steps)
     return max(cond.fval - free.fval, 0.0), cond, free
 
 

@@ -20,7 +20,8 @@ name          function                  definition (arXiv:1007.1727)
 ============  ========================  =================================================
 
 Values are clipped at 0 (a conditional minimum a hair below the global one is a rounding
-effect). As in pyhf, ``return_fits=True`` also returns the two fits, here as a
+effect; one deeper than the fits' precision makes the global fit start again from it,
+:func:`deeper_free_fit`). As in pyhf, ``return_fits=True`` also returns the two fits, here as a
 :class:`TestStatFits` of :class:`~egmm.infer.FitResult` (conditional, unconditional).
 
 The fits are local (MIGRAD). The conditional fit starts where the unconditional fit's
@@ -224,6 +225,9 @@ def _fits(
     free_limits = dict(user_limits)
     if bounded:
         free_limits[poi] = (max(lo, 0.0), hi)
+    if unconditional is not None and poi in unconditional.fixed:
+        raise ParameterError(f"unconditional: the fit given has {poi!r} fixed; it must be "
+                             "the fit with the POI free")
     if unconditional is None:
         if bounded and hi < 0:
             raise ParameterError(f"{poi!r} has limits [{lo}, {hi}]: the tilde test "
@@ -258,7 +262,25 @@ def _fits(
                     tol=tol, hesse=False, errors=dict(errors) if errors else None)
         if again.valid and again.fval < unconditional.fval:
             unconditional = again
+    unconditional = deeper_free_fit(cost, conditional, unconditional, fix, free_limits,
+                                    strategy, tol, errors)
     return TestStatFits(conditional, unconditional)
+
+
+def deeper_free_fit(cost: Any, conditional: FitResult, free: FitResult,
+                    fix: Mapping[str, float], free_limits: Limits | None, strategy: int,
+                    tol: float, errors: Mapping[str, float] | None = None) -> FitResult:
+    """``free`` unless the conditional minimum lies deeper than it by more than its precision
+    (10 EDM goals, 0.02·tol): then the free fit missed its minimum, and a new one started
+    at the conditional minimum (the fixed parameters released) is kept if deeper. −2 ln λ is
+    then ≥ 0 up to the fits' precision, and the clip at 0 (:func:`statistic_value`) only
+    removes rounding."""
+    if not conditional.fval < free.fval - 0.02 * tol:
+        return free
+    again = fit(cost, dict(conditional.values), fixed=dict(fix) or None,
+                limits=dict(free_limits) if free_limits else None, strategy=strategy, tol=tol,
+                hesse=False, errors=dict(errors) if errors else None)
+    return again if again.fval < free.fval else free
 
 
 def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str,
@@ -272,7 +294,9 @@ def _elsewhere(unconditional: FitResult, conditional: FitResult, poi: str,
 
 def statistic_value(name: str, mu: float, delta: float, muhat: float) -> float:
     """The test statistic ``name`` at ``mu`` from Δ = −2 ln L(μ, θ̂̂) − (−2 ln L(μ̂, θ̂)) and μ̂
-    (one-sided variants are 0 on the other side; Δ < 0, a rounding effect, counts as 0)."""
+    (one-sided variants are 0 on the other side; Δ < 0 counts as 0: the fits refit the free
+    minimum where the conditional one lies deeper than their precision, so what is left is
+    rounding, :func:`deeper_free_fit`)."""
     t = max(delta, 0.0)
     if name in ("q", "qtilde"):
         return 0.0 if muhat > mu else t
