@@ -272,3 +272,14 @@ def test_hesse_across_a_kink_keeps_migrads_verdict():
     off_cusp = fit(UnbinnedNLL(toy.sample(400, 0.8, 0.8, seed=101), dens), {"cx": 0.8,
                                                                           "cy": 0.8})
     assert off_cusp.valid and off_cusp.migrad_valid
+
+
+def test_fit_refuses_nan_or_reversed_limits():
+    """A NaN or empty limit had reached Minuit and come back as a NaN minimum."""
+    from iminuit.cost import NormalConstraint
+
+    cost = NormalConstraint(["a"], [0.0], [1.0])
+    for lim in ((math.nan, 1.0), (1.0, 0.0), (0.5, 0.5), "ab"):
+        with pytest.raises(ParameterError, match="limits of 'a'"):
+            fit(cost, limits={"a": lim})
+    assert fit(cost, limits={"a": (None, 1.0)}).valid  # None: no bound on that side

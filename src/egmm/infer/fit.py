@@ -333,6 +333,19 @@ def _check_names(given: Iterable[str], names: list[str], what: str) -> None:
         raise ParameterError(f"{what}: unknown parameters {unknown}; the cost has {names}")
 
 
+def _checked_limit(name: str, lim: Any) -> tuple[float, float]:
+    """A user's (lo, hi) for ``name``: None for no bound, NaN and lo ≥ hi refused."""
+    try:
+        lo, hi = (-math.inf if lim[0] is None else float(lim[0]),
+                  math.inf if lim[1] is None else float(lim[1]))
+    except (TypeError, ValueError, IndexError):
+        raise ParameterError(f"limits of {name!r} must be a pair (lo, hi), got {lim!r}") from None
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi:
+        raise ParameterError(f"limits of {name!r} must have lo < hi (None for no bound), got "
+                             f"{lim!r}")
+    return lo, hi
+
+
 def make_minuit(
     cost: Any,
     start: Mapping[str, float] | None = None,
@@ -366,7 +379,7 @@ def make_minuit(
     if limits is not None:
         _check_names(limits, names, "limits")
         for n, lim in limits.items():
-            m.limits[n] = lim
+            m.limits[n] = _checked_limit(n, lim)
     given = set(start or ()) | (set(fixed) if isinstance(fixed, Mapping) else set())
     for n in names:
         lo, hi = m.limits[n]
