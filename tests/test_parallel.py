@@ -138,6 +138,13 @@ def test_bad_executor_and_corrupted_file(study, tmp_path):
     out.write_text('{"key": "a", "index": 0}\nnot json\n{"key": "a", "index": 1}\n')
     with pytest.raises(InputError, match="line 2"):
         ToyStore(out).load("a")
+    # a complete last line that is no toy record: refused and kept (it had been truncated
+    # away as if a kill had cut it short)
+    foreign = tmp_path / "results.jsonl"
+    foreign.write_text('{"experiment": "important", "value": 42}\n')
+    with pytest.raises(InputError, match="line 1 is not a toy record"):
+        ToyStore(foreign).load("a")
+    assert foreign.read_text() == '{"experiment": "important", "value": 42}\n'
     with pytest.raises(InputError, match="ntoys"):
         ToyCalculator(study[0], "mu", ntoys=-1)
 

@@ -149,8 +149,9 @@ class ToyStore:
     One line per toy: ``{"key": ..., "index": ..., "seed": ..., <results>}``; ``key``
     identifies the set of toys (study, hypothesis, fingerprint of its settings), so one file
     can hold the toys of many hypothesis tests. Each line is flushed when written. A last line
-    cut short by a killed process is discarded (the file is truncated to its last complete
-    line) and that toy runs again.
+    cut short by a killed process (no newline at its end) is discarded (the file is truncated
+    to its last complete line) and that toy runs again; any complete line that is not a toy
+    record raises :class:`~egmm.InputError` (a file that is not egmm's is left untouched).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -173,7 +174,7 @@ class ToyStore:
                 if not isinstance(rec, dict) or "key" not in rec or "index" not in rec:
                     raise ValueError("not a toy record")
             except ValueError as exc:
-                if not last:
+                if not (last and not line.endswith(b"\n")):  # a complete line: not ours
                     raise InputError(f"{self.path}: line {n + 1} is not a toy record ({exc}); "
                                      "the file is corrupted or not an egmm toy file") from None
                 with open(self.path, "r+b") as fh:  # a line cut short by a kill: drop it
