@@ -63,6 +63,7 @@ from scipy.optimize import brentq
 from scipy.stats import chi2
 from tqdm.auto import tqdm
 
+from egmm._io import savefig_atomic, write_text_atomic
 from egmm.base import DensityModel
 from egmm.density import GMM_DEFAULTS, THETA_FEATURES, GMMDensity
 from egmm.ensemble import EnsembleDensity
@@ -786,9 +787,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
 def _load_matching_model(out: Path, key: Mapping[str, Any], name: str = "model"
@@ -1136,7 +1135,7 @@ def plot_fig16(rows: list[dict[str, Any]], path: str | os.PathLike, *, subtitle:
              f"68.27 % (Δ(−2 ln L) = {wilks_threshold(LEVELS[0], 2):.3f}) and 95.45 % "
              f"(Δ = {wilks_threshold(LEVELS[1], 2):.3f})")
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=13)
-    fig.savefig(path, dpi=110)
+    savefig_atomic(fig, path, dpi=110)
 
 
 def _members_words(cfg: DemoConfig) -> str:
@@ -1299,7 +1298,7 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         "notes": notes,
     }
     document = _table_document(rows, cfg, meta, clock)
-    (out / "table.md").write_text(document)
+    write_text_atomic(out / "table.md", document)
     _write_json(out / "results.json", results)
     say("")
     say(document)

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from egmm._io import atomic_path
 from egmm.base import theta_columns, whole_number
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
@@ -259,9 +260,8 @@ def _prepare_score(model: TrainableDensity, score: Any, w: np.ndarray
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _adam_options(device: torch.device) -> dict[str, Any]:

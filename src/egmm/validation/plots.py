@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from egmm._io import savefig_atomic
 from egmm.errors import InputError
 from egmm.validation.histograms import double_ratio, pulls
 from egmm.validation.metrics import pull_frequencies
@@ -80,7 +81,7 @@ def _figure(figsize: tuple[float, float]) -> Any:
 def _save(fig: Any, path: str | os.PathLike | None, dpi: float) -> Any:
     if path is not None:
         with style():
-            fig.savefig(path, dpi=dpi)
+            savefig_atomic(fig, path, dpi=dpi)
     return fig
 
 

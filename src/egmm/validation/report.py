@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from egmm._io import savefig_atomic, write_text_atomic
 from egmm.base import DensityModel
 from egmm.errors import InputError, ParameterError
 from egmm.validation.histograms import (
@@ -145,16 +146,6 @@ def _threads(n: int | None) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(old)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _json_safe(obj: Any) -> Any:
@@ -612,8 +603,8 @@ def report(model: DensityModel, samples_by_theta: Mapping[Any, Any], out_dir: st
         "timing": timing,
     }
     result = _json_safe(result)
-    _write_atomic(out / "metrics.json", json.dumps(result, indent=1))
-    _write_atomic(out / "summary.md", _summary(result))
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "summary.md", _summary(result))
     return result
 
 
@@ -625,7 +616,7 @@ def _figures(points: list[dict[str, Any]], k_ref: int, checks: Mapping[str, Any]
 
     def save(fig: Any, name: str) -> None:
         with plots.style():
-            fig.savefig(out / name, dpi=dpi)
+            savefig_atomic(fig, out / name, dpi=dpi)
         files.append(name)
 
     for k, p in enumerate(points):
