@@ -250,6 +250,14 @@ def test_bad_input(trained_2d):
         GMMDensity(trained_2d.space, ["c"], trained_2d.projection, n_gaus=3)
     with pytest.raises(InputError, match="projection"):
         GMMDensity(trained_2d.space, ["c"], None)
+    # knob values the networks cannot use name the knob (eps = -1 or nan had given NaN
+    # densities and samples; f_sigma = 0 a bare "math domain error")
+    for knobs, name in (({"eps": -1.0}, "eps"), ({"eps": float("nan")}, "eps"),
+                        ({"s_sigma": float("nan")}, "s_sigma"), ({"f_sigma": 0.0}, "f_sigma"),
+                        ({"n_gauss": 0}, "n_gauss"), ({"n_gauss": 2.5}, "n_gauss"),
+                        ({"B1": -3}, "B1"), ({"categorical_hidden": ()}, "categorical_hidden")):
+        with pytest.raises(InputError, match=name):
+            GMMDensity(trained_2d.space, ["c"], trained_2d.projection, **knobs)
     with pytest.raises(ParameterError, match="outside the model's range"):
         trained_2d.log_prob([[0.5, 0.5]], {"c": 3.0})
     trained_2d.log_prob([[0.5, 0.5]], {"c": 3.0}, allow_outside=True)

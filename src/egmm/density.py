@@ -408,6 +408,7 @@ class GMMDensity(TrainedModel, SavableModel):
         if len(set(self.parameters)) != len(self.parameters):
             raise InputError(f"GMMDensity: duplicate parameter names {list(self.parameters)}")
         self.config = {**GMM_DEFAULTS, **knobs}
+        _check_knobs(self.config)
         check_activation(self.config["activation"])
         self._kinds = _theta_kinds(self.config["theta_features"], space)
         if not isinstance(self.config["theta_features"], str):
@@ -836,6 +837,27 @@ class GMMDensity(TrainedModel, SavableModel):
         return (f"GMMDensity(observables={list(self.space.names)}, "
                 f"parameters={list(self.parameters)}, "
                 f"weights={self.n_weights()})")
+
+
+def _check_knobs(config: dict[str, Any]) -> None:
+    """Raise :class:`InputError` naming a knob whose value the networks cannot use (a width
+    that is no whole number, a scale or ε that is not finite and positive); widths given as
+    integral floats become ints."""
+    for name, minimum in (("n_gauss", 1), ("A1", 1), ("A2", 0), ("B1", 1), ("B2", 0),
+                          ("C", 0), ("D", 1)):
+        config[name] = whole_number(config[name], f"GMMDensity: {name}", minimum)
+    for name in ("s_f", "s_mu", "s_sigma", "f_sigma", "eps"):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
+                                                             np.floating)) \
+                or not (math.isfinite(value) and value > 0):
+            raise InputError(f"GMMDensity: {name} must be a finite number > 0, got {value!r}")
+    hidden = config["categorical_hidden"]
+    if not isinstance(hidden, (list, tuple)) or not hidden:
+        raise InputError(f"GMMDensity: categorical_hidden must be a non-empty sequence of "
+                         f"widths, got {hidden!r}")
+    for width in hidden:
+        whole_number(width, "GMMDensity: categorical_hidden width")
 
 
 def _theta_kinds(features: Any, space: ObservableSpace) -> tuple[str, ...]:
