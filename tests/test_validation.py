@@ -56,6 +56,24 @@ def test_axes_follow_the_observables():
     lo, hi = np.quantile(x[:, 3], [1e-3, 1 - 1e-3])
     assert (axes[3].edges[0], axes[3].edges[-1]) == pytest.approx((lo, hi))
     assert all(a.traits.overflow for a in axes)
+    # a user's range that is empty or reversed is refused, not replaced by a unit range
+    for bad in ((8.0, 2.0), (3.0, 3.0)):
+        with pytest.raises(InputError, match="range of 'x3' must have lo < hi"):
+            ev.make_axes(TOY.space, x, bins=30, ranges={"x3": bad})
+    with pytest.raises(InputError, match="bins for 'x0' must be a whole number"):
+        ev.make_axes(TOY.space, x, bins=4.9)
+
+
+def test_divergences_refuse_negative_contents():
+    """Negative bin contents (signed weights) had been clipped to 0 silently."""
+    import hist
+
+    axis = hist.axis.Regular(2, 0.0, 1.0, underflow=False, overflow=False)
+    p, q = hist.Hist(axis, storage=hist.storage.Weight()), hist.Hist(axis)
+    p.fill([0.2, 0.7], weight=[2.0, -1.0])
+    q.fill([0.2, 0.7])
+    with pytest.raises(InputError, match="negative"):
+        ev.binned_divergences(p, q, pseudo_count=0.0)
 
 
 def test_histograms_have_weight_storage_and_right_totals():

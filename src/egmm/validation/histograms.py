@@ -80,11 +80,13 @@ def make_axes(space: ObservableSpace, reference: Any, *, bins: int | Mapping[str
                                           label=obs.axis_label, underflow=False,
                                           overflow=False))
             continue
-        n = int(bins[obs.name] if isinstance(bins, Mapping) else bins)
-        if n < 1:
-            raise InputError(f"make_axes: bins for {obs.name!r} must be ≥ 1, got {n}")
+        n = whole_number(bins[obs.name] if isinstance(bins, Mapping) else bins,
+                         f"make_axes: bins for {obs.name!r}")
         if obs.name in ranges:
             lo, hi = (float(v) for v in ranges[obs.name])
+            if not lo < hi:  # (only the automatic range of a constant column is widened)
+                raise InputError(f"make_axes: range of {obs.name!r} must have lo < hi, got "
+                                 f"{ranges[obs.name]!r}")
         else:
             lo, hi = (float(v) for v in np.quantile(x[:, j], [quantile, 1.0 - quantile]))
             width = hi - lo

@@ -135,8 +135,11 @@ def binned_divergences(h_p: Any, h_q: Any, *, pseudo_count: float = 0.5) -> dict
     _check_same_binning(h_p, h_q)
     if pseudo_count < 0:
         raise InputError(f"pseudo_count must be ≥ 0, got {pseudo_count}")
-    p = np.clip(h_p.values(flow=True).ravel(), 0.0, None) + pseudo_count
-    q = np.clip(h_q.values(flow=True).ravel(), 0.0, None) + pseudo_count
+    p = h_p.values(flow=True).ravel() + pseudo_count
+    q = h_q.values(flow=True).ravel() + pseudo_count
+    if (p < 0).any() or (q < 0).any():  # (negative weights: no probability distribution)
+        raise InputError("binned_divergences: bin contents below -pseudo_count (negative "
+                         "weights) make no probability distribution; KL and JS are undefined")
     if not (p.sum() > 0 and q.sum() > 0):
         raise InputError("binned_divergences: both histograms need a positive total")
     p, q = p / p.sum(), q / q.sum()
