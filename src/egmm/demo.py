@@ -64,7 +64,7 @@ from scipy.stats import chi2
 from tqdm.auto import tqdm
 
 from egmm._io import savefig_atomic, write_text_atomic
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.density import GMM_DEFAULTS, THETA_FEATURES, GMMDensity
 from egmm.ensemble import EnsembleDensity
 from egmm.errors import EgmmError, InputError, ModelFileError
@@ -373,8 +373,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         train_workers = 2 if (os.cpu_count() or 1) >= 2 and not quick else 1
     if design not in DESIGNS:
         raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
-    if isinstance(train_workers, bool) or int(train_workers) < 1:
-        raise InputError(f"workers must be ≥ 1, got {train_workers}")
+    train_workers = whole_number(train_workers, "workers")
     if theta_features is not None:
         kinds = ([theta_features] if isinstance(theta_features, str)
                  else list(theta_features))
@@ -383,7 +382,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                              f"or four of them (one per observable), got {theta_features!r}")
         theta_features = kinds[0] if isinstance(theta_features, str) else kinds
     common = {"seed": seed, "train_threads": train_threads,
-              "train_workers": int(train_workers), "design": design}
+              "train_workers": train_workers, "design": design}
     if full:
         cfg = DemoConfig("full", 50_000, 1000, **common)
     elif quick:
@@ -411,15 +410,10 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                          **common)
     changes: dict[str, Any] = {}
     if events_per_point is not None:
-        if int(events_per_point) < 50:
-            raise InputError(f"events_per_point must be ≥ 50, got {events_per_point}")
-        changes["events_per_point"] = int(events_per_point)
+        changes["events_per_point"] = whole_number(events_per_point, "events_per_point", 50)
     if max_epochs is not None:
-        if int(max_epochs) < 1:
-            raise InputError(f"max_epochs must be ≥ 1, got {max_epochs}")
-        changes["max_epochs"] = int(max_epochs)
-    if int(train_threads) < 0:
-        raise InputError(f"threads must be ≥ 0 (0: torch's default), got {train_threads}")
+        changes["max_epochs"] = whole_number(max_epochs, "max_epochs")
+    whole_number(train_threads, "threads (0: torch's default)", 0)
     if theta_features is not None:
         changes["network"] = _network_with(cfg.network, "theta_features", theta_features)
     if activation is not None:
@@ -427,7 +421,7 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
         changes["network"] = _network_with(changes.get("network", cfg.network), "activation",
                                            activation)
     if members is not None:
-        changes["members"] = int(members)
+        changes["members"] = whole_number(members, "members")
     if score_weight is not None:
         changes["score_weight"] = float(score_weight)
     if cusp_spread is not None:
@@ -439,9 +433,11 @@ def demo_config(*, full: bool = False, quick: bool = False, seed: int = 0,
                              "(which has no points on the cusps)")
         changes["cusp_spread"] = spread
     for name, value, kind in (("schedule", schedule, str), ("lr", lr, float),
-                              ("batch_size", batch_size, int), ("validation", validation, float)):
+                              ("validation", validation, float)):
         if value is not None:
             changes[name] = kind(value)
+    if batch_size is not None:
+        changes["batch_size"] = whole_number(batch_size, "batch_size")
     if changes:
         cfg = DemoConfig(**{**asdict(cfg), **changes})
     # train()'s own checks, before any data are generated

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError
-from egmm.infer.fit import FitResult, fit
+from egmm.infer.fit import FitResult, check_strategy, fit
 from egmm.infer.teststats import Limits, _fixed_mapping, check_poi, evaluate, get_test_stat
 from egmm.infer.toys import (
     ToyTestStats,
@@ -153,7 +154,7 @@ class _Calculator:
         self.cost = cost
         self.poi = poi
         self.test_stat = test_stat
-        self._fit_options = dict(fixed=fixed, limits=limits, strategy=int(strategy),
+        self._fit_options = dict(fixed=fixed, limits=limits, strategy=check_strategy(strategy),
                                  tol=float(tol))
         self._start = dict(start) if start is not None else None
         self._free: dict[int, FitResult] = {}  # id(cost) -> unconditional fit
@@ -260,7 +261,7 @@ class AsymptoticCalculator(_Calculator):
                              "'clipped_normal'")
         super().__init__(cost, poi, test_stat, start, fixed, limits, strategy, tol)
         self.calc_base_dist = calc_base_dist
-        self.asimov_size = int(asimov_size)
+        self.asimov_size = whole_number(asimov_size, "asimov_size")
         self.asimov_seed = check_seed(asimov_seed)
         self._asimov: tuple[dict[str, float], Any] | None = None
         self._sqrt_qA: dict[float, float] = {}

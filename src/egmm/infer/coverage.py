@@ -41,9 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from iminuit.util import describe
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import FitResult, first_steps, fit, fit_result, make_minuit
+from egmm.infer.fit import (
+    FitResult,
+    check_strategy,
+    first_steps,
+    fit,
+    fit_result,
+    make_minuit,
+)
 from egmm.infer.intervals import (
     _check_batch_size,
     _check_fit_together,
@@ -511,16 +518,17 @@ def coverage(
     if cost_factory is not None and not callable(cost_factory):
         raise InputError("coverage: cost_factory must be callable (data -> cost) or None")
     if kind in ("density", "sampler"):
-        if n_events is None or isinstance(n_events, bool) or int(n_events) < 1:
+        if n_events is None:
             raise InputError(f"coverage: a {type(truth).__name__} truth needs n_events ≥ 1")
+        n_events = whole_number(n_events, "coverage: n_events")
         missing = [p for p in truth.parameters if p not in truth_values]
         if missing:
             raise ParameterError(f"coverage: truth_pars lacks {missing} needed by the truth")
     levels = [_probability(c) for c in (cl if isinstance(cl, Sequence) else [cl])]
     job = _CoverageJob(truth, kind, cost_factory, truth_values,
-                       None if n_events is None else int(n_events), bool(poisson), seed, (), (),
+                       n_events, bool(poisson), seed, (), (),
                        dict(start) if start is not None else None, fixed, limits,
-                       int(strategy), tol)
+                       check_strategy(strategy), tol)
     names = list(describe(_first_cost(job, ntoys)))
     used = set(names) | set(truth.parameters if kind in ("density", "sampler") else ())
     unused = [k for k in truth_values if k not in used]
@@ -561,7 +569,7 @@ def coverage(
     key = "coverage/" + fingerprint(
         kind, type(truth).__name__, getattr(cost_factory, "__qualname__", repr(cost_factory)),
         pickled_digest(truth, cost_factory), truth_values, job.n_events, job.poisson, seed,
-        parameters, pairs, repr(fixed), limits, int(strategy), tol, start,
+        parameters, pairs, repr(fixed), limits, check_strategy(strategy), tol, start,
         *(["batched"] if batched else []))
     records = run_toys(_coverage_batch_task if batched else _coverage_task, job, range(ntoys),
                        key=key, executor=executor, out=out, progress=progress, desc="coverage",

@@ -15,7 +15,8 @@ from iminuit.cost import Constant, CostSum, NormalConstraint
 from iminuit.util import describe
 from iminuit.warnings import IMinuitWarning
 
-from egmm.errors import ParameterError
+from egmm.base import whole_number
+from egmm.errors import InputError, ParameterError
 
 __all__ = ["FitResult", "Retry", "exact_hessian", "fit", "fit_result", "make_minuit",
            "start_values"]
@@ -333,6 +334,14 @@ def _check_names(given: Iterable[str], names: list[str], what: str) -> None:
         raise ParameterError(f"{what}: unknown parameters {unknown}; the cost has {names}")
 
 
+def check_strategy(strategy: Any) -> int:
+    """Minuit's strategy as an int: 0, 1 or 2 (2.5 or True are refused, not truncated)."""
+    value = whole_number(strategy, "strategy", 0)
+    if value > 2:
+        raise InputError(f"strategy must be 0, 1 or 2, got {strategy!r}")
+    return value
+
+
 def _checked_limit(name: str, lim: Any) -> tuple[float, float]:
     """A user's (lo, hi) for ``name``: None for no bound, NaN and lo ≥ hi refused."""
     try:
@@ -403,7 +412,7 @@ def make_minuit(
                 raise ParameterError(f"initial error of {n!r} must be a positive number, "
                                      f"got {e!r}")
             m.errors[n] = float(e)
-    m.strategy = strategy
+    m.strategy = check_strategy(strategy)
     if tol is not None:
         m.tol = tol
     if starts_on_a_limit(m):
@@ -491,13 +500,15 @@ def fit(
         >>> res.valid, round(res.values["b"], 6), round(res.errors["b"], 6)
         (True, 2.0, 0.2)
     """
+    remaining = whole_number(retries, "fit: retries", 0)
+    if ncall is not None:
+        ncall = whole_number(ncall, "fit: ncall")
     m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol,
                     errors=errors)
     start_point = np.array(m.values, dtype=np.float64)
     m.migrad(ncall=hessian_call_limit(m, ncall), iterate=1 if uses_exact_hessian(m) else 5)
     log: list[Retry] = []
     rng = np.random.default_rng(seed)
-    remaining = int(retries)
     earlier = (0, 0, 0)
     if not m.valid and remaining > 0 and uses_exact_hessian(m):
         reason = _why(m)

@@ -34,7 +34,7 @@ from scipy.stats import chi2
 
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.calculators import hypotest, make_calculator
-from egmm.infer.fit import FitResult, fit
+from egmm.infer.fit import FitResult, check_strategy, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.profile import wilks_threshold
 from egmm.infer.teststats import (
@@ -627,6 +627,7 @@ def neyman_region_2d(
         check_poi(cost, p, fixed)
     prob = _probability(cl)
     ntoys, seed = check_ntoys(ntoys), check_seed(seed)
+    strategy = check_strategy(strategy)
     batched = bool(batched)
     if batched:
         batch_size = _check_batch_size(batch_size)
@@ -652,11 +653,11 @@ def neyman_region_2d(
             # the loop's free fits start with one toy's HESSE errors as first steps
             steps = None if batched else _typical_errors(cost, pars, toy_seed(seed, 3, 0),
                                                          fixed, limits)
-            job = _RegionJob(cost, pars, pois, point, seed, fixed, limits, int(strategy),
+            job = _RegionJob(cost, pars, pois, point, seed, fixed, limits, strategy,
                              float(tol), steps)
             key = "region2d/" + fingerprint(pois, point, seed, {n: float(f"{pars[n]:.9g}")
                                                                 for n in names},
-                                            repr(fixed), limits, int(strategy), float(tol),
+                                            repr(fixed), limits, strategy, float(tol),
                                             digest,
                                             *(["batched"] if batched else []))
             records = run_toys(_region_batch_task if batched else _region_task, job,

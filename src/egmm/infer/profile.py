@@ -17,6 +17,7 @@ import numpy as np
 from iminuit import Minuit
 from scipy.stats import chi2
 
+from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.fit import (
     FitResult,
@@ -286,11 +287,12 @@ def contour(
         raise ParameterError("contour: x and y must be different parameters")
     if not gfit.valid:
         raise EgmmError(f"contour: the global fit is not valid ({gfit.fmin}); fix it first")
+    size = whole_number(size, "contour: size", 4)
     levels = [cl] if np.ndim(cl) == 0 else list(cl)
     out: dict[float, np.ndarray] = {}
     for level in levels:
         thr = wilks_threshold(level, 2)
-        pts = np.asarray(gfit.minuit.mncontour(x, y, cl=level, size=int(size)), dtype=float)
+        pts = np.asarray(gfit.minuit.mncontour(x, y, cl=level, size=size), dtype=float)
         if pts.ndim != 2 or len(pts) < 4 or not np.all(np.isfinite(pts)):
             raise EgmmError(
                 f"contour: MNCONTOUR found no closed ({x}, {y}) contour at cl={level} "

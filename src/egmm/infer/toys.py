@@ -43,8 +43,9 @@ import pyhf
 from iminuit.cost import NormalConstraint
 from iminuit.util import describe
 
+from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import _items, first_steps, fit
+from egmm.infer.fit import _items, check_strategy, first_steps, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.teststats import (
     Limits,
@@ -517,6 +518,7 @@ def toy_teststats(
     ntoys = check_ntoys(ntoys)
     seed = check_seed(seed)
     values = _values(cost, pars)
+    stream = whole_number(stream, "stream", 0)
     digest = check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
     batched = bool(batched)
     if batched:
@@ -528,11 +530,11 @@ def toy_teststats(
     # MIGRAD's first steps; the batched fits need none
     steps = None if batched else _typical_errors(cost, values, toy_seed(seed, stream, 0),
                                                  fixed, limits)
-    job = _TeststatJob(cost, values, poi, float(mu), test_stat, seed, int(stream),
-                       fixed, limits, int(strategy), float(tol), steps)
-    fields = [test_stat, poi, float(mu), seed, int(stream),
+    job = _TeststatJob(cost, values, poi, float(mu), test_stat, seed, stream,
+                       fixed, limits, check_strategy(strategy), float(tol), steps)
+    fields = [test_stat, poi, float(mu), seed, stream,
               {n: float(f"{v:.9g}") for n, v in values.items()},
-              _fixed_key(fixed), limits, int(strategy), float(tol),
+              _fixed_key(fixed), limits, check_strategy(strategy), float(tol),
               digest]
     key = "teststat/" + fingerprint(*fields, *(["batched"] if batched else []))
     records = run_toys(_teststat_batch_task if batched else _teststat_task, job, range(ntoys),

@@ -22,7 +22,7 @@ import hist
 import numpy as np
 import torch
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, sample_count, whole_number
 from egmm.errors import InputError, ParameterError
 from egmm.likelihood._jet import Jet, lift
 from egmm.observables import Observable, ObservableSpace
@@ -206,7 +206,7 @@ class TorchDensity(DensityModel):
             raise InputError(f"TorchDensity {self.name!r}: its sampler draws at one θ point; "
                              f"got θ per event, shape {tuple(th.shape)}")
         values = {name: float(th[j]) for j, name in enumerate(self.parameters)}
-        out = self._sampler(int(n), values, np.random.default_rng(seed))
+        out = self._sampler(sample_count(n), values, np.random.default_rng(seed))
         return self.space.validate(out, what=f"events sampled by {self.name!r}")
 
 
@@ -371,17 +371,18 @@ class HistTemplate(DensityModel):
     def sample(self, n: int, theta: Any = None, seed: Any = None) -> np.ndarray:
         """Draw bins by content, then uniformly within the bin (integers for discrete axes)."""
         self.theta_tensor(theta)
+        n = sample_count(n)
         rng = np.random.default_rng(seed)
-        bins = rng.choice(len(self._probability), size=int(n), p=self._probability)
+        bins = rng.choice(len(self._probability), size=n, p=self._probability)
         idx = np.unravel_index(bins, self._shape)
-        out = np.empty((int(n), self.space.dim), dtype=np.float64)
+        out = np.empty((n, self.space.dim), dtype=np.float64)
         for j, (obs, edges) in enumerate(zip(self.space, self._edges)):
             lo, hi = edges[idx[j]], edges[idx[j] + 1]
             if obs.discrete:
                 ilo = np.ceil(lo)
-                out[:, j] = ilo + np.floor(rng.random(int(n)) * (np.ceil(hi) - ilo))
+                out[:, j] = ilo + np.floor(rng.random(n) * (np.ceil(hi) - ilo))
             else:
-                out[:, j] = lo + rng.random(int(n)) * (hi - lo)
+                out[:, j] = lo + rng.random(n) * (hi - lo)
         return out
 
 
@@ -819,14 +820,15 @@ class CrossSection(Yield):
             layers: list[torch.nn.Module] = []
             width = len(names)
             for hdim in hidden:
-                layers += [torch.nn.Linear(width, int(hdim)), torch.nn.Tanh()]
-                width = int(hdim)
+                hdim = whole_number(hdim, "CrossSection.regression: hidden width")
+                layers += [torch.nn.Linear(width, hdim), torch.nn.Tanh()]
+                width = hdim
             layers.append(torch.nn.Linear(width, 1))
             net = torch.nn.Sequential(*layers).to(torch.float64)
         xin = torch.as_tensor((pts - mean) / scale, dtype=torch.float64)
         yt = torch.as_tensor((target - t_mean) / t_scale, dtype=torch.float64)
         opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
-        for _ in range(int(epochs)):
+        for _ in range(whole_number(epochs, "CrossSection.regression: epochs")):
             opt.zero_grad()
             loss = torch.mean((net(xin)[:, 0] - yt) ** 2)
             loss.backward()

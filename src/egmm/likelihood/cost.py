@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from iminuit.cost import Cost
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.density import first_order_graphs
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.likelihood._jet import Jet, as_jet
@@ -275,8 +275,7 @@ class _UnbinnedCost(Cost):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InputError(f"component names must be unique, repeated: {dupes}")
-        if int(chunk_size) < 1:
-            raise InputError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        chunk_size = whole_number(chunk_size, "chunk_size")
         self._terms = terms
         self._mixture = mixture
         self._allow_outside = bool(allow_outside)

@@ -152,9 +152,8 @@ def model_histogram(model: DensityModel, theta: Any, axes: Sequence[hist.axis.Ax
                     n: int = 100_000, seed: Any = 0,
                     observables: Sequence[str] | None = None) -> hist.Hist:
     """Histogram of ``n`` events sampled from ``model`` at θ (unit weights, Weight storage)."""
-    if int(n) < 1:
-        raise InputError(f"model_histogram: n must be ≥ 1, got {n}")
-    x = model.sample(int(n), theta, seed=seed)
+    n = whole_number(n, "model_histogram: n")
+    x = model.sample(n, theta, seed=seed)
     return histogram(x, model.space, axes, observables=observables)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.errors import InputError
 from egmm.observables import ObservableSpace
 from egmm.validation.histograms import _check_same_binning, pulls
@@ -215,8 +215,9 @@ def c2st(x: Any, y: Any, *, space: ObservableSpace | None = None, folds: int = 5
     ya = space.validate(y, what="second sample") if space else _as_2d(y, "second sample")
     if xa.shape[1] != ya.shape[1]:
         raise InputError(f"c2st: samples have {xa.shape[1]} and {ya.shape[1]} columns")
-    if int(folds) < 2:
-        raise InputError(f"c2st: folds must be ≥ 2, got {folds}")
+    folds = whole_number(folds, "c2st: folds", 2)
+    if max_events is not None:  # (None: no cap)
+        max_events = whole_number(max_events, "c2st: max_events")
     n = min(len(xa), len(ya), max_events or len(xa))
     if n < 5 * folds:
         raise InputError(f"c2st: need at least {5 * folds} events per sample for {folds} "

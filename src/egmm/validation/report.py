@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from egmm._io import savefig_atomic, write_text_atomic
-from egmm.base import DensityModel
+from egmm.base import DensityModel, whole_number
 from egmm.errors import InputError, ParameterError
 from egmm.validation.histograms import (
     double_ratio,
@@ -519,10 +519,10 @@ def report(model: DensityModel, samples_by_theta: Mapping[Any, Any], out_dir: st
         raise InputError(f"report: corner must be 'ref', 'all' or 'none', got {corner!r}")
     if not 0.0 < alpha < 1.0:
         raise InputError(f"report: alpha must lie in (0, 1), got {alpha}")
-    for name, value in (("n_model", n_model), ("bins", bins), ("bins_2d", bins_2d),
-                        ("c2st_events", c2st_events)):
-        if int(value) < 1:
-            raise InputError(f"report: {name} must be ≥ 1, got {value}")
+    n_model, bins, bins_2d, c2st_events = (
+        whole_number(value, f"report: {name}") for name, value in (
+            ("n_model", n_model), ("bins", bins), ("bins_2d", bins_2d),
+            ("c2st_events", c2st_events)))
     space = model.space
     points = _read_points(model, samples_by_theta)
     pair_idx = _pair_indices(space, pairs)
@@ -538,7 +538,7 @@ def report(model: DensityModel, samples_by_theta: Mapping[Any, Any], out_dir: st
         t0 = time.perf_counter()
         bar.set_description("sampling")
         for k, p in enumerate(points):
-            _draw_samples(p, model, ref, int(n_model), seed, k)
+            _draw_samples(p, model, ref, n_model, seed, k)
             bar.update()
         weights = None
         if n_points > 1 and reweight != "never":
@@ -591,13 +591,13 @@ def report(model: DensityModel, samples_by_theta: Mapping[Any, Any], out_dir: st
         "theta_ref": points[k_ref]["theta"],
         "floor": (f"two independent samples of the truth ({ref.name})" if ref is not None
                   else "the data split in two random halves"),
-        "settings": {"n_model": int(n_model), "bins": bins, "bins_2d": bins_2d,
+        "settings": {"n_model": n_model, "bins": bins, "bins_2d": bins_2d,
                      "c2st_events": c2st_events, "folds": folds, "alpha": alpha,
                      "min_count": min_count, "reweight": reweight, "seed": seed,
                      "pairs": [[space.names[i], space.names[j]] for i, j in pair_idx]},
         "checks": checks,
         "points": [{"theta": p["theta"], "label": p["label"], "n_data": len(p["data"]),
-                    "n_model": int(n_model), "double_ratio_model": p["double_ratio_model"],
+                    "n_model": n_model, "double_ratio_model": p["double_ratio_model"],
                     "model": p["model"], "floor": p["floor"]} for p in points],
         "figures": files,
         "timing": timing,
