@@ -281,6 +281,10 @@ def test_default_knots_follow_effective_sample_size():
     assert len(many.knots(BOUNDED)) == 500 + 1
     # smoothed (the default): 1000 knots whatever the sample size
     assert len(LatentProjection.fit(SPACE, _reference(500, 1)).knots(BOUNDED)) == 1000 + 1
+    np.testing.assert_array_equal(few.knots(SPACE.names[BOUNDED]), few.knots(BOUNDED))
+    for bad in (BOUNDED + 0.7, SPACE.dim, -1):  # a fraction had been truncated to an index
+        with pytest.raises(InputError, match="knots: observable index"):
+            few.knots(bad)
 
 
 def _slope_ratio(proj: LatentProjection, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:

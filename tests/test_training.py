@@ -167,6 +167,8 @@ def test_bad_training_input():
     # settings that would train nothing or silently misbehave: min_delta = nan never counts an
     # improvement (the untrained weights came back), eval_batch_size < 1 made every
     # validation loss 0, lr_factor ≤ 0 zeroed the rate, fractional counts were truncated
+    with pytest.raises(InputError, match="resume=True needs checkpoint="):  # was a fresh start
+        train(_model(x), x, th, resume=True, progress=False)
     for kwargs, name in (({"min_delta": float("nan")}, "min_delta"),
                          ({"min_delta": -1e-3}, "min_delta"),
                          ({"eval_batch_size": -1}, "eval_batch_size"),

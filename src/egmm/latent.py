@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from egmm.base import whole_number
 from egmm.errors import InputError
 from egmm.observables import Observable, ObservableSpace
 
@@ -602,7 +603,12 @@ class LatentProjection:
 
     def knots(self, observable: str | int) -> np.ndarray:
         """Knots of Q_x of a continuous observable (its core [a, b]; Q_x is linear between)."""
-        j = self.space.index(observable) if isinstance(observable, str) else int(observable)
+        if isinstance(observable, str):
+            j = self.space.index(observable)
+        else:
+            j = whole_number(observable, "knots: observable index", 0)
+            if j >= self.space.dim:
+                raise InputError(f"knots: observable index {j} ≥ {self.space.dim} observables")
         m = self._maps[j]
         if m is None:
             raise InputError(f"observable {self.space.names[j]!r} is discrete: no knots")

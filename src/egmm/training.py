@@ -360,6 +360,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
         raise InputError(f"workers must be an int ≥ 1, got {workers!r}")
     if workers < 1:
         raise InputError(f"workers must be ≥ 1, got {workers}")
+    if resume and checkpoint is None:
+        raise InputError("resume=True needs checkpoint= (the file to resume from)")
     check_training_settings(validation=validation, batch_size=batch_size,
                             max_epochs=max_epochs, lr=lr, schedule=schedule, patience=patience,
                             score_weight=score_weight, lr_factor=lr_factor,

@@ -50,6 +50,7 @@ from egmm.infer.fit import (
     fit,
     fit_result,
     make_minuit,
+    start_values,
 )
 from egmm.infer.intervals import (
     _check_batch_size,
@@ -270,6 +271,16 @@ def _first_errors(job: _CoverageJob, ntoys: int) -> dict[str, float] | None:
     except Exception:  # the same failure is met, and recorded, by that toy's own task
         return None
     return first_steps(res)
+
+
+def _toy_digest(job: _CoverageJob, cost: Any) -> str:
+    """−2 ln L of a toy's ``cost`` at its fits' start, exactly (hex), for the study's key;
+    "none" where it cannot be evaluated there (that toy's fit then fails and is recorded)."""
+    values = {**start_values(cost), **_start_of(job, cost)}
+    try:
+        return float(cost(*[values[n] for n in describe(cost)])).hex()
+    except Exception:  # recorded by the toy's own task
+        return "none"
 
 
 def _start_of(job: _CoverageJob, cost: Any) -> dict[str, float]:
@@ -529,7 +540,8 @@ def coverage(
                        n_events, bool(poisson), seed, (), (),
                        dict(start) if start is not None else None, fixed, limits,
                        check_strategy(strategy), tol)
-    names = list(describe(_first_cost(job, ntoys)))
+    first = _first_cost(job, ntoys)
+    names = list(describe(first))
     used = set(names) | set(truth.parameters if kind in ("density", "sampler") else ())
     unused = [k for k in truth_values if k not in used]
     if unused:  # a misspelt name would otherwise be ignored and its parameter left free
@@ -564,12 +576,15 @@ def coverage(
         # here once) as MIGRAD's first steps: ~30 % fewer calls than Minuit's default steps
         job = dataclasses.replace(job, steps=_first_errors(job, ntoys))
     # the key must tell apart studies whose factories share a name (two lambdas) but fit
-    # different densities: hash the pickled truth and factory (closures included). A pickle
-    # that differs between processes only costs a rerun on resume, never shared toys.
+    # different densities: hash the pickled truth and factory (closures included; a pickle
+    # that differs between processes only costs a rerun on resume, never shared toys), and
+    # the first toy's −2 ln L at its start (which tells apart truths or factories that
+    # cannot be pickled)
     key = "coverage/" + fingerprint(
         kind, type(truth).__name__, getattr(cost_factory, "__qualname__", repr(cost_factory)),
-        pickled_digest(truth, cost_factory), truth_values, job.n_events, job.poisson, seed,
-        parameters, pairs, repr(fixed), limits, check_strategy(strategy), tol, start,
+        pickled_digest(truth, cost_factory), _toy_digest(job, first), truth_values,
+        job.n_events, job.poisson, seed, parameters, pairs, repr(fixed), limits,
+        job.strategy, tol, start,
         *(["batched"] if batched else []))
     records = run_toys(_coverage_batch_task if batched else _coverage_task, job, range(ntoys),
                        key=key, executor=executor, out=out, progress=progress, desc="coverage",
