@@ -134,6 +134,9 @@ def test_bad_input():
                  parameters=["mu", "sigma"], executor="serial")
     with pytest.raises(InputError, match="n_events"):
         coverage(NORMAL, normal_cost, {"mu": 1.0, "sigma": 2.0}, ntoys=3, seed=1)
+    with pytest.raises(ParameterError, match=r"parameters \['sigma'\] are fixed"):
+        coverage(*args, ntoys=3, seed=1, parameters=["mu", "sigma"], fixed=["sigma"],
+                 executor="serial")
     with pytest.raises(ParameterError, match=r"truth_pars names \['sigam'\], which neither"):
         coverage(normal_data, normal_cost, {"mu": 1.0, "sigma": 2.0, "sigam": 2.0}, ntoys=3,
                  seed=1, executor="serial")  # a misspelling, not silently ignored

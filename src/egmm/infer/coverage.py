@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -547,13 +548,16 @@ def coverage(
     if unused:  # a misspelt name would otherwise be ignored and its parameter left free
         raise ParameterError(f"coverage: truth_pars names {unused}, which neither the cost "
                              f"{names} nor the truth uses")
+    fixed_names = {fixed} if isinstance(fixed, str) else set(fixed or ())
     if parameters is None:
-        fixed_names = {fixed} if isinstance(fixed, str) else set(fixed or ())
         parameters = [p for p in names if p in truth_values and p not in fixed_names]
     parameters = tuple(parameters)
     unknown = [p for p in parameters if p not in names]
     if unknown:
         raise ParameterError(f"coverage: unknown parameters {unknown}; the cost has {names}")
+    held = [p for p in parameters if p in fixed_names]
+    if held:  # no estimate, no pull, no region: nothing to study
+        raise ParameterError(f"coverage: parameters {held} are fixed; study free ones")
     no_truth = [p for p in parameters if p not in truth_values]
     if no_truth:
         raise ParameterError(f"coverage: no truth value for {no_truth}")
@@ -608,6 +612,11 @@ def _summarise(records: list[dict[str, Any]], parameters: tuple[str, ...],
         e = np.array([r["errors"][p] for r in good])
         with np.errstate(divide="ignore", invalid="ignore"):
             pulls = (v - truth[p]) / e
+        undefined = int((hesse_valid & ~np.isfinite(pulls)).sum())
+        if undefined:  # (an error of 0 or NaN from a HESSE Minuit accepted)
+            warnings.warn(f"coverage: {undefined} of {n} toys have no finite pull for {p!r} "
+                          "(HESSE error 0 or NaN); the pull summary leaves them out",
+                          RuntimeWarning, stacklevel=3)
         pulls = pulls[hesse_valid & np.isfinite(pulls)]
         sd = float(np.std(v, ddof=1)) if n > 1 else math.nan
         psd = float(np.std(pulls, ddof=1)) if len(pulls) > 1 else math.nan
