@@ -519,6 +519,7 @@ def toy_teststats(
     seed = check_seed(seed)
     values = _values(cost, pars)
     stream = whole_number(stream, "stream", 0)
+    strategy = check_strategy(strategy)
     digest = check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
     batched = bool(batched)
     if batched:
@@ -531,11 +532,10 @@ def toy_teststats(
     steps = None if batched else _typical_errors(cost, values, toy_seed(seed, stream, 0),
                                                  fixed, limits)
     job = _TeststatJob(cost, values, poi, float(mu), test_stat, seed, stream,
-                       fixed, limits, check_strategy(strategy), float(tol), steps)
+                       fixed, limits, strategy, float(tol), steps)
     fields = [test_stat, poi, float(mu), seed, stream,
               {n: float(f"{v:.9g}") for n, v in values.items()},
-              _fixed_key(fixed), limits, check_strategy(strategy), float(tol),
-              digest]
+              _fixed_key(fixed), limits, strategy, float(tol), digest]
     key = "teststat/" + fingerprint(*fields, *(["batched"] if batched else []))
     records = run_toys(_teststat_batch_task if batched else _teststat_task, job, range(ntoys),
                        key=key, executor=executor, out=out, progress=progress,
