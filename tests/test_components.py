@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from egmm.errors import InputError, ParameterError
+from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.likelihood import Component, CrossSection, HistTemplate, TorchDensity, Yield
 from egmm.observables import Observable, ObservableSpace
 
@@ -65,6 +65,11 @@ def test_torch_density_bad_inputs():
     bad_shape = TorchDensity(SPACE, lambda x: torch.zeros(len(x), 2), name="bad")
     with pytest.raises(InputError, match=r"'bad'.*shape"):
         bad_shape.log_prob([0.0, 1.0])
+    # a model that gives NaN (here: log of a negative "pdf") is an error, not a NaN result
+    negative = TorchDensity(SPACE, lambda x: torch.log(x[:, 0] - 0.5), name="negative")
+    with pytest.raises(EgmmError, match=r"log_prob is NaN for 1 of 3 events, the first in row 0"):
+        negative.log_prob([0.0, 1.0, 2.0])
+    assert negative.log_prob([0.5])[0] == -np.inf  # a zero density stays -inf
 
 
 def test_torch_density_sampler():

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from egmm.errors import InputError, ParameterError
+from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.observables import ObservableSpace
 
 __all__ = ["DensityModel", "TrainedModel"]
@@ -85,6 +85,11 @@ class DensityModel(ABC):
                 tt = th[s:s + chunk_size] if th.ndim == 2 else th
                 out[s:s + chunk_size] = self.log_prob_tensor(
                     xt, tt.to(device=device, dtype=dtype)).double().cpu().numpy()
+        nan = np.isnan(out)
+        if nan.any():  # (−inf is a zero density; NaN is no answer)
+            i = int(np.argmax(nan))
+            raise EgmmError(f"{type(self).__name__}.log_prob is NaN for {int(nan.sum())} of "
+                            f"{len(out)} events, the first in row {i}: {xv[i].tolist()}")
         return out
 
     def theta_tensor(
