@@ -232,3 +232,19 @@ def test_free_fit_that_missed_its_minimum_is_refitted():
     assert t == pytest.approx(cost(2.0, 0.0) - best, abs=1e-6)  # 0.0590
     with pytest.raises(ParameterError, match="'mu' fixed"):
         tmu(1.0, cost, "mu", unconditional=fit(cost, fixed={"mu": 3.0}))
+
+
+def test_direct_statistic_warns_when_a_fit_is_not_valid(monkeypatch):
+    """tmu & co. called directly warn when Minuit did not accept one of their fits (toy
+    studies record this per toy instead)."""
+    import dataclasses
+
+    from egmm.infer import teststats
+
+    cost = NormalConstraint(["mu", "b"], [0.0, 0.0], [1.0, 1.0])
+    value, fits = teststats.evaluate("t", 1.0, cost, "mu")
+    broken = teststats.TestStatFits(dataclasses.replace(fits.conditional, valid=False),
+                                    fits.unconditional)
+    monkeypatch.setattr(teststats, "evaluate", lambda *a, **k: (value, broken))
+    with pytest.warns(RuntimeWarning, match="t at mu=1: the conditional fit is not valid"):
+        assert tmu(1.0, cost, "mu") == value

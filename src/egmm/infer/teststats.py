@@ -39,6 +39,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -337,6 +338,12 @@ def evaluate(
 def _public(name: str, mu: float, cost: Any, poi: str, return_fits: bool,
             kwargs: dict[str, Any]) -> float | tuple[float, TestStatFits]:
     value, fits = evaluate(name, mu, cost, poi, **kwargs)
+    invalid = [what for what, f in (("conditional", fits.conditional),
+                                    ("unconditional", fits.unconditional)) if not f.valid]
+    if invalid:  # (toy studies record this per toy instead)
+        warnings.warn(f"{name} at {poi}={mu:g}: the {' and '.join(invalid)} fit is not valid "
+                      "(return_fits=True shows Minuit's verdict); the statistic may be wrong",
+                      RuntimeWarning, stacklevel=3)
     return (value, fits) if return_fits else value
 
 
