@@ -237,7 +237,7 @@ def test_contour_bad_input(model_cost, global_fit):
 def test_default_start_moves_inside_narrowed_limits():
     """A default start exactly on a limit the caller narrowed (here a = 0 on (0, 1.5)) is moved
     to the middle of the new range, so MIGRAD is not left sitting on the edge; an explicit
-    start on the edge is respected."""
+    start on the edge is respected (and a minimum on the edge stays there)."""
     from iminuit.cost import LeastSquares
 
     from egmm.infer import make_minuit  # the public path the README names
@@ -249,6 +249,25 @@ def test_default_start_moves_inside_narrowed_limits():
     res = fit(cost, limits={"a": (0.0, 1.5)})
     # noise-free data: the MLE is exact up to MIGRAD's EDM tolerance (≪ 1% of the error)
     assert res.valid and abs(res.values["a"] - 0.5) < 0.01 * res.errors["a"]
+    on_edge = fit(cost, {"a": 0.6}, limits={"a": (0.6, 1.5)}, hesse=False)  # minimum at 0.5
+    assert on_edge.valid and on_edge.values["a"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_a_start_on_a_limit_does_not_stick_there():
+    """Started exactly on its lower limit, a parameter whose minimum lies inside had stayed
+    on the limit with a valid fit (Minuit's bounded transformation is flat there; a probe
+    inside now sends MIGRAD on): the background-only toys of a CLs study start at μ = 0.
+    A pyhf counting model, main count 46, auxiliary 42: exact μ̂ = 0.968, q̃(2) = 0.30695."""
+    pyhf = pytest.importorskip("pyhf")
+    from egmm.infer import qmu_tilde
+    from egmm.likelihood import PyhfCost
+
+    model = pyhf.simplemodels.uncorrelated_background([5.0], [50.0], [7.0])
+    cost = PyhfCost(model, [46.0, 42.0])
+    start = {"mu": 0.0, "uncorr_bkguncrt[0]": 1.049}
+    q, fits = qmu_tilde(2.0, cost, "mu", start=start, return_fits=True)
+    assert fits.unconditional.values["mu"] == pytest.approx(0.968, abs=2e-3)
+    assert q == pytest.approx(0.30695, abs=1e-4)  # was 0.0353 with μ̂ stuck at 2.5e-15
 
 
 def test_hesse_across_a_kink_keeps_migrads_verdict():

@@ -420,6 +420,34 @@ def make_minuit(
     return m
 
 
+def _leave_a_sticky_limit(m: Minuit, steps: np.ndarray, ncall: int | None) -> None:
+    """MIGRAD again from inside where a free parameter ended on a limit (within 1e-4 initial
+    steps) while −2 ln L falls inwards. Near a limit Minuit's bounded-parameter transformation
+    is flat (both finite-difference probes move the parameter inwards), so a fit started there
+    can report a valid minimum on the limit while the true one lies inside: toys drawn at μ = 0
+    (CLs's background-only toys, q₀, a Feldman–Cousins point at 0) had their statistic too
+    small in 5–12 % of toys. One probe 0.01 initial steps inside decides (a minimum that is on
+    the limit stays: −2 ln L rises inwards); the new minimum is deeper by construction."""
+    for i, n in enumerate(m.parameters):
+        if m.fixed[n]:
+            continue
+        lo, hi = (float(v) for v in m.limits[n])
+        v = float(m.values[n])
+        edge = lo if abs(v - lo) <= abs(v - hi) else hi
+        if not abs(v - edge) <= 1e-4 * float(steps[i]):  # not (within rounding) on a limit
+            continue
+        v = edge
+        h = 0.01 * float(steps[i]) * (1.0 if v == lo else -1.0)
+        values = np.array(m.values, dtype=np.float64)
+        values[i] = v + h
+        inside = float(m.fcn(values))
+        if not inside < float(m.fval) - 0.1 * float(m.fmin.edm_goal):
+            continue
+        m.values[n] = v + 100.0 * h if lo < v + 100.0 * h < hi else v + h
+        m.migrad(ncall=hessian_call_limit(m, ncall),
+                 iterate=1 if uses_exact_hessian(m) else 5)
+
+
 def starts_on_a_limit(m: Minuit) -> bool:
     """``m`` has the exact Hessian and a free parameter sits exactly on one of its limits.
 
@@ -506,7 +534,9 @@ def fit(
     m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol,
                     errors=errors)
     start_point = np.array(m.values, dtype=np.float64)
+    steps = np.array(m.errors, dtype=np.float64)
     m.migrad(ncall=hessian_call_limit(m, ncall), iterate=1 if uses_exact_hessian(m) else 5)
+    _leave_a_sticky_limit(m, steps, ncall)
     log: list[Retry] = []
     rng = np.random.default_rng(seed)
     earlier = (0, 0, 0)
