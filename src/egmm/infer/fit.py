@@ -427,7 +427,8 @@ def _leave_a_sticky_limit(m: Minuit, steps: np.ndarray, ncall: int | None) -> No
     can report a valid minimum on the limit while the true one lies inside: toys drawn at μ = 0
     (CLs's background-only toys, q₀, a Feldman–Cousins point at 0) had their statistic too
     small in 5–12 % of toys. One probe 0.01 initial steps inside decides (a minimum that is on
-    the limit stays: −2 ln L rises inwards); the new minimum is deeper by construction."""
+    the limit stays: −2 ln L rises inwards); MIGRAD then starts from the lowest of three probes
+    (0.01, 0.1, 1 step inside), so the new minimum is deeper by construction."""
     for i, n in enumerate(m.parameters):
         if m.fixed[n]:
             continue
@@ -443,7 +444,16 @@ def _leave_a_sticky_limit(m: Minuit, steps: np.ndarray, ncall: int | None) -> No
         inside = float(m.fcn(values))
         if not inside < float(m.fval) - 0.1 * float(m.fmin.edm_goal):
             continue
-        m.values[n] = v + 100.0 * h if lo < v + 100.0 * h < hi else v + h
+        # MIGRAD from the lowest of 0.01, 0.1 and 1 steps inside: from too far out it can
+        # overshoot back onto the limit, too near it the transformation is still flat-ish
+        best, best_f = v + h, inside
+        for k in (10.0, 100.0):
+            if lo < v + k * h < hi:
+                values[i] = v + k * h
+                f = float(m.fcn(values))
+                if f < best_f:
+                    best, best_f = v + k * h, f
+        m.values[n] = best
         m.migrad(ncall=hessian_call_limit(m, ncall),
                  iterate=1 if uses_exact_hessian(m) else 5)
 
