@@ -268,6 +268,16 @@ def test_a_start_on_a_limit_does_not_stick_there():
     q, fits = qmu_tilde(2.0, cost, "mu", start=start, return_fits=True)
     assert fits.unconditional.values["mu"] == pytest.approx(0.968, abs=2e-3)
     assert q == pytest.approx(0.30695, abs=1e-4)  # was 0.0353 with μ̂ stuck at 2.5e-15
+    # a q₀ toy whose first step is large (9.2, a typical error of its study): restarted one
+    # step inside, MIGRAD had overshot back onto the limit (q₀ 4e-6); the interior minimum is
+    # μ̂ = 0.400 with q₀ = 0.0404
+    from egmm.infer import q0
+
+    toy = PyhfCost(model, [51.0, 50.0])
+    q, fits = q0(0.0, toy, "mu", start={"mu": 0.0, "uncorr_bkguncrt[0]": 1.0487},
+                 errors={"mu": 9.16, "uncorr_bkguncrt[0]": 0.154}, return_fits=True)
+    assert fits.unconditional.values["mu"] == pytest.approx(0.400, abs=2e-3)
+    assert q == pytest.approx(0.0404, abs=2e-4)
 
 
 def test_hesse_across_a_kink_keeps_migrads_verdict():
