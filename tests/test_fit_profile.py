@@ -268,14 +268,16 @@ def test_a_start_on_a_limit_does_not_stick_there():
     q, fits = qmu_tilde(2.0, cost, "mu", start=start, return_fits=True)
     assert fits.unconditional.values["mu"] == pytest.approx(0.968, abs=2e-3)
     assert q == pytest.approx(0.30695, abs=1e-4)  # was 0.0353 with μ̂ stuck at 2.5e-15
-    # a q₀ toy whose first step is large (9.2, a typical error of its study): restarted one
-    # step inside, MIGRAD had overshot back onto the limit (q₀ 4e-6); the interior minimum is
-    # μ̂ = 0.400 with q₀ = 0.0404
+    # a q₀ toy with a large first step (9.2, a typical error of its study), started on the
+    # limit: the interior minimum μ̂ = 0.400, q₀ = 0.0404, is found. (In the toy loop this toy
+    # had also needed the restart from the lowest probe: from one step inside MIGRAD went
+    # back onto the limit; this direct call does not reproduce that overshoot.)
     from egmm.infer import q0
 
     toy = PyhfCost(model, [51.0, 50.0])
-    q, fits = q0(0.0, toy, "mu", start={"mu": 0.0, "uncorr_bkguncrt[0]": 1.0487},
-                 errors={"mu": 9.16, "uncorr_bkguncrt[0]": 0.154}, return_fits=True)
+    q, fits = q0(0.0, toy, "mu", start={"mu": 0.0, "uncorr_bkguncrt[0]": 1.0486839632531209},
+                 errors={"mu": 9.162453250149007, "uncorr_bkguncrt[0]": 0.1544086689466958},
+                 return_fits=True)
     assert fits.unconditional.values["mu"] == pytest.approx(0.400, abs=2e-3)
     assert q == pytest.approx(0.0404, abs=2e-4)
 
