@@ -438,7 +438,10 @@ def _leave_a_sticky_limit(m: Minuit, steps: np.ndarray, ncall: int | None) -> No
         if not abs(v - edge) <= 1e-4 * float(steps[i]):  # not (within rounding) on a limit
             continue
         v = edge
-        h = 0.01 * float(steps[i]) * (1.0 if v == lo else -1.0)
+        size = 0.01 * float(steps[i])
+        if math.isfinite(hi - lo):  # the probes stay inside a narrow range
+            size = min(size, 0.004 * (hi - lo))
+        h = size if v == lo else -size
         values = np.array(m.values, dtype=np.float64)
         values[i] = v + h
         inside = float(m.fcn(values))
