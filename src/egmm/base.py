@@ -251,6 +251,13 @@ def whole_number(value: Any, name: str, minimum: int = 1) -> int:
     return count
 
 
+def is_real_number(value: Any) -> bool:
+    """A real number of Python's or numpy's (NaN and ±inf included: callers test finiteness
+    themselves), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool)
+
+
 def sample_count(n: Any) -> int:
     """The number of events ``sample`` is asked for (:func:`whole_number` ≥ 0)."""
     return whole_number(n, "sample: n", 0)

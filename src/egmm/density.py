@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egmm.base import TrainedModel, sample_count, whole_number
+from egmm.base import TrainedModel, is_real_number, sample_count, whole_number
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.networks import (
@@ -848,9 +848,7 @@ def _check_knobs(config: dict[str, Any]) -> None:
         config[name] = whole_number(config[name], f"GMMDensity: {name}", minimum)
     for name in ("s_f", "s_mu", "s_sigma", "f_sigma", "eps"):
         value = config[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer,
-                                                             np.floating)) \
-                or not (math.isfinite(value) and value > 0):
+        if not (is_real_number(value) and math.isfinite(value) and value > 0):
             raise InputError(f"GMMDensity: {name} must be a finite number > 0, got {value!r}")
     hidden = config["categorical_hidden"]
     if not isinstance(hidden, (list, tuple)) or not hidden:

@@ -69,7 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from egmm._io import atomic_path
-from egmm.base import theta_columns, whole_number
+from egmm.base import is_real_number, theta_columns, whole_number
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
@@ -111,32 +111,26 @@ def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
                             min_delta: float = 1e-6, eval_batch_size: int = 65536) -> None:
     """Raise :class:`InputError` for settings :func:`train` cannot use (its arguments of the
     same names), before any data are prepared."""
-    if not _is_number(validation) or not 0.0 < validation < 1.0:
+    if not is_real_number(validation) or not 0.0 < validation < 1.0:
         raise InputError(f"validation must be a fraction in (0, 1), got {validation!r}")
     whole_number(batch_size, "batch_size")
     whole_number(patience, "patience")
     whole_number(max_epochs, "max_epochs", 0)
     whole_number(lr_patience, "lr_patience", 0)
     whole_number(eval_batch_size, "eval_batch_size")
-    if not (_is_number(lr) and math.isfinite(lr) and lr > 0.0):
+    if not (is_real_number(lr) and math.isfinite(lr) and lr > 0.0):
         raise InputError(f"lr must be a positive finite number, got {lr!r}")
-    if not (_is_number(lr_factor) and 0.0 < lr_factor < 1.0):
+    if not (is_real_number(lr_factor) and 0.0 < lr_factor < 1.0):
         raise InputError(f"lr_factor must be in (0, 1) (the rate is multiplied by it on a "
                          f"plateau), got {lr_factor!r}")
-    if not (_is_number(min_delta) and math.isfinite(min_delta) and min_delta >= 0.0):
+    if not (is_real_number(min_delta) and math.isfinite(min_delta) and min_delta >= 0.0):
         raise InputError(f"min_delta must be a finite number ≥ 0, got {min_delta!r}")
     if schedule not in SCHEDULES:
         raise InputError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     if schedule == "cosine" and max_epochs < 1:
         raise InputError("schedule='cosine' needs max_epochs ≥ 1 (its budget)")
-    if not (_is_number(score_weight) and math.isfinite(score_weight) and score_weight >= 0.0):
+    if not (is_real_number(score_weight) and math.isfinite(score_weight) and score_weight >= 0.0):
         raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
-
-
-def _is_number(value: Any) -> bool:
-    """A real number (NaN included: the callers test finiteness themselves), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool)
 
 
 # 2: the fingerprint holds a data digest and the settings; 3: and a digest of the model's
