@@ -60,7 +60,7 @@ from egmm.infer.intervals import (
     _probability,
     _profile_ratio,
 )
-from egmm.infer.parallel import fingerprint, pickled_digest, run_toys
+from egmm.infer.parallel import fingerprint, pickled_digest, run_toys, value_digest
 from egmm.infer.profile import wilks_threshold
 from egmm.infer.teststats import Limits, _bounds, _limits, profiled_start
 from egmm.infer.toys import check_ntoys, check_seed, sample_toy, toy_seed
@@ -275,11 +275,12 @@ def _first_errors(job: _CoverageJob, ntoys: int) -> dict[str, float] | None:
 
 
 def _toy_digest(job: _CoverageJob, cost: Any) -> str:
-    """−2 ln L of a toy's ``cost`` at its fits' start, exactly (hex), for the study's key;
-    "none" where it cannot be evaluated there (that toy's fit then fails and is recorded)."""
+    """:func:`~egmm.infer.parallel.value_digest` of a toy's ``cost`` at its fits' start, for
+    the study's key; "none" where it cannot be evaluated there (that toy's fit then fails and
+    is recorded)."""
     values = {**start_values(cost), **_start_of(job, cost)}
     try:
-        return float(cost(*[values[n] for n in describe(cost)])).hex()
+        return value_digest(cost, values)
     except Exception:  # recorded by the toy's own task
         return "none"
 

@@ -204,6 +204,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def value_digest(cost: Any, values: Any) -> str:
+    """``cost`` at ``values`` (name -> value, the cost's order), exactly (hex): in a toy
+    study's key it tells apart studies of other models under the same names and settings,
+    where a pickle would not do (a cost's caches change as it is evaluated). On another
+    machine the last bits may differ: its toys then run again, never mix."""
+    from iminuit.util import describe
+
+    return float(cost(*[values[n] for n in describe(cost)])).hex()
+
+
 def pickled_digest(*objects: Any) -> str:
     """A hash of the pickled objects (cloudpickle when available): tells apart jobs that carry
     different densities or closures under the same names."""

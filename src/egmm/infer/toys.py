@@ -46,7 +46,7 @@ from iminuit.util import describe
 from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.fit import _items, check_strategy, first_steps, fit
-from egmm.infer.parallel import fingerprint, run_toys
+from egmm.infer.parallel import fingerprint, run_toys, value_digest
 from egmm.infer.teststats import (
     Limits,
     _bounds,
@@ -261,12 +261,10 @@ def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> st
     out: the first of ``seeds`` whose toy can be made passes; a toy that fails by chance (its
     failure is recorded when it runs) does not stop the study.
 
-    Returns that toy's −2 ln L at ``pars``, exactly (hex): in the key of a stored toy study it
-    tells apart studies of another model (density, yields, constraints) under the same
-    settings and names, whose toys differ; the observed data do not enter, as the toys do not
-    depend on them. (A pickle of the cost would not do: its caches change as it is
-    evaluated.) On another machine the last bits may differ: the toys then run again, never
-    mix."""
+    Returns that toy's −2 ln L at ``pars`` (:func:`~egmm.infer.parallel.value_digest`) for
+    the key of a stored toy study: it tells apart studies of another model (density, yields,
+    constraints) whose toys differ; the observed data do not enter, as the toys do not
+    depend on them."""
     error: Exception | None = None
     for seed in seeds:
         try:
@@ -274,7 +272,7 @@ def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> st
         except Exception as exc:  # the same error for every seed is bad input
             error = error or exc
             continue
-        return float(toy(*[pars[n] for n in describe(cost)])).hex()
+        return value_digest(toy, pars)
     if error is not None:
         raise error
     raise InputError("check_toys: no seed given")
