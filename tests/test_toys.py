@@ -338,3 +338,17 @@ def test_batched_toys_refuse_costs_that_cannot_be_vectorised():
     with pytest.raises(InputError, match="batch_size"):
         toy_teststats(analytic_cost(), {"mu": 1.0, "n_b": 1e3}, "mu", 1.0, ntoys=4,
                       executor="serial", batched=True, batch_size=0, progress=False)
+
+
+def test_counts_are_whole_numbers_as_everywhere_else():
+    """ntoys and batch_size take whole numbers written as floats (1e3, 4.0), like every other
+    count of the library, and refuse fractions rather than truncating them."""
+    args = (analytic_cost(), {"mu": 1.0, "n_b": 1e3}, "mu", 1.0)
+    kwargs = dict(executor="serial", batched=True, progress=False, seed=3)
+    as_int = toy_teststats(*args, ntoys=4, batch_size=2, **kwargs)
+    as_float = toy_teststats(*args, ntoys=4.0, batch_size=2.0, **kwargs)
+    np.testing.assert_array_equal(as_int.values, as_float.values)
+    with pytest.raises(InputError, match="ntoys must be a whole number, got 4.5"):
+        toy_teststats(*args, ntoys=4.5, **kwargs)
+    with pytest.raises(InputError, match="batch_size must be a whole number, got 2.5"):
+        toy_teststats(*args, ntoys=4, batch_size=2.5, **kwargs)

@@ -182,7 +182,7 @@ def test_bad_workers():
         with pytest.raises(InputError, match="workers must be ≥ 1"):
             train(_model(x), x, th, workers=bad, progress=False)
     for bad in (1.5, "2", True, None):
-        with pytest.raises(InputError, match="workers must be an int"):
+        with pytest.raises(InputError, match="workers must be a whole number"):
             train(_model(x), x, th, workers=bad, progress=False)
     with pytest.raises(InputError, match="callback needs workers=1"):
         train(_model(x), x, th, workers=2, callback=lambda e, h: None, progress=False)

@@ -542,9 +542,8 @@ class LatentProjection:
             raise InputError(f"f must be a number in [0, 1], got {f!r}") from None
         if not 0.0 <= f <= 1.0:
             raise InputError(f"f must lie in [0, 1], got {f!r}")
-        if n_knots is not None and (isinstance(n_knots, bool) or
-                                    not isinstance(n_knots, (int, np.integer)) or n_knots < 1):
-            raise InputError(f"n_knots must be an integer >= 1, got {n_knots!r}")
+        if n_knots is not None:
+            n_knots = whole_number(n_knots, "n_knots")
         tail_scale = _positive_float(tail_scale, "tail_scale")
         _LatentShape(alpha, beta, gamma, u_bound)  # fail before the work on bad shape parameters
         x = space.validate(x_ref, what="reference events")

@@ -350,10 +350,7 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
 
     If the model has no ``parameter_bounds`` yet they are set to the (min, max) of ``theta``.
     """
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
-        raise InputError(f"workers must be an int ≥ 1, got {workers!r}")
-    if workers < 1:
-        raise InputError(f"workers must be ≥ 1, got {workers}")
+    workers = whole_number(workers, "workers")
     if resume and checkpoint is None:
         raise InputError("resume=True needs checkpoint= (the file to resume from)")
     check_training_settings(validation=validation, batch_size=batch_size,

@@ -89,6 +89,7 @@ import torch
 from iminuit.cost import Constant, CostSum, NormalConstraint
 from iminuit.util import describe
 
+from egmm.base import whole_number
 from egmm.density import (
     GMMDensity,
     _mixture_log_prob,
@@ -1555,8 +1556,7 @@ def fit_batched(
     costs = list(costs)
     if not costs:
         raise InputError("fit_batched: no costs given")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise InputError(f"fit_batched: max_iter must be an integer ≥ 0, got {max_iter!r}")
+    max_iter = whole_number(max_iter, "fit_batched: max_iter", 0)
     if minuit_tol is not None and not (isinstance(minuit_tol, (int, float))
                                        and not isinstance(minuit_tol, bool) and minuit_tol > 0):
         raise InputError(f"fit_batched: minuit_tol must be a positive number or None, "
@@ -1594,7 +1594,7 @@ def fit_batched(
 
     low = batch.lowered() if float32_steps else None
     if low is None:
-        state = _newton(batch, theta0, lo, hi, fixed_mask, int(max_iter), float(tol))
+        state = _newton(batch, theta0, lo, hi, fixed_mask, max_iter, float(tol))
     else:
         # the steps with float32 network bodies, then the last iterations (at least the
         # convergence test) in the costs' dtype, whose f is reported. Goals down to the

@@ -32,6 +32,7 @@ from iminuit.util import describe
 from scipy.optimize import toms748
 from scipy.stats import chi2
 
+from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.calculators import hypotest, make_calculator
 from egmm.infer.fit import FitResult, check_strategy, fit
@@ -535,10 +536,7 @@ def _fit_conditional(costs: Sequence[Any], start: np.ndarray, held: Sequence[str
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
-    return int(batch_size)
+    return whole_number(batch_size, "batch_size")
 
 
 def _check_fit_together(costs: Sequence[Any]) -> None:

@@ -85,10 +85,8 @@ def check_seed(seed: Any) -> int:
 
 
 def check_ntoys(ntoys: Any) -> int:
-    """A number of toys: an integer ≥ 1."""
-    if isinstance(ntoys, bool) or not isinstance(ntoys, (int, np.integer)) or ntoys < 1:
-        raise InputError(f"ntoys must be a positive integer, got {ntoys!r}")
-    return int(ntoys)
+    """A number of toys: a whole number ≥ 1 (1e3 included)."""
+    return whole_number(ntoys, "ntoys")
 
 
 def toy_seed(seed: int, *key: int) -> np.random.SeedSequence:
@@ -294,8 +292,7 @@ def asimov_cost(cost: Any, pars: Mapping[str, float], *, size: int = 100_000, se
     The minimum of the Asimov cost is at ``pars`` (to the sampling precision for unbinned
     terms), and −2 ln λ on it is the non-centrality Λ of Cowan et al. (2011), Eq. 29.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise InputError(f"asimov size must be a positive integer, got {size!r}")
+    size = whole_number(size, "asimov size")
     values = _values(cost, pars)
     out = []
     for k, item in enumerate(_items(cost)):
@@ -524,9 +521,7 @@ def toy_teststats(
     digest = check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
     batched = bool(batched)
     if batched:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        batch_size = whole_number(batch_size, "batch_size")
         _check_batchable(cost, values)
     # the loop's fits start with the errors of one toy's fit (toy 0's, fitted here once) as
     # MIGRAD's first steps; the batched fits need none
