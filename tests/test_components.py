@@ -278,3 +278,52 @@ def test_regression_fits_smooth_cross_section():
     assert a.grad.item() == pytest.approx(1.0, abs=0.2)
     with pytest.raises(InputError, match="> 0"):
         CrossSection.regression(pts, vals - 3.0, parameters=("a", "b"))
+
+
+def test_theta_in_named_containers_is_matched_by_name():
+    """θ as a structured array, a pandas-like Series (labels as its index) or frame, or an
+    awkward record: matched by name like a dict, never read by position."""
+    space = ObservableSpace([Observable("x", -10.0, 10.0)])
+
+    def gauss(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((x[:, 0] - mu) / sigma) ** 2 - torch.log(sigma)
+
+    dens = TorchDensity(space, gauss, ("mu", "sigma"),
+                        {"mu": (-5.0, 5.0), "sigma": (0.1, 10.0)})
+    x = np.array([[0.5], [1.5], [-2.0]])
+    expected = dens.log_prob(x, {"mu": 1.0, "sigma": 2.0})
+
+    class Series:  # what pandas.Series offers: labels in .index, [label], to_numpy
+        def __init__(self, d):
+            self.d, self.index = d, list(d)
+
+        def __getitem__(self, k):
+            return self.d[k]
+
+        def to_numpy(self):
+            return np.array(list(self.d.values()))
+
+        def __array__(self, dtype=None, copy=None):
+            return self.to_numpy().astype(dtype)
+
+    class Frame:  # pandas.DataFrame: .columns and [name]
+        def __init__(self, d):
+            self.d, self.columns = d, list(d)
+
+        def __getitem__(self, k):
+            return self.d[k]
+
+    rec = np.rec.fromarrays([[2.0], [1.0]], names=["sigma", "mu"])[0:1]
+    for theta in (Series({"sigma": 2.0, "mu": 1.0}), rec,
+                  Frame({"sigma": np.full(3, 2.0), "mu": np.full(3, 1.0)})):
+        np.testing.assert_array_equal(dens.log_prob(x, theta), expected)
+    with pytest.raises(ParameterError, match=r"unknown \['s'\]"):
+        dens.log_prob(x, Series({"s": 2.0, "mu": 1.0}))
+    # a Series without string labels is an array (one value per parameter, in order)
+    unnamed = Series({0: 1.0, 1: 2.0})
+    np.testing.assert_array_equal(dens.log_prob(x, unnamed), expected)
+    with pytest.raises(ParameterError, match=r"θ: expected 2 numbers \['mu', 'sigma'\]"):
+        dens.log_prob(x, [1.0, "wide"])
+    ak = pytest.importorskip("awkward")
+    np.testing.assert_array_equal(
+        dens.log_prob(x, ak.Array({"sigma": [2.0] * 3, "mu": [1.0] * 3})), expected)

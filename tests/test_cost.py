@@ -9,6 +9,7 @@ without the torch gradient follows the same path to the same minimum and errors 
 from __future__ import annotations
 
 import math
+import warnings
 
 import hist
 import numpy as np
@@ -469,3 +470,17 @@ def test_init_values_and_repr():
                                   "n_bkg": 500.0}
     text = repr(cost)
     assert "1000 events" in text and "sig:" in text and "Yield.parameter('n_bkg')" in text
+
+
+def test_read_only_weights_are_copied_without_a_warning():
+    """pandas' copy-on-write columns arrive as read-only arrays: used as they are, torch would
+    warn about non-writable memory; the cost copies them, with the same value."""
+    x = sample(seed=3)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, len(x))
+    frozen = w.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cost = UnbinnedNLL(x, signal(), weights=frozen)
+    args = [POINTS[0][n] for n in cost._parameters]
+    assert cost(*args) == UnbinnedNLL(x, signal(), weights=w)(*args)

@@ -102,3 +102,21 @@ def test_dict_round_trip_is_json_safe(space):
 def test_single_observable_accepts_1d():
     sp = ObservableSpace([Observable("x", 0, 1)])
     assert sp.validate([0.1, 0.2]).shape == (2, 1)
+
+
+def test_awkward_records_are_matched_by_name(space):
+    """uproot's default output (an awkward record array) is read by field name in any order;
+    a record without the space's names is refused, even with one field, and a jagged field
+    is named."""
+    ak = pytest.importorskip("awkward")
+    arr = np.array([[150.0, 0.1, 2, -3.0], [700.0, -3.0, 0, 1e6]])
+    fields = {n: arr[:, i] for i, n in enumerate(space.names)}
+    reordered = ak.Array({k: fields[k] for k in ["z", "njet", "phi", "m"]} | {"pt": [1, 2]})
+    np.testing.assert_array_equal(space.validate(reordered), arr)
+    one = ObservableSpace([Observable("m", 0.0, 1000.0)])
+    with pytest.raises(InputError, match=r"missing columns \['m'\]; got \['mjj'\]"):
+        one.validate(ak.Array({"mjj": [150.0, 200.0]}))
+    np.testing.assert_array_equal(one.validate(ak.Array({"m": [150.0, 200.0]})),
+                                  [[150.0], [200.0]])
+    with pytest.raises(InputError, match="column 'm' is not one number per event"):
+        one.validate(ak.Array({"m": [[150.0], [200.0, 300.0]]}))

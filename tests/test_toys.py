@@ -348,7 +348,7 @@ def test_counts_are_whole_numbers_as_everywhere_else():
     as_int = toy_teststats(*args, ntoys=4, batch_size=2, **kwargs)
     as_float = toy_teststats(*args, ntoys=4.0, batch_size=2.0, **kwargs)
     np.testing.assert_array_equal(as_int.values, as_float.values)
-    with pytest.raises(InputError, match="ntoys must be a whole number, got 4.5"):
+    with pytest.raises(InputError, match=r"ntoys must be a whole number, got 4\.5"):
         toy_teststats(*args, ntoys=4.5, **kwargs)
-    with pytest.raises(InputError, match="batch_size must be a whole number, got 2.5"):
+    with pytest.raises(InputError, match=r"batch_size must be a whole number, got 2\.5"):
         toy_teststats(*args, ntoys=4, batch_size=2.5, **kwargs)

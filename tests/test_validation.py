@@ -92,6 +92,21 @@ def test_histograms_have_weight_storage_and_right_totals():
     assert n.variances(flow=True).sum() == pytest.approx((w * w).sum() / w.sum() ** 2)
 
 
+def test_discrete_observables_fill_integer_axes():
+    """A discrete observable gets an Integer axis from make_axes, and histogram fills it
+    (with the whole-number values the space checks): counts per value, exactly."""
+    from egmm import Observable, ObservableSpace
+
+    space = ObservableSpace([Observable("njet", 0, 3, discrete=True), Observable("m", 0, 10)])
+    x = np.array([[0, 1.0], [2, 5.5], [2, 9.0], [3, 0.5]])
+    axes = ev.make_axes(space, x, bins=5, ranges={"m": (0, 10)})
+    assert isinstance(axes[0], hist.axis.Integer)
+    h = ev.histogram(x, space, axes)
+    assert h.project("njet").values().tolist() == [1.0, 0.0, 2.0, 1.0]
+    assert h.project("m").values().tolist() == [2.0, 0.0, 1.0, 0.0, 1.0]
+    assert ev.histogram(x, space, axes, observables=["njet"]).sum().value == 4
+
+
 def test_model_histogram_samples_the_model():
     dens = perfect_toy_model()
     axes = ev.make_axes(TOY.space, TOY.sample(2000, 0, 0, seed=3), bins=20)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.observables import ObservableSpace
+from egmm.observables import ObservableSpace, labelled
 
 __all__ = ["DensityModel", "TrainedModel"]
 
@@ -97,22 +97,30 @@ class DensityModel(ABC):
     ) -> torch.Tensor:
         """θ as a float64 tensor (P,) or (N, P), validated against names and bounds.
 
-        ``theta`` may be a mapping name -> value (scalars or per-event arrays), a sequence in
-        the order of ``parameters``, an array (P,) or (N, P), or ``None`` when the model has
-        no parameters.
+        ``theta`` may be a mapping name -> value (scalars or per-event arrays) or any other
+        named container (a DataFrame, a Series with the names as labels, a structured or
+        awkward record array: see :func:`labelled`), matched by name; a sequence in the
+        order of ``parameters``, an array (P,) or (N, P); or ``None`` when the model has no
+        parameters.
         """
         names = self.parameters
         if theta is None:
             if names:
                 raise ParameterError(f"parameters {list(names)} must be given")
             return torch.zeros(0, dtype=torch.float64)
-        if isinstance(theta, Mapping):
-            arr = theta_columns(names, theta, n_events)
+        named = labelled(theta)
+        if named is not None:
+            arr = theta_columns(names, named, n_events)
         else:
             if isinstance(theta, torch.Tensor):
                 theta = theta.detach().cpu().numpy()
-            arr = np.asarray(theta if not isinstance(theta, Sequence) else list(theta),
-                             dtype=np.float64)
+            try:
+                arr = np.asarray(theta if not isinstance(theta, Sequence) else list(theta),
+                                 dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise ParameterError(f"θ: expected {len(names)} numbers {list(names)} per "
+                                     f"point, a mapping or a named container, got "
+                                     f"{type(theta).__name__} ({exc})") from None
             if arr.ndim == 0:
                 arr = arr[None]
         if arr.shape[-1] != len(names) or arr.ndim > 2:

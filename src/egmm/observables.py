@@ -227,17 +227,12 @@ class ObservableSpace(Sequence[Observable]):
 
     def _as_array(self, x: Any, what: str) -> np.ndarray:
         names = self.names
-        if isinstance(x, np.ndarray) and x.dtype.names is not None:
-            missing = [n for n in names if n not in x.dtype.names]
+        named = labelled(x, series=False)
+        if named is not None:  # matched by name, whatever the order
+            missing = [n for n in names if n not in named]
             if missing:
-                raise InputError(f"{what}: missing columns {missing}; got {list(x.dtype.names)}")
-            cols = [np.asarray(x[n], dtype=np.float64) for n in names]
-        elif isinstance(x, Mapping) or hasattr(x, "columns"):
-            available = list(x.keys()) if isinstance(x, Mapping) else list(x.columns)
-            missing = [n for n in names if n not in available]
-            if missing:
-                raise InputError(f"{what}: missing columns {missing}; got {available}")
-            cols = [_column(x[n], n, what) for n in names]
+                raise InputError(f"{what}: missing columns {missing}; got {list(named)}")
+            cols = [_column(named[n], n, what) for n in names]
         else:
             try:
                 arr = np.asarray(x, dtype=np.float64)
@@ -260,11 +255,36 @@ class ObservableSpace(Sequence[Observable]):
         return np.ascontiguousarray(np.stack(cols, axis=1))
 
 
+def labelled(x: Any, *, series: bool = True) -> dict[str, Any] | None:
+    """``x``'s columns by name when it carries names, else None (a plain array or sequence,
+    whose columns are taken in order): a mapping's keys, a DataFrame's columns, a structured
+    array's fields, an awkward record array's fields (uproot's default output) and, with
+    ``series``, a pandas Series whose labels are all strings (one value per name, as
+    ``df.iloc[0]`` gives). Named input is always matched by name, never by position."""
+    if isinstance(x, np.ndarray):
+        names = x.dtype.names
+    elif isinstance(x, Mapping):
+        names = list(x.keys())
+    elif hasattr(x, "columns"):
+        names = list(x.columns)
+    elif isinstance(getattr(x, "fields", None), list) and x.fields:
+        names = list(x.fields)
+    else:
+        index = getattr(x, "index", None)
+        names = None
+        if series and index is not None and not callable(index) and hasattr(x, "to_numpy"):
+            labels = list(index)
+            if labels and all(isinstance(k, str) for k in labels):
+                names = labels
+    return None if names is None else {k: x[k] for k in names}
+
+
 def _column(c: Any, name: str, what: str) -> np.ndarray:
     try:
         col = np.asarray(c, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{what}: column {name!r} is not numeric ({exc})") from None
+        raise InputError(f"{what}: column {name!r} is not one number per event (a jagged or "
+                         f"non-numeric column: {exc})") from None
     if col.ndim != 1:
         raise InputError(f"{what}: column {name!r} must be one-dimensional, got {col.shape}")
     return col

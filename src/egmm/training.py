@@ -57,7 +57,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,7 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from egmm._io import atomic_path
-from egmm.base import is_real_number, theta_columns, whole_number
+from egmm.base import is_real_number, labelled, theta_columns, whole_number
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
 __all__ = ["TrainableDensity", "TrainingHistory", "train"]
@@ -187,8 +187,9 @@ def _prepare_inputs(model: TrainableDensity, x: Any, theta: Any, weights: Any
     xv = model.space.validate(x, what="training events")
     n = len(xv)
     p = len(model.parameters)
-    if isinstance(theta, Mapping):  # name -> scalar or one value per event
-        th = np.broadcast_to(theta_columns(model.parameters, theta, n), (n, p)).copy()
+    named = labelled(theta)  # name -> scalar or one value per event
+    if named is not None:
+        th = np.broadcast_to(theta_columns(model.parameters, named, n), (n, p)).copy()
     else:
         try:
             th = np.asarray(theta, dtype=np.float64)

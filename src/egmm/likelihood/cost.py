@@ -348,7 +348,8 @@ class _UnbinnedCost(Cost):
         if bad.any():
             i = int(np.argmax(bad))
             raise InputError(f"weights: event {i} has weight {w[i]}")
-        return torch.as_tensor(w)
+        # a read-only array (pandas' copy-on-write columns) is copied: torch would warn
+        return torch.as_tensor(w if w.flags.writeable else w.copy())
 
     def _collect_parameters(self, terms: list[_Term]) -> dict[str, tuple[float, float]]:
         limits: dict[str, tuple[float, float]] = {}

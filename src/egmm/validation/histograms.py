@@ -144,7 +144,11 @@ def histogram(x: Any, space: ObservableSpace, axes: Sequence[hist.axis.AxesMixin
             r = int(np.argmax(~np.isfinite(w)))
             raise InputError(f"weights: not finite in row {r} ({w[r]})")
     h = hist.Hist(*sel, storage=hist.storage.Weight())
-    h.fill(*(xv[:, i] for i in idx), weight=w)
+    # integer axes (discrete observables) are filled with integers: the values are whole
+    # numbers (the space checks), and boost-histogram refuses floats there
+    h.fill(*(xv[:, i].astype(np.int64) if isinstance(ax, (hist.axis.Integer,
+                                                          hist.axis.IntCategory))
+             else xv[:, i] for i, ax in zip(idx, sel)), weight=w)
     return h
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,7 @@ from scipy import stats
 
 from egmm.base import DensityModel, whole_number
 from egmm.errors import InputError
-from egmm.observables import ObservableSpace
+from egmm.observables import ObservableSpace, labelled
 from egmm.validation.histograms import _check_same_binning, pulls
 
 __all__ = [
@@ -264,11 +263,12 @@ def pit(source: Any, x: Any, theta: Any) -> np.ndarray:
 
 def _theta_values(source: Any, theta: Any) -> list[float]:
     names = tuple(getattr(source, "parameters", ()))
-    if isinstance(theta, Mapping):
-        missing = [p for p in names if p not in theta]
+    named = labelled(theta)
+    if named is not None:
+        missing = [p for p in names if p not in named]
         if missing:
             raise InputError(f"θ: missing parameter(s) {missing} of {type(source).__name__}")
-        return [float(theta[p]) for p in names]
+        return [float(named[p]) for p in names]
     values = [float(v) for v in np.atleast_1d(np.asarray(theta, dtype=np.float64))]
     if len(values) != len(names):
         raise InputError(f"θ: expected {len(names)} values {list(names)}, got {len(values)}")
