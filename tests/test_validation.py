@@ -254,6 +254,21 @@ def test_a_one_epoch_model_fails_the_report(one_epoch_toy_model, tmp_path):
     assert "**Overall: FAIL**" in (tmp_path / "summary.md").read_text()
 
 
+def test_pull_panels_hatch_bins_without_a_pull():
+    """Bins whose expected content is below min_count have no pull (NaN): the panel hatches
+    them instead of showing them as pulls of 0."""
+    x = TOY.sample(400, 0.5, -0.5, seed=2)
+    axes = ev.make_axes(TOY.space, x, bins=20, quantile=0.0)
+    hd = ev.histogram(x, TOY.space, axes, observables=["x0"])
+    hm = ev.histogram(TOY.sample(4000, 0.5, -0.5, seed=3), TOY.space, axes, observables=["x0"])
+    missing = int(np.isnan(ev.pulls(hd, ev.normalized(hm) * 400, min_count=5.0)).sum())
+    assert missing > 0  # the tails of 400 events
+    fig = ev.plot_marginals([hd], [hm], min_count=5.0)
+    pull_axis = fig.axes[2]
+    hatched = [p for p in pull_axis.patches if p.get_hatch() == "////"]
+    assert len(hatched) == missing
+
+
 def test_report_figures_and_the_split_floor(tmp_path):
     """Without a truth the floor splits the data; every figure is written and labelled."""
     model, x, th = trained_toy_model(dims=2, epochs=3)

@@ -233,8 +233,9 @@ class HistTemplate(DensityModel):
     template refuses such data at construction, naming the event and the bin.
 
     Arguments:
-        h: a ``hist.Hist`` (or boost-histogram) with named, non-category axes and
-            non-negative contents (``Double``, ``Int64``, ``Weight`` … storages; not ``Mean``).
+        h: a ``hist.Hist`` with named, non-category axes and non-negative contents
+            (``Double``, ``Int64``, ``Weight`` … storages; not ``Mean``); a boost-histogram
+            one only if its axes have a ``name`` (plain boost-histogram axes have none).
         space: the observables; by default one per axis with the axis range as bounds
             (discrete for ``Integer`` axes). If given, every observable must have an axis of
             the same name; the template's support is the histogram range.
@@ -264,7 +265,10 @@ class HistTemplate(DensityModel):
                     f"HistTemplate {name!r}: category axis {ax.name!r} is not supported"
                 )
             if not getattr(ax, "name", ""):
-                raise InputError(f"HistTemplate {name!r}: every axis needs a name")
+                raise InputError(f"HistTemplate {name!r}: every axis needs a name (the "
+                                 f"observable it is matched to); axis {ax!r} has none: build "
+                                 f"the histogram with hist axes, e.g. "
+                                 f"hist.axis.Regular(20, 0, 10, name='m')")
         ax_names = [ax.name for ax in axes]
         if space is None:
             space = ObservableSpace(

@@ -2,7 +2,10 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (so nothing
 global — backend, open figures — is touched; it renders with Agg) and, given ``path``, saves
-it. Axis labels come from the hist axes, i.e. observable names with units.
+it. Such a figure is not one of pyplot's: ``plt.show()`` does not show it; save it
+(``path=`` or ``fig.savefig``), or let Jupyter display the returned figure. Axis labels
+come from the hist axes, i.e. observable names with units. Pull panels hatch the bins with
+too few entries for a pull (drawn as no bar, not as a pull of 0).
 
 - :func:`plot_marginals` — 1-D marginals of data and model with ratio and pull panels;
 - :func:`plot_corner` — 2-D marginals, data in the lower triangle and model in the upper;
@@ -95,6 +98,13 @@ def _edges(h: Any, i: int = 0) -> np.ndarray:
     return np.asarray(h.axes[i].edges, dtype=np.float64)
 
 
+def _shade_missing_pulls(ax: Any, edges: np.ndarray, p: np.ndarray) -> None:
+    """Hatch the bins that have no pull (too few entries: NaN), which the pull bars draw as
+    0, so that they do not look like bins of perfect agreement."""
+    for lo, hi in zip(edges[:-1][np.isnan(p)], edges[1:][np.isnan(p)]):
+        ax.axvspan(lo, hi, facecolor="none", edgecolor="0.75", hatch="////", lw=0, zorder=0)
+
+
 def _scaled_model(h_data: Any, h_model: Any) -> Any:
     return h_model * (float(h_data.values(flow=True).sum())
                       / float(h_model.values(flow=True).sum()))
@@ -157,6 +167,7 @@ def plot_marginals(data: Sequence[Any], model: Sequence[Any], *, title: str = ""
             p = pulls(hd, hm, min_count=min_count)
             mplhep.histplot(np.nan_to_num(p), bins=edges, ax=ax2, histtype="fill",
                             color="0.45")
+            _shade_missing_pulls(ax2, edges, p)
             for level in (-2.0, 2.0):
                 ax2.axhline(level, color="0.3", lw=0.8, ls=":")
             ax2.axhline(0.0, color="0.4", lw=0.8)
@@ -315,6 +326,7 @@ def plot_pull_maps(data_2d: Mapping[tuple[int, int], Any], model_2d: Mapping[tup
                     p1 = pulls(data_1d[i], model_1d[i], min_count=min_count)
                     mplhep.histplot(np.nan_to_num(p1), bins=_edges(data_1d[i]), ax=ax,
                                     histtype="fill", color="0.45")
+                    _shade_missing_pulls(ax, _edges(data_1d[i]), p1)
                     for level in (-2.0, 2.0):
                         ax.axhline(level, color="0.3", lw=0.8, ls=":")
                     lim = max(3.0, math.ceil(np.nanmax(np.abs(p1)) + 0.5)
