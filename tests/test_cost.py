@@ -484,3 +484,40 @@ def test_read_only_weights_are_copied_without_a_warning():
         cost = UnbinnedNLL(x, signal(), weights=frozen)
     args = [POINTS[0][n] for n in cost._parameters]
     assert cost(*args) == UnbinnedNLL(x, signal(), weights=w)(*args)
+
+
+@pytest.mark.parametrize("extended", [True, False])
+def test_visualize_draws_data_and_expected_counts_for_minuit(extended):
+    """Minuit.visualize() draws through the cost: the data histogram and the model's expected
+    counts per bin, whose integral is the expected total (ν_sig + ν_bkg extended, N else);
+    one curve per component; multi-observable costs are pointed to plot_marginals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    x = sample()
+    cost = (ExtendedUnbinnedNLL(x, components()) if extended
+            else UnbinnedNLL(x, components()))
+    values = [TRUTH[n] for n in cost._parameters]
+    m = Minuit(cost, *values)
+    plt.figure()
+    m.visualize()
+    ax = plt.gca()
+    data = ax.containers[0]  # the errorbar: counts per bin
+    counts = np.asarray(data.lines[0].get_ydata())
+    assert counts.sum() == len(x) and len(counts) == 50
+    band = ax.collections[-1].get_paths()[0].vertices  # the model's total, filled
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert {"sig", "bkg"} <= set(lines)
+    total = lines["sig"].get_ydata() + lines["bkg"].get_ydata()
+    width = (B - A) / 50
+    expected = TRUTH["n_sig"] + TRUTH["n_bkg"] if extended else len(x)
+    integral = np.trapezoid(total, lines["sig"].get_xdata()) / width
+    assert integral == pytest.approx(expected, rel=2e-3)  # the trapezoid rule's error
+    assert band[:, 1].max() == pytest.approx(total.max())
+    plt.close("all")
+    two = ObservableSpace([Observable("x", A, B), Observable("y", 0, 1)])
+    flat = TorchDensity(two, lambda x: torch.zeros(len(x), dtype=x.dtype) - math.log(B - A))
+    with pytest.raises(InputError, match="plot_marginals"):
+        UnbinnedNLL(np.c_[x, np.full(len(x), 0.5)], flat).visualize([])

@@ -750,6 +750,70 @@ class _UnbinnedCost(Cost):
             f"parameters={list(self._names)})"
         )
 
+    def visualize(self, args: Sequence[float], model_points: int = 200, bins: int = 50) -> None:
+        """Data and model at ``args`` in the current matplotlib axes, as iminuit's unbinned
+        costs draw them (``Minuit.visualize()`` and ``Minuit.interactive()`` call this):
+        the data histogram with √(Σw²) errors and the model's expected counts per bin,
+        ν(x)·Δx — N·p(x)·Δx for one density; with components, their total (filled) and
+        each one (lines). One observable only: for more, see
+        :func:`egmm.validation.plot_marginals` (the model's marginals come from sampling).
+
+        Arguments:
+            args: the parameter values, in the cost's order.
+            model_points: points the model curve is drawn at.
+            bins: data bins over the observable's range (the data's range where a bound is
+                infinite); a discrete observable gets one bin per integer.
+        """
+        from matplotlib import pyplot as plt
+
+        if len(self._observables) != 1:
+            raise InputError(
+                f"visualize draws one observable; this cost has {list(self._observables)}: "
+                "use egmm.validation.plot_marginals for the marginals")
+        model_points = whole_number(model_points, "visualize: model_points", 2)
+        bins = whole_number(bins, "visualize: bins")
+        theta = self._check_args(args)
+        values = dict(zip(self._names, theta.tolist()))
+        obs = self._terms[0].density.space[0]
+        x = self._x[:, 0]
+        lo = obs.lo if math.isfinite(obs.lo) else float(x.min())
+        hi = obs.hi if math.isfinite(obs.hi) else float(x.max())
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        if obs.discrete:  # one bin per integer, the model's mass at each integer
+            xm = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=np.float64)
+            edges = np.append(xm - 0.5, xm[-1] + 0.5)
+        else:
+            xm = np.linspace(lo, hi, model_points)
+            edges = np.linspace(lo, hi, bins + 1)
+        w = None if self._w is None else self._w.numpy()
+        counts = np.histogram(x, bins=edges, weights=w)[0]
+        sumw2 = counts if w is None else np.histogram(x, bins=edges, weights=w * w)[0]
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        width = edges[1] - edges[0]
+        yields = self.expected_yields(values)
+        if yields is not None and not self._extended:  # shares of the observed total
+            total = sum(yields.values())
+            yields = {k: self.sum_weights * v / total for k, v in yields.items()}
+        curves = {}
+        for t in self._terms:
+            density = np.exp(t.density.log_prob(
+                xm[:, None], {p: values[p] for p in t.density.parameters},
+                **({"allow_outside": True} if self._allow_outside else {})))
+            nu = self.sum_weights if yields is None else yields[t.name]
+            curves[t.name] = nu * density * width
+        total_curve = sum(curves.values())
+        plt.errorbar(centres, counts, np.sqrt(sumw2), fmt="ok", label="data")
+        step = "mid" if obs.discrete else None
+        plt.fill_between(xm, 0.0, total_curve, fc="C0", alpha=0.5, label="model", step=step)
+        if len(curves) > 1:
+            for k, (name, curve) in enumerate(curves.items()):
+                if obs.discrete:
+                    plt.step(xm, curve, where="mid", color=f"C{k + 1}", label=name)
+                else:
+                    plt.plot(xm, curve, color=f"C{k + 1}", label=name)
+        plt.xlabel(obs.axis_label)
+
     # -- hooks for toys and Asimov data (used by egmm.infer.toys) ----------------------------
     @property
     def extended(self) -> bool:
