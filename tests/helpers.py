@@ -73,3 +73,65 @@ def trained_toy_model(dims: int = 2, epochs: int = 3, seed: int = 0,
     model = GMMDensity(space, ["c"], proj, **SMALL, activation=activation)
     train(model, x, th, max_epochs=epochs, batch_size=200, progress=False)
     return model, x, th
+
+
+# -- a likelihood with local modes: a weak Gaussian peak of unknown mean on a flat background --
+_MM_LO, _MM_HI, _MM_WIDTH = 0.0, 10.0, 0.5
+
+
+def _mm_signal_log_prob(x, m):
+    import math
+
+    import torch
+
+    z = (x[:, 0] - m) / _MM_WIDTH
+    mass = (torch.special.ndtr((_MM_HI - m) / _MM_WIDTH)
+            - torch.special.ndtr((_MM_LO - m) / _MM_WIDTH))
+    return -0.5 * z**2 - math.log(_MM_WIDTH * math.sqrt(2 * math.pi)) - torch.log(mass)
+
+
+def _mm_signal_sampler(n, theta, rng):
+    from scipy import stats
+
+    m = theta["m"]
+    u = rng.uniform(stats.norm.cdf(_MM_LO, m, _MM_WIDTH), stats.norm.cdf(_MM_HI, m, _MM_WIDTH),
+                    n)
+    return np.clip(stats.norm.ppf(u, m, _MM_WIDTH), _MM_LO, _MM_HI)[:, None]
+
+
+def _mm_flat_log_prob(x):
+    import math
+
+    import torch
+
+    return torch.full((x.shape[0],), -math.log(_MM_HI - _MM_LO), dtype=x.dtype)
+
+
+def _mm_flat_sampler(n, theta, rng):
+    return rng.uniform(_MM_LO, _MM_HI, (n, 1))
+
+
+def _mm_signal_yield(mu):
+    return 20.0 * mu
+
+
+def multimode_cost():
+    """A Gaussian peak (width 0.5) of unknown mean m ∈ [2, 8] and yield 20·mu on a flat
+    background of yield n_b, x ∈ [0, 10]: with mu ≈ 0.5 and n_b ≈ 200 (``MULTIMODE_PARS``)
+    the likelihood in m has several local modes (any upward fluctuation of the background is
+    a candidate peak), so fits from the truth often end in a mode that is not the deepest."""
+    from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity, Yield
+    from egmm.observables import Observable, ObservableSpace
+
+    space = ObservableSpace([Observable("x", _MM_LO, _MM_HI)])
+    sig = TorchDensity(space, _mm_signal_log_prob, ("m",), {"m": (2.0, 8.0)},
+                       sampler=_mm_signal_sampler, name="peak")
+    bkg = TorchDensity(space, _mm_flat_log_prob, sampler=_mm_flat_sampler, name="flat")
+    data = _mm_flat_sampler(10, {}, np.random.default_rng(0))
+    return ExtendedUnbinnedNLL(data, [
+        Component("sig", sig, Yield.from_callable(_mm_signal_yield, ("mu",),
+                                                  {"mu": (0.0, 20.0)})),
+        Component("bkg", bkg, "n_b")])
+
+
+MULTIMODE_PARS = {"m": 5.0, "mu": 0.5, "n_b": 200.0}

@@ -363,7 +363,8 @@ def _coverage_batch_task(job: _CoverageJob, indices: list[int]) -> list[dict[str
     HESSE per toy at its minimum, then one batched conditional fit per region from it; the
     same toys, seeds and records as :func:`_coverage_task`. A batch that cannot be fitted
     together is done toy by toy."""
-    from egmm.infer.batched import fit_batched  # batched imports this module's neighbours
+    # (batched imports this module's neighbours)
+    from egmm.infer.batched import deeper_free_minima, fit_batched
 
     records: list[dict[str, Any]] = []
     costs, fitted = [], []
@@ -414,10 +415,16 @@ def _coverage_batch_task(job: _CoverageJob, indices: list[int]) -> list[dict[str
             cond_start, _ = profiled_start(theta[good], free.covariance[good],
                                            [names.index(p) for p in region],
                                            [job.truth_pars[p] for p in region], lo, hi)
-            cond_fval, _, refitted = _fit_conditional(
+            cond_values, cond_fval, _, refitted = _fit_conditional(
                 [costs[k] for k in good], cond_start, [*free.fixed, *region], job.limits,
                 job.strategy, job.tol)
-            delta = np.maximum(cond_fval - fval[good], 0.0)
+            # a conditional minimum deeper than the free one: the free fit is repeated from
+            # it for this region's Δ (as the loop's _profile_ratio), not clipped to 0
+            _, free_fval, _, _ = deeper_free_minima(
+                [costs[k] for k in good], (theta[good], fval[good], np.ones(len(good), bool)),
+                cond_values, cond_fval, fixed=job.fixed, limits=job.limits,
+                strategy=job.strategy, tol=job.tol)
+            delta = np.maximum(cond_fval - free_fval, 0.0)
             for j, k in enumerate(good):
                 fitted[k]["delta"][label] = float(delta[j])
                 if refitted[j]:

@@ -474,7 +474,8 @@ def _region_batch_task(job: _RegionJob, indices: list[int]) -> list[dict[str, An
     """Toys ``indices`` fitted together by :func:`egmm.infer.fit_batched` (everything free,
     then both POIs fixed from its minimum); the same toys, seeds and statistic as
     :func:`_region_task`. A batch that cannot be fitted together is done toy by toy."""
-    from egmm.infer.batched import fit_batched  # batched imports this module's neighbours
+    # (batched imports this module's neighbours)
+    from egmm.infer.batched import deeper_free_minima, fit_batched
 
     records: list[dict[str, Any]] = []
     toys, fitted = [], []
@@ -496,13 +497,18 @@ def _region_batch_task(job: _RegionJob, indices: list[int]) -> list[dict[str, An
         start = free.values.copy()
         for p, v in zip(job.pois, job.point):
             start[:, free.parameters.index(p)] = v
-        fval, valid, fallback = _fit_conditional(toys, start, [*free.fixed, *job.pois], limits,
-                                                 job.strategy, job.tol)
+        cond_values, fval, valid, fallback = _fit_conditional(
+            toys, start, [*free.fixed, *job.pois], limits, job.strategy, job.tol)
+        # a conditional minimum deeper than the free one: the free fit is repeated from it
+        # (as _profile_ratio's deeper_free_fit), so t is not clipped to 0 for a missed minimum
+        _, free_fval, free_valid, _ = deeper_free_minima(
+            toys, (free.values, free.fval, free.valid), cond_values, fval,
+            fixed=fix or None, limits=limits, strategy=job.strategy, tol=job.tol)
     except (InputError, ParameterError):
         return [_region_task(job, i) for i in indices]
-    t = np.maximum(fval - free.fval, 0.0)
+    t = np.maximum(fval - free_fval, 0.0)
     for k, record in enumerate(fitted):
-        record.update(value=float(t[k]), valid=bool(free.valid[k] and valid[k]),
+        record.update(value=float(t[k]), valid=bool(free_valid[k] and valid[k]),
                       fallback=bool(free.fallback[k] or fallback[k]))
     return records
 
@@ -512,11 +518,11 @@ _region_batch_task.batched = True  # type: ignore[attr-defined]
 
 def _fit_conditional(costs: Sequence[Any], start: np.ndarray, held: Sequence[str],
                      limits: Limits | None, strategy: int, tol: float | None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The conditional minima of toys ``costs`` with the parameters ``held`` at their values
-    in ``start`` (K, P), by :func:`egmm.infer.fit_batched`: −2 ln L (K,), valid (K,) and
-    refitted by Minuit (K,). With every parameter held the minimum is the cost at ``start``,
-    one evaluation per toy rather than a batched Newton iteration."""
+    in ``start`` (K, P), by :func:`egmm.infer.fit_batched`: their values (K, P), −2 ln L
+    (K,), valid (K,) and refitted by Minuit (K,). With every parameter held the minimum is
+    the cost at ``start``, one evaluation per toy rather than a batched Newton iteration."""
     from egmm.infer.batched import fit_batched
 
     names = list(describe(costs[0]))
@@ -529,10 +535,11 @@ def _fit_conditional(costs: Sequence[Any], start: np.ndarray, held: Sequence[str
                 raise ParameterError(f"fixed value {n}={start[outside, j][0]} lies outside its "
                                      f"limits [{lo}, {hi}]")
         fval = np.array([float(c(*row)) for c, row in zip(costs, start.tolist())])
-        return fval, np.ones(len(costs), dtype=bool), np.zeros(len(costs), dtype=bool)
+        return (start.copy(), fval, np.ones(len(costs), dtype=bool),
+                np.zeros(len(costs), dtype=bool))
     cond = fit_batched(costs, start, fixed=list(held), limits=limits, validate=False,
                        strategy=strategy, minuit_tol=tol)
-    return cond.fval, cond.valid, cond.fallback
+    return cond.values, cond.fval, cond.valid, cond.fallback
 
 
 def _check_batch_size(batch_size: Any) -> int:

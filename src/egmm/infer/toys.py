@@ -380,7 +380,8 @@ def _teststat_batch_task(job: _TeststatJob, indices: list[int]) -> list[dict[str
     """Toys ``indices`` fitted together by :func:`egmm.infer.fit_batched` (unconditional,
     then conditional from its minimum); the same toys, seeds and statistic as
     :func:`_teststat_task`. A batch that cannot be fitted together is done toy by toy."""
-    from egmm.infer.batched import fit_batched  # batched imports this module's neighbours
+    # (batched imports this module's neighbours)
+    from egmm.infer.batched import deeper_free_minima, fit_batched
 
     records: list[dict[str, Any]] = []
     toys, fitted = [], []
@@ -409,21 +410,34 @@ def _teststat_batch_task(job: _TeststatJob, indices: list[int]) -> list[dict[str
         unconditional = fit_batched(toys, start, fixed=fix or None, limits=free_limits or None,
                                     validate=False, strategy=job.strategy, minuit_tol=job.tol)
         names = list(unconditional.parameters)
-        cond_start, _ = profiled_start(unconditional.values, unconditional.covariance,
-                                       names.index(poi), mu, *_bounds(lims, names),
-                                       poi_limits=(max(lims[poi][0], 0.0) if bounded
-                                                   else lims[poi][0], lims[poi][1]))
+        j = names.index(poi)
+        cond_start, profiled = profiled_start(unconditional.values, unconditional.covariance,
+                                              j, mu, *_bounds(lims, names),
+                                              poi_limits=(max(lims[poi][0], 0.0) if bounded
+                                                          else lims[poi][0], lims[poi][1]))
         conditional = fit_batched(toys, cond_start, fixed={**fix, poi: mu},
                                   limits=dict(job.limits) if job.limits else None,
                                   validate=False, strategy=job.strategy, minuit_tol=job.tol)
+        # as the loop's fits (teststats._fits): a conditional minimum more than 3 of its
+        # expected errors from where it was expected lies in another mode, where the free
+        # fit is repeated (from μ̂); one deeper than the free minimum means the free fit
+        # missed its minimum (repeated from the conditional one): t compares the deepest
+        # minima found, so neither is clipped to 0
+        far = np.abs(conditional.values - cond_start) > 3.0 * profiled  # NaN errors: False
+        far[:, j] = False
+        elsewhere = far.any(axis=1)
+        values, fval, valid, _ = deeper_free_minima(
+            toys, (unconditional.values, unconditional.fval, unconditional.valid),
+            conditional.values, conditional.fval, fixed=fix or None,
+            limits=free_limits or None, strategy=job.strategy, tol=job.tol, again=elsewhere,
+            poi_start={j: np.where(elsewhere, unconditional.value(poi), mu)})
     except (InputError, ParameterError):
         return [_teststat_task(job, i) for i in indices]
-    muhat = unconditional.value(poi)
-    delta = conditional.fval - unconditional.fval
+    muhat = values[:, j]
+    delta = conditional.fval - fval
     for k, record in enumerate(fitted):
         record.update(value=statistic_value(job.test_stat, mu, float(delta[k]), float(muhat[k])),
-                      muhat=float(muhat[k]),
-                      valid=bool(unconditional.valid[k] and conditional.valid[k]))
+                      muhat=float(muhat[k]), valid=bool(valid[k] and conditional.valid[k]))
     return records
 
 
