@@ -26,6 +26,7 @@ def test_tutorial_01_signal_background_fit(tmp_path):
     # true value 1.1, error ≈ 0.02; 5σ allows for the barely trained signal model of fast mode
     assert abs(result["values"]["mu_bkg"] - 1.1) < 5 * result["errors"]["mu_bkg"]
     assert (tmp_path / "profile_c.png").stat().st_size > 10_000
+    assert (tmp_path / "fit_m.png").stat().st_size > 10_000
 
 
 def test_tutorial_02_limits_and_coverage(tmp_path):

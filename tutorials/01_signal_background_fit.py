@@ -10,8 +10,9 @@ calibration uncertainty) shifts the signal shape. We
 3. describe the background by a histogram template (HistTemplate) whose normalisation
    ``mu_bkg`` is shared with a binned control region written in pyhf (PyhfCost);
 4. constrain ``jes`` with iminuit's NormalConstraint;
-5. add everything with ``+`` and fit with egmm.infer.fit; profile c (jes and mu_bkg are
-   re-minimised at every point) and draw the profile with its Wilks 68.27% / 95.45% levels.
+5. add everything with ``+`` and fit with egmm.infer.fit; draw the fit with Minuit's own
+   ``visualize`` (fit_m.png); profile c (jes and mu_bkg are re-minimised at every point) and
+   draw the profile with its Wilks 68.27% / 95.45% levels (profile_c.png).
 
 Run:  python tutorials/01_signal_background_fit.py [--fast] [--out DIR]
 (``--fast``, used by the test suite, trains on fewer events for fewer epochs.)
@@ -125,6 +126,13 @@ def main(fast: bool = False, out: Path = Path("tutorial-01-output")) -> dict:
     print(result.minuit)
     for name in ("c", "jes", "mu_bkg"):
         print(f"{name:7s} = {result.values[name]:+.3f} ± {result.errors[name]:.3f}")
+
+    # Minuit draws the fit as it does for iminuit's own costs: the mass spectrum with the
+    # expected counts of signal and background (and the jes constraint; pyhf draws nothing)
+    fig = plt.figure(figsize=(9, 4))
+    result.minuit.visualize()
+    fig.savefig(out / "fit_m.png", dpi=120)
+    plt.close(fig)
 
     scan = egmm.infer.profile(cost, "c", np.linspace(-1.0, 1.5, 11 if fast else 51))
     lo, hi = scan.interval(0.6827)

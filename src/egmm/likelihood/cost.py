@@ -760,7 +760,8 @@ class _UnbinnedCost(Cost):
 
         Arguments:
             args: the parameter values, in the cost's order.
-            model_points: points the model curve is drawn at.
+            model_points: points the model curve is drawn at (the midpoints of as many
+                equal cells of the range: a density may diverge on a finite bound).
             bins: data bins over the observable's range (the data's range where a bound is
                 infinite); a discrete observable gets one bin per integer.
         """
@@ -783,8 +784,8 @@ class _UnbinnedCost(Cost):
         if obs.discrete:  # one bin per integer, the model's mass at each integer
             xm = np.arange(math.ceil(lo), math.floor(hi) + 1, dtype=np.float64)
             edges = np.append(xm - 0.5, xm[-1] + 0.5)
-        else:
-            xm = np.linspace(lo, hi, model_points)
+        else:  # midpoints of model_points cells: a density may diverge on a finite bound
+            xm = lo + (np.arange(model_points) + 0.5) * ((hi - lo) / model_points)
             edges = np.linspace(lo, hi, bins + 1)
         w = None if self._w is None else self._w.numpy()
         counts = np.histogram(x, bins=edges, weights=w)[0]
@@ -813,6 +814,7 @@ class _UnbinnedCost(Cost):
                 else:
                     plt.plot(xm, curve, color=f"C{k + 1}", label=name)
         plt.xlabel(obs.axis_label)
+        plt.legend(fontsize="small", frameon=False)
 
     # -- hooks for toys and Asimov data (used by egmm.infer.toys) ----------------------------
     @property
