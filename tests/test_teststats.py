@@ -248,3 +248,33 @@ def test_direct_statistic_warns_when_a_fit_is_not_valid(monkeypatch):
     monkeypatch.setattr(teststats, "evaluate", lambda *a, **k: (value, broken))
     with pytest.warns(RuntimeWarning, match="t at mu=1: the conditional fit is not valid"):
         assert tmu(1.0, cost, "mu") == value
+
+
+def test_a_poi_that_is_the_only_free_parameter_gives_valid_fits():
+    """With every other parameter fixed, the conditional fit has nothing to vary: its minimum
+    is the cost at that point. MIGRAD reports such a fit with an EDM of ±fval (invalid for
+    a negative −2 ln L), so every loop toy was marked invalid and the direct statistics
+    warned; the batched path was right. Fits, profile scans and toys now agree, valid."""
+    import warnings
+
+    from egmm.infer import fit, profile, toy_teststats
+
+    cost = analytic_cost(mu=1.0, n_b=1000.0, seed=3)
+    fixed = {"n_b": 1000.0}
+    assert cost(1.5, 1000.0) < 0  # a negative −2 ln L: where MIGRAD's verdict was False
+    nothing = fit(cost, {"mu": 1.5, "n_b": 1000.0}, fixed=["mu", "n_b"])
+    assert nothing.valid and nothing.fval == cost(1.5, 1000.0) and nothing.nfcn == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, fits = tmu(1.5, cost, "mu", fixed=fixed, return_fits=True)
+    assert fits.conditional.valid and fits.unconditional.valid
+    assert value == pytest.approx(fits.conditional.fval - fits.unconditional.fval, abs=1e-9)
+    scan = profile(cost, "mu", [0.5, 1.5], fixed=fixed)
+    assert scan.valid.all() and not scan.notes
+    kwargs = dict(test_stat="t", ntoys=6, seed=5, executor="serial", progress=False,
+                  fixed=fixed)
+    pars = {"mu": 1.0, "n_b": 1000.0}
+    loop = toy_teststats(cost, pars, "mu", 1.0, **kwargs)
+    batched = toy_teststats(cost, pars, "mu", 1.0, batched=True, **kwargs)
+    assert all(r["valid"] for r in loop.records) and all(r["valid"] for r in batched.records)
+    np.testing.assert_allclose(loop.values, batched.values, atol=1e-5)

@@ -546,6 +546,8 @@ def fit(
         ncall = whole_number(ncall, "fit: ncall")
     m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol,
                     errors=errors)
+    if all(m.fixed):
+        return _nothing_free(cost, m)
     start_point = np.array(m.values, dtype=np.float64)
     steps = np.array(m.errors, dtype=np.float64)
     m.migrad(ncall=hessian_call_limit(m, ncall), iterate=1 if uses_exact_hessian(m) else 5)
@@ -586,6 +588,24 @@ def fit(
     if hesse and migrad_valid:
         m.hesse()
     return fit_result(m, log, earlier, migrad_valid)
+
+
+def _nothing_free(cost: Any, m: Minuit) -> FitResult:
+    """The "fit" of a cost whose every parameter is fixed (a conditional fit of a POI that is
+    the only free parameter): its minimum is its value at that point, exactly, and valid.
+    MIGRAD is not run: with nothing to vary it reports an EDM of ±fval, valid or not by
+    its sign."""
+    names = tuple(m.parameters)
+    values = {n: float(m.values[n]) for n in names}
+    fval = float(cost(*values.values()))
+    flags = {"is_valid": True, "has_valid_parameters": True, "has_accurate_covar": False,
+             "has_posdef_covar": False, "has_made_posdef_covar": False, "hesse_failed": False,
+             "has_covariance": False, "is_above_max_edm": False,
+             "has_reached_call_limit": False, "has_parameters_at_limit": False, "edm": 0.0,
+             "edm_goal": 0.002 * m.tol * m.errordef}
+    return FitResult(parameters=names, values=values, errors=dict.fromkeys(names, 0.0),
+                     covariance=None, fval=fval, valid=bool(math.isfinite(fval)), fmin=flags,
+                     nfcn=1, ngrad=0, fixed=names, minuit=m)
 
 
 def fit_result(m: Minuit, log: list[Retry] | None = None,

@@ -123,6 +123,9 @@ def _migrad(cost: Any, m: Minuit) -> tuple[bool, Minuit]:
     """MIGRAD, once more with strategy 2 if not valid; with the exact Hessian (call-limited,
     :func:`~egmm.infer.fit.hessian_call_limit`) instead once more from the same start
     without it. Returns validity and the Minuit that ran last."""
+    if all(m.fixed):  # nothing to vary: MIGRAD only evaluates the cost (its EDM, ±fval,
+        m.migrad()    # and so its verdict, say nothing then)
+        return bool(math.isfinite(m.fval)), m
     start = dict(zip(m.parameters, m.values))
     if starts_on_a_limit(m):
         m = without_hessian(cost, m, start)
