@@ -598,13 +598,14 @@ def _nothing_free(cost: Any, m: Minuit) -> FitResult:
     names = tuple(m.parameters)
     values = {n: float(m.values[n]) for n in names}
     fval = float(cost(*values.values()))
-    flags = {"is_valid": True, "has_valid_parameters": True, "has_accurate_covar": False,
+    finite = math.isfinite(fval)
+    flags = {"is_valid": finite, "has_valid_parameters": finite, "has_accurate_covar": False,
              "has_posdef_covar": False, "has_made_posdef_covar": False, "hesse_failed": False,
              "has_covariance": False, "is_above_max_edm": False,
              "has_reached_call_limit": False, "has_parameters_at_limit": False, "edm": 0.0,
              "edm_goal": 0.002 * m.tol * m.errordef}
     return FitResult(parameters=names, values=values, errors=dict.fromkeys(names, 0.0),
-                     covariance=None, fval=fval, valid=bool(math.isfinite(fval)), fmin=flags,
+                     covariance=None, fval=fval, valid=finite, fmin=flags,
                      nfcn=1, ngrad=0, fixed=names, minuit=m)
 
 
