@@ -409,3 +409,28 @@ def test_report_of_the_fidelity_benchmark_model(tmp_path):
     # the C2ST cannot tell model from truth: every AUC within 3.5σ₀ of ½
     assert all(abs(p["model"]["c2st"]["auc"] - 0.5) < 3.5 * p["model"]["c2st"]["null_sigma"]
                for p in result["points"])
+
+
+def test_figures_follow_the_chosen_mplhep_style():
+    """set_style picks the mplhep style figures are drawn in (ROOT by default), without
+    touching matplotlib's global settings; an unknown name is refused with the known ones."""
+    import matplotlib as mpl
+    import mplhep
+
+    from egmm.validation.plots import style
+
+    before = dict(mpl.rcParams)
+    try:
+        ev.set_style("ATLAS")
+        with style():
+            assert mpl.rcParams["lines.linewidth"] == mplhep.style.ATLAS["lines.linewidth"]
+            assert mpl.rcParams["font.size"] == 12.0  # the panels' scaling stays
+        ev.set_style("ROOT")
+        with style():
+            assert mpl.rcParams["lines.linewidth"] == mplhep.style.ROOT.get(
+                "lines.linewidth", before["lines.linewidth"])
+    finally:
+        ev.set_style("ROOT")
+    assert dict(mpl.rcParams) == before
+    with pytest.raises(InputError, match=r"'CERN' is not an mplhep style; known: .*'CMS'"):
+        ev.set_style("CERN")

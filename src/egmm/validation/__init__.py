@@ -43,6 +43,7 @@ from egmm.validation.plots import (
     plot_pit,
     plot_profiles,
     plot_pull_maps,
+    set_style,
 )
 from egmm.validation.report import CHECKS, report
 
@@ -74,5 +75,6 @@ __all__ = [
     "pulls",
     "report",
     "reweighted_histogram",
+    "set_style",
     "two_sample_tests",
 ]

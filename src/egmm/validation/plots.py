@@ -43,6 +43,7 @@ __all__ = [
     "plot_pit",
     "plot_profiles",
     "plot_pull_maps",
+    "set_style",
     "style",
 ]
 
@@ -57,13 +58,31 @@ _PULL_UNDER, _PULL_OVER = "#053061", "#67001f"
 _SPARSE_COLOR = "0.8"
 
 
+_STYLE = ["ROOT"]  # the mplhep style every figure here is drawn in (set_style)
+
+
+def set_style(name: str) -> None:
+    """Draw this module's figures (and the validation report's) in mplhep's style ``name``
+    — "ROOT" (the default), "CMS", "ATLAS", "LHCb2", "ALICE", … — from now on; the
+    figures' layout (font size, ticks) stays scaled for their many panels. Nothing global
+    of matplotlib changes: each figure applies the style while it is drawn."""
+    import mplhep
+
+    if not isinstance(name, str) or not isinstance(getattr(mplhep.style, name, None), dict):
+        known = sorted(n for n in dir(mplhep.style)
+                       if n[:1].isupper() and isinstance(getattr(mplhep.style, n), dict))
+        raise InputError(f"set_style: {name!r} is not an mplhep style; known: {known}")
+    _STYLE[0] = name
+
+
 @contextlib.contextmanager
 def style(font_size: float = 12.0) -> Iterator[None]:
-    """mplhep's ROOT style, scaled for multi-panel figures, for the duration of the block."""
+    """mplhep's style (ROOT unless :func:`set_style` chose another), scaled for multi-panel
+    figures, for the duration of the block."""
     import matplotlib as mpl
     import mplhep
 
-    rc = dict(mplhep.style.ROOT)
+    rc = dict(getattr(mplhep.style, _STYLE[0]))
     rc.update({
         "font.size": font_size, "axes.linewidth": 1.0, "legend.fontsize": "small",
         "xtick.major.size": 5, "xtick.minor.size": 2.5, "ytick.major.size": 5,
