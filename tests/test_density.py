@@ -222,6 +222,58 @@ def test_model_file_errors(trained_2d, tmp_path):
                                           + data[8 + n:])
     with pytest.raises(ModelFileError, match="schema 99"):
         GMMDensity.load(tmp_path / "newer.egmm")
+    # one flipped bit in the weights: the checksum refuses it (it had loaded, changing log p)
+    flipped = bytearray(data)
+    flipped[8 + n + (len(data) - 8 - n) // 2] ^= 0x01
+    (tmp_path / "flipped.egmm").write_bytes(bytes(flipped))
+    with pytest.raises(ModelFileError, match="checksum"):
+        GMMDensity.load(tmp_path / "flipped.egmm")
+    # a file without a checksum (written before it existed) whose trained range was edited:
+    # the range no longer matches the network's input scaling
+    del header["__metadata__"]["sha256"]
+    header["__metadata__"]["schema"] = "1"
+    config = json.loads(header["__metadata__"]["config"])
+    config["parameter_bounds"] = {"c": [-7.0, 1.0]}
+    header["__metadata__"]["config"] = json.dumps(config)
+    edited = json.dumps(header).encode()
+    edited += b" " * ((8 - len(edited) % 8) % 8)
+    (tmp_path / "edited.egmm").write_bytes(struct.pack("<Q", len(edited)) + edited
+                                           + data[8 + n:])
+    with pytest.raises(ModelFileError, match="trained range"):
+        GMMDensity.load(tmp_path / "edited.egmm")
+    with pytest.raises(ModelFileError, match="folder does not exist"):
+        trained_2d.save(tmp_path / "no" / "such" / "model.egmm")
+
+
+def test_float64_weights_stay_float64_and_threads_save_one_path(trained_2d, tmp_path):
+    import concurrent.futures as cf
+    import copy
+
+    double = copy.deepcopy(trained_2d)
+    double.module.double()
+    path = tmp_path / "double.egmm"
+    double.save(path)
+    loaded = GMMDensity.load(path)
+    assert all(p.dtype == torch.float64 for p in loaded.module.parameters())
+    x = trained_2d.sample(200, {"c": 0.5}, seed=1)
+    np.testing.assert_array_equal(loaded.log_prob(x, {"c": 0.5}), double.log_prob(x, {"c": 0.5}))
+    # threads of one process saving one path used to share a temporary name (half failed)
+    with cf.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: trained_2d.save(tmp_path / "shared.egmm"), range(16)))
+    GMMDensity.load(tmp_path / "shared.egmm")
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_seeds_and_dtypes_are_checked(trained_2d):
+    x = trained_2d.sample(5, {"c": 0.5}, seed=3)
+    for bad in (-1, 2.5, "a", True, [1, -2]):
+        with pytest.raises(InputError, match="seed must be"):
+            trained_2d.sample(5, {"c": 0.5}, seed=bad)
+    np.testing.assert_array_equal(trained_2d.sample(5, {"c": 0.5}, seed=3.0), x)
+    assert trained_2d.sample(5, {"c": 0.5}, seed=np.random.SeedSequence(4)).shape == (5, 2)
+    for dtype in (torch.float16, torch.bfloat16, torch.int64):
+        with pytest.raises(InputError, match="dtype"):
+            trained_2d.log_prob(x, {"c": 0.5}, dtype=dtype)
 
 
 def test_discrete_observable():

@@ -54,6 +54,26 @@ def test_flow_sample_consistent_with_log_prob(flow):
     assert stats.kstest(x[:, 0], cdf).pvalue > 1e-3
 
 
+def test_flow_sampling_draws_afresh_is_chunked_and_checked(flow):
+    # unseeded calls differ (torch's fork_rng had restored one state: every call was equal)
+    assert not np.array_equal(flow.sample(5, {"c": 0.0}), flow.sample(5, {"c": 0.0}))
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    flow.sample(5, {"c": 0.0}, seed=1)
+    assert torch.equal(torch.rand(1), before)  # the caller's generator is left alone
+    assert flow.sample(0, {"c": 0.0}).shape == (0, 2)
+    # chunks bound the memory (the draws themselves depend on the chunk size, as the GMM's):
+    # per-event θ in chunks of 7 follow the same distribution as one pass
+    th = {"c": np.tile(np.linspace(-0.5, 0.5, 10), 200)}
+    one, chunked = flow.sample(2000, th, seed=4), flow.sample(2000, th, seed=5, chunk_size=7)
+    for col in range(2):
+        assert stats.ks_2samp(one[:, col], chunked[:, col]).pvalue > 1e-3
+    for bad in ({"seed": 2.5}, {"seed": -1}, {"dtype": torch.float16}, {"chunk_size": 0}):
+        with pytest.raises(InputError):
+            flow.sample(5, {"c": 0.0}, **bad)
+
+
 def test_flow_save_load_and_gradient(flow, tmp_path):
     path = tmp_path / "flow.egmm"
     flow.save(path)
@@ -77,6 +97,9 @@ def test_flow_bad_input():
     cont = ObservableSpace([Observable("y", 0.0, 1.0)])
     with pytest.raises(InputError, match="kind"):
         FlowDensity(cont, (), LatentProjection.fit(cont, x[:, 1:]), kind="RealNVP")
+    # an option a model file cannot store is refused when the flow is made, not at save()
+    with pytest.raises(InputError, match="activation"):
+        FlowDensity(cont, (), LatentProjection.fit(cont, x[:, 1:]), activation=torch.nn.ELU)
 
 
 def test_flow_trains_with_the_events_score():

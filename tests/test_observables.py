@@ -70,8 +70,16 @@ def test_bad_shapes_and_columns(space):
         space.validate({"m": [150.0], "phi": [0.0], "njet": [1]})
     with pytest.raises(InputError, match="different lengths"):
         space.validate({"m": [150.0], "phi": [0.0, 1.0], "njet": [1], "z": [0.0]})
-    with pytest.raises(InputError, match="numeric"):
+    with pytest.raises(InputError, match="real numbers, got strings"):
         space.validate([["a", "b", "c", "d"]])
+    # numbers written as strings, and complex numbers, are no events either (numpy parsed
+    # "150" and dropped imaginary parts with a warning)
+    with pytest.raises(InputError, match="real numbers, got strings"):
+        space.validate([["150", "0", "1", "0"]])
+    with pytest.raises(InputError, match="column 'm': expected real numbers, got strings"):
+        space.validate({"m": np.array(["150"]), "phi": [0.0], "njet": [1], "z": [0.0]})
+    with pytest.raises(InputError, match="complex"):
+        space.validate(np.array([[150.0 + 1j, 0.0, 1.0, 0.0]]))
 
 
 def test_observable_definition_errors():

@@ -94,6 +94,16 @@ def test_negative_weights_supported_and_zero_total_rejected():
     with pytest.raises(InputError, match="not finite"):
         train(_model(x), x, th, weights=np.where(np.arange(len(x)) == 3, np.nan, 1.0),
               progress=False)
+    # weights whose sum overflows had become 0 after normalising: nothing was learnt
+    with pytest.raises(InputError, match="overflows"):
+        train(_model(x), x, th, weights=np.full(len(x), 1e308), progress=False)
+    # signed weights that nearly cancel are said; a validation part of total weight ≤ 0
+    # gives no likelihood to stop on
+    cancel = np.where(np.arange(len(x)) % 2 == 0, 1.0, -1.0)
+    cancel[0] += 1e-2
+    with pytest.warns(UserWarning, match="nearly cancel"), \
+            pytest.raises(InputError, match="validation events"):
+        train(_model(x), x, th, weights=cancel, max_epochs=1, progress=False)
 
 
 def test_resume_gives_identical_weights(tmp_path):
@@ -117,18 +127,18 @@ def test_resume_gives_identical_weights(tmp_path):
     for a, b in zip(ref.module.state_dict().values(), resumed.module.state_dict().values()):
         assert torch.equal(a, b)
     # a checkpoint of another training is refused
-    with pytest.raises(ModelFileError, match="different training"):
+    with pytest.raises(ModelFileError, match="another training"):
         train(_model(x), x, th, checkpoint=ckpt, resume=True, max_epochs=4, batch_size=32,
               progress=False)
     # ... so is one of the same data trained with another learning rate, or of other data
     # with the same sums (two events swapped between θ points)
-    with pytest.raises(ModelFileError, match="different training"):
+    with pytest.raises(ModelFileError, match=r"another training \(this call's lr: not"):
         train(_model(x), x, th, checkpoint=ckpt, resume=True, **{**kwargs, "lr": 2e-3})
     swapped = th.copy()
     i, j = 0, int(np.argmax(th[:, 0] != th[0, 0]))
     swapped[[i, j]] = swapped[[j, i]]
     assert swapped.sum() == th.sum() and not np.array_equal(swapped, th)
-    with pytest.raises(ModelFileError, match="different training"):
+    with pytest.raises(ModelFileError, match="another training"):
         train(_model(x), x, swapped, checkpoint=ckpt, resume=True, **kwargs)
     # ... and one of a model with weights of the same sizes but another activation or
     # projection (before, only the sizes were compared: it resumed into the wrong model)
@@ -138,7 +148,7 @@ def test_resume_gives_identical_weights(tmp_path):
                   GMMDensity(space, ["c"], LatentProjection.fit(space, x, f=0.3), **SMALL)):
         assert [p.numel() for p in other.module.parameters()] == [
             p.numel() for p in ref.module.parameters()]
-        with pytest.raises(ModelFileError, match="different training"):
+        with pytest.raises(ModelFileError, match="another training"):
             train(other, x, th, checkpoint=ckpt, resume=True, **kwargs)
     # a checkpoint of an older format says so
     old = torch.load(ckpt, weights_only=True)
@@ -146,6 +156,23 @@ def test_resume_gives_identical_weights(tmp_path):
     torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(ModelFileError, match="older egmm"):
         train(_model(x), x, th, checkpoint=tmp_path / "old.ckpt", resume=True, **kwargs)
+    old["version"] = 99
+    torch.save(old, tmp_path / "newer.ckpt")
+    with pytest.raises(ModelFileError, match="newer egmm"):
+        train(_model(x), x, th, checkpoint=tmp_path / "newer.ckpt", resume=True, **kwargs)
+    # files that are no checkpoints, or damaged ones, are refused by name (were
+    # AttributeError / KeyError)
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    with pytest.raises(ModelFileError, match="not an egmm training checkpoint"):
+        train(_model(x), x, th, checkpoint=tmp_path / "list.ckpt", resume=True, **kwargs)
+    damaged = torch.load(ckpt, weights_only=True)
+    del damaged["state"]
+    torch.save(damaged, tmp_path / "nostate.ckpt")
+    with pytest.raises(ModelFileError, match="damaged checkpoint"):
+        train(_model(x), x, th, checkpoint=tmp_path / "nostate.ckpt", resume=True, **kwargs)
+    # the validation loss depends on eval_batch_size (rounding), so a resume must keep it
+    with pytest.raises(ModelFileError, match="eval_batch_size"):
+        train(_model(x), x, th, checkpoint=ckpt, resume=True, **kwargs, eval_batch_size=7)
 
 
 def test_bad_training_input():
@@ -178,7 +205,13 @@ def test_bad_training_input():
                          ({"lr_patience": -1}, "lr_patience"),
                          ({"max_epochs": 2.5}, "max_epochs"),
                          ({"batch_size": 100.5}, "batch_size"), ({"patience": 0}, "patience"),
-                         ({"validation": "0.3"}, "validation")):
+                         ({"validation": "0.3"}, "validation"),
+                         # checked before training, not by torch after data preparation
+                         ({"seed": 1.5}, "seed"), ({"seed": -1}, "seed"),
+                         ({"dtype": torch.float16}, "dtype"), ({"dtype": torch.int32}, "dtype"),
+                         ({"device": "cuda:0" if not torch.cuda.is_available() else "nope"},
+                          "device"),
+                         ({"checkpoint": "/no/such/folder/run.ckpt"}, "folder")):
         with pytest.raises(InputError, match=name):
             train(_model(x), x, th, progress=False, **kwargs)
 
@@ -232,7 +265,7 @@ def test_cosine_schedule_follows_half_cosine_and_resumes(tmp_path):
     # the budget is part of a cosine run: another max_epochs, or the plateau schedule, is
     # another training
     for other in ({"max_epochs": 6}, {"schedule": "plateau"}):
-        with pytest.raises(ModelFileError, match="different training"):
+        with pytest.raises(ModelFileError, match="another training"):
             train(_model(x), x, th, checkpoint=ckpt, resume=True, **{**kwargs, **other})
 
 
@@ -304,9 +337,9 @@ def test_score_resume_and_bad_scores(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     kwargs = {"max_epochs": 1, "batch_size": 64, "progress": False}
     train(_model(x), x, th, score=t, checkpoint=ckpt, **kwargs)
-    with pytest.raises(ModelFileError, match="different training"):  # other targets
+    with pytest.raises(ModelFileError, match="another training"):  # other targets
         train(_model(x), x, th, score=2 * t, checkpoint=ckpt, resume=True, **kwargs)
-    with pytest.raises(ModelFileError, match="different training"):  # another weight
+    with pytest.raises(ModelFileError, match="another training"):  # another weight
         train(_model(x), x, th, score=t, score_weight=0.5, checkpoint=ckpt, resume=True,
               **kwargs)
     with pytest.raises(InputError, match=r"score: expected shape \(300, 2, 1\)"):

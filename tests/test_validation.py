@@ -321,6 +321,15 @@ def test_cli_validate_runs_on_a_tiny_case(tmp_path, capsys):
     rc = main(["validate", str(tmp_path / "m.egmm"), "--paper-toy", "--out",
                str(tmp_path / "out3")])
     assert rc == 2 and "--paper-toy needs a model of the paper toy" in capsys.readouterr().err
+    # θ of the wrong size, and --out naming a file, are bad input too (both were tracebacks
+    # with status 1, which says "a check failed")
+    np.savez(tmp_path / "short.npz", x=x, theta=np.zeros(len(x) + 1))
+    rc = main(["validate", str(tmp_path / "m.egmm"), "--data", str(tmp_path / "short.npz"),
+               "--out", str(tmp_path / "out4")])
+    assert rc == 2 and "theta has shape" in capsys.readouterr().err
+    rc = main(["validate", str(tmp_path / "m.egmm"), "--data", str(tmp_path / "heldout.npz"),
+               "--out", str(tmp_path / "heldout.npz")])
+    assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_validate_paper_toy(one_epoch_toy_model, tmp_path, capsys):

@@ -74,6 +74,9 @@ class DensityModel(ABC):
         (scalar or per event), a sequence/array (P,) or (N, P). θ outside the trained range
         raises unless ``allow_outside=True``. ``dtype``: evaluation precision.
         """
+        if dtype not in (torch.float32, torch.float64):
+            raise InputError(f"log_prob: dtype must be torch.float32 or torch.float64, got "
+                             f"{dtype!r}")
         chunk_size = whole_number(chunk_size, "log_prob: chunk_size")
         xv = self.space.validate(x)
         th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
@@ -264,6 +267,58 @@ def is_real_number(value: Any) -> bool:
     themselves), not a bool."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool)
+
+
+_SEED_KINDS = ("None, a whole number ≥ 0, a sequence of them, a numpy.random.SeedSequence, "
+               "a numpy.random.Generator or a torch.Generator")
+
+
+def check_seed(seed: Any, name: str = "seed") -> Any:
+    """``seed`` if a sampler can use it (see :data:`_SEED_KINDS`: an integral float such as
+    1e3 counts as whole), else :class:`InputError` naming ``name``; whole numbers come back as
+    ints, sequences of them as lists."""
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence,
+                                         torch.Generator)):
+        return seed
+    if isinstance(seed, Sequence) and not isinstance(seed, str) and len(seed) > 0:
+        try:
+            return [whole_number(s, name, 0) for s in seed]
+        except InputError:
+            pass
+    else:
+        try:
+            return whole_number(seed, name, 0)
+        except InputError:
+            pass
+    raise InputError(f"{name} must be {_SEED_KINDS}, got {seed!r}")
+
+
+def torch_generator(seed: Any, name: str = "seed") -> torch.Generator:
+    """A CPU ``torch.Generator`` for ``seed`` (:func:`check_seed`): a torch.Generator as is,
+    fresh entropy for None, one draw of a numpy Generator, else seeded through
+    ``numpy.random.SeedSequence``."""
+    seed = check_seed(seed, name)
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    elif isinstance(seed, np.random.Generator):
+        gen.manual_seed(int(seed.integers(0, 2**63 - 1)))
+    else:
+        sequence = seed if isinstance(seed, np.random.SeedSequence) else (
+            np.random.SeedSequence(seed))
+        gen.manual_seed(int(sequence.generate_state(1, np.uint64)[0] >> 1))
+    return gen
+
+
+def numpy_generator(seed: Any, name: str = "seed") -> np.random.Generator:
+    """A ``numpy.random.Generator`` for ``seed`` (:func:`check_seed`); a torch.Generator gives
+    one draw of it as the seed."""
+    seed = check_seed(seed, name)
+    if isinstance(seed, torch.Generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=seed))
+    return np.random.default_rng(seed)
 
 
 def sample_count(n: Any) -> int:

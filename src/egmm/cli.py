@@ -256,7 +256,9 @@ def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
                          f"observable {list(names)}; has {sorted(arrays)}")
     x = model.space.validate(x, what=f"{path}: events")
     if "theta" in arrays:
-        theta = np.asarray(arrays["theta"], dtype=np.float64).reshape(len(x), -1)
+        theta = np.asarray(arrays["theta"], dtype=np.float64)
+        if theta.ndim == 1 and theta.size == len(x) * len(params):
+            theta = theta.reshape(len(x), -1)
     elif all(p in arrays for p in params):
         theta = np.stack([np.asarray(arrays[p], dtype=np.float64) for p in params], axis=1)
     else:
@@ -366,9 +368,10 @@ def _join_negative_points(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``egmm`` command; returns the exit status.
 
-    egmm's own errors (bad options, unreadable files) are reported in one line with status 2.
+    egmm's own errors (bad options, unreadable files) and files or folders that cannot be
+    written are reported in one line with status 2.
     """
-    from egmm.errors import EgmmError
+    from egmm.errors import EgmmError, InputError
 
     parser = build_parser()
     args = parser.parse_args(_join_negative_points(sys.argv[1:] if argv is None else argv))
@@ -376,8 +379,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise InputError(f"--out {out}: is a file, not a folder")
         return int(args.handler(args))
     except EgmmError as exc:
+        print(f"egmm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a folder that cannot be made or written, a full disk
         print(f"egmm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

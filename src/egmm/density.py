@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from egmm.base import TrainedModel, is_real_number, sample_count, whole_number
+from egmm.base import (
+    TrainedModel,
+    is_real_number,
+    sample_count,
+    torch_generator,
+    whole_number,
+)
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.networks import (
@@ -743,7 +749,7 @@ class GMMDensity(TrainedModel, SavableModel):
         n = sample_count(n)
         chunk_size = whole_number(chunk_size, "sample: chunk_size")
         th = self.theta_tensor(theta, n_events=n, allow_outside=allow_outside)
-        gen = _torch_generator(seed)
+        gen = torch_generator(seed, "sample: seed")
         out = np.empty((n, self.space.dim))
         with torch.no_grad():
             for s in range(0, n, chunk_size):
@@ -891,16 +897,3 @@ def _draw_index(log_p: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tens
     r.mul_(cdf[-1:])  # normalisation exact to rounding
     below = cdf.lt_(r) if cdf.shape[1] == n else cdf < r  # (K, 1) shared: broadcast
     return below.sum(0).long().clamp_(max=log_p.shape[0] - 1)
-
-
-def _torch_generator(seed: Any) -> torch.Generator:
-    if isinstance(seed, torch.Generator):
-        return seed
-    gen = torch.Generator()
-    if seed is None:
-        gen.seed()
-    elif isinstance(seed, np.random.Generator):
-        gen.manual_seed(int(seed.integers(0, 2**63 - 1)))
-    else:
-        gen.manual_seed(int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0] >> 1))
-    return gen

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from egmm.base import DensityModel, sample_count
+from egmm.base import DensityModel, numpy_generator, sample_count
 from egmm.errors import InputError
 
 __all__ = ["EnsembleDensity"]
@@ -125,7 +125,7 @@ class EnsembleDensity(DensityModel):
         """Draw ``n`` events at θ: a member per event with probabilities ``weights``, then
         that member's sampler. Extra keyword arguments go to the members' ``sample``."""
         n = sample_count(n)
-        rng = np.random.default_rng(seed)
+        rng = numpy_generator(seed, "sample: seed")
         th = self.theta_tensor(theta, n_events=n, allow_outside=kwargs.get("allow_outside",
                                                                             False))
         pick = rng.choice(len(self.members), size=n, p=self.weights)

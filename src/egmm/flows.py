@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egmm.base import TrainedModel, sample_count
+from egmm.base import TrainedModel, sample_count, torch_generator, whole_number
 from egmm.errors import InputError
 from egmm.latent import LatentProjection
 from egmm.observables import ObservableSpace
@@ -82,6 +83,18 @@ class FlowDensity(TrainedModel, SavableModel):
         self.kind = kind
         self.flow_kwargs = {k: list(v) if isinstance(v, tuple) else v
                             for k, v in flow_kwargs.items()}
+        try:  # options a model file can store, refused here rather than at save()
+            json.dumps(self.flow_kwargs)
+        except TypeError:
+            bad = {}
+            for k, v in self.flow_kwargs.items():
+                try:
+                    json.dumps(v)
+                except TypeError:
+                    bad[k] = v
+            raise InputError(f"FlowDensity: options {bad} cannot be stored in a model file: "
+                             "give numbers, strings or lists of them (zuko's defaults for "
+                             "anything else)") from None
         self._init_module(parameter_bounds)
         zuko = _zuko()
         cls = getattr(zuko.flows, kind)
@@ -142,26 +155,42 @@ class FlowDensity(TrainedModel, SavableModel):
 
 
     def sample(self, n: int, theta: Any = None, seed: Any = None, *,
-               allow_outside: bool = False, dtype: torch.dtype = torch.float32) -> np.ndarray:
-        """Draw ``n`` events at θ, (n, D) float64 in data space; ``seed`` int or None."""
+               allow_outside: bool = False, dtype: torch.dtype = torch.float32,
+               chunk_size: int = 65536) -> np.ndarray:
+        """Draw ``n`` events at θ, (n, D) float64 in data space.
+
+        ``theta`` one point (shared) or (n, P) per event; ``seed``: int, SeedSequence,
+        ``numpy.random.Generator``, ``torch.Generator`` or None (fresh entropy: calls differ);
+        ``dtype``: precision of the flow's pass (float32 or float64); ``chunk_size``: events
+        per pass, which bounds the memory of the flow's intermediate tensors (the draws of one
+        seed depend on it, as a GMMDensity's do).
+        """
+        if dtype not in (torch.float32, torch.float64):
+            raise InputError(f"sample: dtype must be torch.float32 or torch.float64, got {dtype}")
         n = sample_count(n)
+        chunk_size = whole_number(chunk_size, "sample: chunk_size")
         th = self.theta_tensor(theta, n_events=n, allow_outside=allow_outside)
+        # zuko draws from torch's global generator: seeded (from fresh entropy when seed is
+        # None, so that unseeded calls differ) inside a fork that leaves the caller's alone
+        gen = torch_generator(seed, "sample: seed")
+        out = np.empty((n, self.space.dim))
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                if isinstance(seed, np.random.Generator):
-                    seed = int(seed.integers(0, 2**62))
-                torch.manual_seed(int(seed))
-            dist = self._dist(self.scale_theta(th.to(self.device, dtype)), dtype)
-            if th.ndim == 2:
-                y = dist.sample()
-            else:
-                y = dist.sample((n,)).reshape(n, self.space.dim)
-            u = self._from_real(y.double())
-            # sigmoid rounding can reach the box edge exactly; stay strictly inside it
-            eps = 1e-12 * (self.projection.u_hi - self.projection.u_lo)
-            u = u.clamp(self.projection.u_lo + eps, self.projection.u_hi - eps)
-            return self.projection.inverse(u).cpu().numpy()
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            for s in range(0, n, chunk_size):
+                m = min(chunk_size, n - s)
+                if th.ndim == 2:
+                    dist = self._dist(self.scale_theta(th[s:s + m].to(self.device, dtype)), dtype)
+                    y = dist.sample()
+                else:
+                    dist = self._dist(self.scale_theta(th.to(self.device, dtype)), dtype)
+                    y = dist.sample((m,)).reshape(m, self.space.dim)
+                u = self._from_real(y.double())
+                # sigmoid rounding can reach the box edge exactly; stay strictly inside it
+                eps = 1e-12 * (self.projection.u_hi - self.projection.u_lo)
+                u = u.clamp(self.projection.u_lo + eps, self.projection.u_hi - eps)
+                out[s:s + m] = self.projection.inverse(u).cpu().numpy()
+        return out
 
     # -- training hooks ------------------------------------------------------------------------
     def training_units(self) -> list[nn.Module]:

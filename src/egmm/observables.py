@@ -234,6 +234,7 @@ class ObservableSpace(Sequence[Observable]):
                 raise InputError(f"{what}: missing columns {missing}; got {list(named)}")
             cols = [_column(named[n], n, what) for n in names]
         else:
+            _refuse_non_real(x, what)
             try:
                 arr = np.asarray(x, dtype=np.float64)
             except (TypeError, ValueError) as exc:
@@ -279,7 +280,22 @@ def labelled(x: Any, *, series: bool = True) -> dict[str, Any] | None:
     return None if names is None else {k: x[k] for k in names}
 
 
+def _refuse_non_real(x: Any, what: str) -> None:
+    """Strings and complex numbers are no events: numpy would parse "0.5" or drop the
+    imaginary part."""
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    if kind is None and isinstance(x, (list, tuple)):
+        try:
+            kind = np.asarray(x).dtype.kind
+        except (TypeError, ValueError):  # ragged: reported by the float conversion
+            return
+    if kind in ("c", "U", "S"):
+        raise InputError(f"{what}: expected real numbers, got "
+                         f"{'complex numbers' if kind == 'c' else 'strings'}")
+
+
 def _column(c: Any, name: str, what: str) -> np.ndarray:
+    _refuse_non_real(c, f"{what}: column {name!r}")
     try:
         col = np.asarray(c, dtype=np.float64)
     except (TypeError, ValueError) as exc:

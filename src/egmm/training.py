@@ -57,7 +57,7 @@ import os
 import pickle
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,6 +132,9 @@ def check_training_settings(*, validation: float = 0.4, batch_size: int = 500,
     if not (is_real_number(score_weight) and math.isfinite(score_weight) and score_weight >= 0.0):
         raise InputError(f"score_weight must be a finite number ≥ 0, got {score_weight!r}")
 
+
+# signed weights whose Σw is below this fraction of Σ|w| are warned about
+_CANCELLING = 1e-3
 
 # 2: the fingerprint holds a data digest and the settings; 3: and a digest of the model's
 # configuration (architecture, θ features, projection, parameter bounds), not only its size
@@ -218,8 +221,17 @@ def _prepare_inputs(model: TrainableDensity, x: Any, theta: Any, weights: Any
         bad = ~np.isfinite(w)
         if bad.any():
             raise InputError(f"training weights: not finite in row {int(np.argmax(bad))}")
-        if not w.sum() > 0:
-            raise InputError(f"training weights: the total weight must be > 0, got {w.sum()}")
+        with np.errstate(over="ignore"):
+            total, size = float(w.sum()), float(np.abs(w).sum())
+        if not math.isfinite(size):
+            raise InputError("training weights: their sum overflows float64; divide them by "
+                             "a common factor (only their ratios matter)")
+        if not total > 0:
+            raise InputError(f"training weights: the total weight must be > 0, got {total}")
+        if total < _CANCELLING * size:
+            warnings.warn(f"training weights: signed weights nearly cancel (Σw / Σ|w| = "
+                          f"{total / size:.3g}): the loss is a small difference of large "
+                          "terms, and its noise is scaled up by Σ|w| / Σw", stacklevel=3)
     return xv, th, w
 
 
@@ -359,6 +371,13 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
                             score_weight=score_weight, lr_factor=lr_factor,
                             lr_patience=lr_patience, min_delta=min_delta,
                             eval_batch_size=eval_batch_size)
+    seed = whole_number(seed, "seed", 0)
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if device is not None:
+        device = _check_device(device)
+    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+        raise InputError(f"checkpoint: the folder of {str(checkpoint)!r} does not exist")
     xv, th, w = _prepare_inputs(model, x, theta, weights)
     if score is not None:
         targets, info = _prepare_score(model, score, w)
@@ -385,6 +404,12 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     wt = torch.as_tensor(w / w.mean(), dtype=dtype, device=dev)  # mean weight 1
 
     split = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
+    for part, rows in (("validation", split[:n_val]), ("training", split[n_val:])):
+        if not float(w[rows.cpu().numpy()].sum()) > 0:
+            raise InputError(f"training weights: the {part} events (the seeded split, seed "
+                             f"{seed}) have a total weight ≤ 0, so their loss is no "
+                             "likelihood; use more events, fewer negative weights or another "
+                             "seed")
     data = _TrainingData(tensors=tensors, weights=wt, train_idx=split[n_val:],
                          val_idx=split[:n_val])
     if score is not None:
@@ -412,6 +437,8 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     if config is not None:  # same-sized weights of another architecture or input scaling
         fingerprint["model_sha256"] = hashlib.sha256(
             json.dumps(config(), sort_keys=True, default=str).encode()).hexdigest()
+    if eval_batch_size != 65536:  # validation sums in other batches round differently
+        fingerprint["eval_batch_size"] = eval_batch_size  # (older checkpoints: the default)
     if schedule != "plateau":  # (older checkpoints have no key: they are plateau runs)
         fingerprint.update(schedule=schedule, max_epochs=max_epochs)
     if score is not None:
@@ -427,6 +454,20 @@ def train(model: TrainableDensity, x: Any, theta: Any, weights: Any = None, *,
     return _warn_diverged(model, _train_in_processes(
         model, data, groups, settings, fingerprint=fingerprint, checkpoints=ckpt_paths,
         resume=resume, progress=progress))
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a torch.device that this torch can use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device: {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: this torch has no CUDA device "
+                         f"(torch {torch.__version__})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available here")
+    return dev
 
 
 def _partition(weights: list[int], n_groups: int) -> list[list[int]]:
@@ -464,6 +505,45 @@ def _checkpoint_paths(path: Path | None, n_groups: int, resume: bool) -> list[Pa
                                  f"workers; resume with the same workers= (this run has "
                                  f"{n_groups} group(s))")
     return paths
+
+
+# what each fingerprint key means, for a refused resume's message
+_FINGERPRINT_NAMES = {
+    "n": "number of events", "validation": "validation fraction", "batch_size": "batch_size",
+    "seed": "seed", "weights": "network sizes", "data_sha256": "events, θ or weights",
+    "lr": "lr", "lr_factor": "lr_factor", "lr_patience": "lr_patience",
+    "patience": "patience", "min_delta": "min_delta", "dtype": "dtype",
+    "model_sha256": "model configuration", "schedule": "schedule", "max_epochs": "max_epochs",
+    "score_sha256": "score targets", "score_weight": "score_weight", "group": "workers",
+    "eval_batch_size": "eval_batch_size",
+}
+
+
+def _check_checkpoint(path: Path, ck: Any, fingerprint: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint that is not one of this egmm's, or not of this training, naming
+    what differs."""
+    if not isinstance(ck, Mapping) or "version" not in ck:
+        raise ModelFileError(f"{path}: not an egmm training checkpoint (a "
+                             f"{type(ck).__name__} without egmm's keys)")
+    version = ck["version"]
+    if version != _CHECKPOINT_VERSION:
+        newer = isinstance(version, int) and version > _CHECKPOINT_VERSION
+        raise ModelFileError(f"{path}: checkpoint format {version!r} of "
+                             f"{'a newer' if newer else 'an older'} egmm (this one reads and "
+                             f"writes {_CHECKPOINT_VERSION}); "
+                             + ("upgrade egmm to resume it" if newer else
+                                "train afresh with resume=False or another checkpoint file"))
+    theirs = ck.get("fingerprint")
+    if theirs == fingerprint:
+        return
+    if not isinstance(theirs, Mapping):
+        raise ModelFileError(f"{path}: damaged checkpoint (no fingerprint of its training)")
+    keys = sorted(set(theirs) | set(fingerprint), key=lambda k: (k not in fingerprint, k))
+    differ = sorted({_FINGERPRINT_NAMES.get(k, k) for k in keys
+                     if theirs.get(k) != fingerprint.get(k)})
+    raise ModelFileError(f"{path}: checkpoint belongs to another training (this call's "
+                         f"{', '.join(differ)}: not the checkpoint's); resume with the same "
+                         "data and settings, or train afresh with resume=False")
 
 
 def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[int],
@@ -515,21 +595,18 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             ck = torch.load(checkpoint, map_location=dev, weights_only=True)
         except Exception as exc:
             raise ModelFileError(f"{checkpoint}: cannot read checkpoint ({exc})") from None
-        if ck.get("version") != _CHECKPOINT_VERSION:
-            raise ModelFileError(f"{checkpoint}: checkpoint format {ck.get('version')} of an "
-                                 f"older egmm (this one writes {_CHECKPOINT_VERSION}); train "
-                                 "afresh with resume=False or another checkpoint file")
-        if ck.get("fingerprint") != fingerprint:
-            raise ModelFileError(f"{checkpoint}: checkpoint belongs to a different training "
-                                 "(data, split, batch size, seed, learning-rate or stopping "
-                                 "settings, dtype, model configuration or workers differ)")
-        model.module.load_state_dict(ck["module"])
-        for o, sd in zip(optims, ck["optims"]):
-            o.load_state_dict(sd)
-        for sc, sd in zip(scheds, ck["scheds"]):
-            sc.load_state_dict(sd)
-        state = ck["state"]
-        history = TrainingHistory.from_dict(ck["history"])
+        _check_checkpoint(checkpoint, ck, fingerprint)
+        try:
+            model.module.load_state_dict(ck["module"])
+            for o, sd in zip(optims, ck["optims"], strict=True):
+                o.load_state_dict(sd)
+            for sc, sd in zip(scheds, ck["scheds"], strict=True):
+                sc.load_state_dict(sd)
+            state = ck["state"]
+            history = TrainingHistory.from_dict(ck["history"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{checkpoint}: damaged checkpoint ({type(exc).__name__}: "
+                                 f"{exc})") from None
 
     scored = data.score is not None
 
