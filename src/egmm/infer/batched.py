@@ -98,6 +98,7 @@ from egmm.density import (
 )
 from egmm.errors import InputError, ParameterError
 from egmm.infer.fit import FitResult, fit, start_values
+from egmm.infer.teststats import statistic_precision
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
 from egmm.networks import CategoricalNet, ones_row
@@ -1677,7 +1678,7 @@ def deeper_free_minima(costs: Sequence[Any], free: tuple[np.ndarray, np.ndarray,
     there instead), ``fixed`` and ``limits`` as the free fit's. A new minimum is kept where
     deeper. Returns the free minima's values (K, P), −2 ln L (K,) and validity (K,), and
     which toys were replaced (K,)."""
-    goal = 0.02 * (tol if tol is not None else 0.1)
+    goal = statistic_precision(tol)
     values, fval, valid = (np.array(a, copy=True) for a in free)
     rows = cond_fval < fval - goal
     if again is not None:

@@ -33,10 +33,17 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from egmm.base import whole_number
+from egmm.base import is_real_number, whole_number
 from egmm.errors import EgmmError, InputError
-from egmm.infer.fit import FitResult, check_strategy, fit
-from egmm.infer.teststats import Limits, _fixed_mapping, check_poi, evaluate, get_test_stat
+from egmm.infer.fit import FitResult, check_strategy, check_tol, fit
+from egmm.infer.teststats import (
+    Limits,
+    _fixed_mapping,
+    check_poi,
+    evaluate,
+    get_test_stat,
+    tie_tolerance,
+)
 from egmm.infer.toys import (
     ToyTestStats,
     asimov_cost,
@@ -89,31 +96,52 @@ class EmpiricalDistribution:
     r"""The distribution of a test statistic sampled by toys.
 
     ``samples``: the toys' values; NaN marks toys whose fit failed: they are left out of the
-    p-values and counted in ``n_failed`` (never silently).
+    p-values and counted in ``n_failed`` (never silently). ``tolerance``: how far below a
+    value a sample still counts as equal to it (≥) in :meth:`pvalue`. Statistics come from
+    fits, which put equal data fitted from different starting points up to their precision
+    apart; a discrete statistic (a counting experiment: every toy with the observed count
+    has the observed statistic) needs these ties counted, as pyhf's toys (fitted from the
+    observed fit's start) count them exactly. :class:`ToyCalculator` and the Neyman
+    constructions use :func:`~egmm.infer.teststats.tie_tolerance` of their ``tol`` (2e-4 at
+    the toys' default 1e-3); a continuous statistic barely notices (its p-value grows by
+    the density of the toys there times the tolerance). Samples of exactly 0 (one-sided
+    statistics clipped at 0) tie only with a value ≤ 0: an observed statistic a little above
+    0 does not take in the toys' point mass at 0.
 
     Example:
         >>> d = EmpiricalDistribution([0.0, 0.5, 1.0, 2.0, float("nan")])
         >>> d.pvalue(0.75), d.n_failed, d.expected_value(0.0)
         (0.5, 1, 0.75)
+        >>> EmpiricalDistribution([0.0, 1.0 - 1e-9, 2.0], tolerance=1e-4).pvalue([1.0, 5e-5])
+        array([0.66666667, 0.66666667])
     """
 
-    def __init__(self, samples: Any) -> None:
+    def __init__(self, samples: Any, tolerance: float = 0.0) -> None:
         arr = np.asarray(samples, dtype=np.float64).reshape(-1)
         bad = np.isnan(arr)
         if bad.all():
             raise InputError("EmpiricalDistribution: no valid samples")
+        if not (is_real_number(tolerance) and math.isfinite(tolerance) and tolerance >= 0):
+            raise InputError(f"EmpiricalDistribution: tolerance must be a finite number ≥ 0, "
+                             f"got {tolerance!r}")
         self.samples = arr[~bad]
         self.n_failed = int(bad.sum())
+        self.tolerance = float(tolerance)
         self._sorted = np.sort(self.samples)
+        self._zeros = int(np.count_nonzero(self.samples == 0.0))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def pvalue(self, value: Any) -> Any:
-        """Fraction of samples ≥ ``value`` (a float, or an array for an array)."""
+        """Fraction of samples ≥ ``value`` − ``tolerance``, samples of exactly 0 counting
+        only for a value ≤ 0 (a float, or an array for an array)."""
         v = np.asarray(value, dtype=np.float64)
         n = len(self._sorted)
-        p = (n - np.searchsorted(self._sorted, v, side="left")) / n
+        count = n - np.searchsorted(self._sorted, v - self.tolerance, side="left")
+        # zeros inside [v − tolerance, v) with v > 0 are the clipped point mass, not ties
+        zeros_taken = (v > 0.0) & (v - self.tolerance <= 0.0)
+        p = (count - np.where(zeros_taken, self._zeros, 0)) / n
         return float(p) if p.ndim == 0 else p
 
     def pvalue_error(self, value: float) -> float:
@@ -155,7 +183,7 @@ class _Calculator:
         self.poi = poi
         self.test_stat = test_stat
         self._fit_options = dict(fixed=fixed, limits=limits, strategy=check_strategy(strategy),
-                                 tol=float(tol))
+                                 tol=check_tol(tol))
         self._start = dict(start) if start is not None else None
         self._free: dict[int, FitResult] = {}  # id(cost) -> unconditional fit
         self._conditional: dict[float, FitResult] = {}
@@ -401,8 +429,9 @@ class ToyCalculator(_Calculator):
                 made[name] = toys
             self._memo[key] = made
         self.toys = dict(self._memo[key])
-        return (EmpiricalDistribution(self.toys["sb"].values),
-                EmpiricalDistribution(self.toys["b"].values))
+        ties = tie_tolerance(self._fit_options["tol"])
+        return (EmpiricalDistribution(self.toys["sb"].values, ties),
+                EmpiricalDistribution(self.toys["b"].values, ties))
 
     def expected_pvalues(self, sig_plus_bkg_distribution: EmpiricalDistribution,
                          bkg_only_distribution: EmpiricalDistribution) -> list[list[float]]:

@@ -47,6 +47,7 @@ from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.fit import (
     FitResult,
     check_strategy,
+    check_tol,
     first_steps,
     fit,
     fit_result,
@@ -548,7 +549,7 @@ def coverage(
     job = _CoverageJob(truth, kind, cost_factory, truth_values,
                        n_events, bool(poisson), seed, (), (),
                        dict(start) if start is not None else None, fixed, limits,
-                       check_strategy(strategy), tol)
+                       check_strategy(strategy), None if tol is None else check_tol(tol))
     first = _first_cost(job, ntoys)
     names = list(describe(first))
     used = set(names) | set(truth.parameters if kind in ("density", "sampler") else ())

@@ -342,6 +342,15 @@ def check_strategy(strategy: Any) -> int:
     return value
 
 
+def check_tol(tol: Any) -> float:
+    """Minuit's tolerance as a float: a positive finite number (NaN, 0, −1 or a string are
+    refused here, not by Minuit or as a silently wrong fit)."""
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or (
+            not (math.isfinite(tol) and tol > 0)):
+        raise InputError(f"tol must be a positive finite number, got {tol!r}")
+    return float(tol)
+
+
 def _checked_limit(name: str, lim: Any) -> tuple[float, float]:
     """A user's (lo, hi) for ``name``: None for no bound, NaN and lo ≥ hi refused."""
     try:
@@ -414,7 +423,7 @@ def make_minuit(
             m.errors[n] = float(e)
     m.strategy = check_strategy(strategy)
     if tol is not None:
-        m.tol = tol
+        m.tol = check_tol(tol)
     if starts_on_a_limit(m):
         m = without_hessian(cost, m, dict(zip(m.parameters, m.values)))
     return m

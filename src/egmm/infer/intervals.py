@@ -34,8 +34,8 @@ from scipy.stats import chi2
 
 from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.calculators import hypotest, make_calculator
-from egmm.infer.fit import FitResult, check_strategy, fit
+from egmm.infer.calculators import EmpiricalDistribution, hypotest, make_calculator
+from egmm.infer.fit import FitResult, check_strategy, check_tol, fit
 from egmm.infer.parallel import fingerprint, run_toys
 from egmm.infer.profile import wilks_threshold
 from egmm.infer.teststats import (
@@ -47,6 +47,7 @@ from egmm.infer.teststats import (
     deeper_free_fit,
     evaluate,
     profiled_start,
+    tie_tolerance,
 )
 from egmm.infer.toys import (
     ToyTestStats,
@@ -367,7 +368,7 @@ def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: in
             strategy: int, tol: float, toy_options: dict[str, Any]) -> NeymanInterval:
     prob = _probability(cl)
     check_poi(cost, poi, fixed)
-    ntoys, seed = check_ntoys(ntoys), check_seed(seed)
+    ntoys, seed, tol = check_ntoys(ntoys), check_seed(seed), check_tol(tol)
     mus = _grid(grid, "neyman_interval grid")
     options = dict(fixed=fixed, limits=limits, strategy=strategy, tol=tol)
     observed, critical, pvalue, perr, toys = [], [], [], [], []
@@ -381,7 +382,8 @@ def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: in
                            ntoys=ntoys, seed=seed, stream=2, executor=executor, out=out,
                            progress=progress, **toy_options, **options)
         values = tt.values[~np.isnan(tt.values)]
-        p = float(np.mean(values >= t_obs))
+        # toys tying with the observed statistic (a discrete one) count, to the fits' precision
+        p = EmpiricalDistribution(values, tie_tolerance(tol)).pvalue(t_obs)
         observed.append(t_obs)
         critical.append(float(np.quantile(values, prob)))
         pvalue.append(p)
@@ -631,7 +633,7 @@ def neyman_region_2d(
     for p in pois:
         check_poi(cost, p, fixed)
     prob = _probability(cl)
-    ntoys, seed = check_ntoys(ntoys), check_seed(seed)
+    ntoys, seed, tol = check_ntoys(ntoys), check_seed(seed), check_tol(tol)
     strategy = check_strategy(strategy)
     batched = bool(batched)
     if batched:
@@ -678,7 +680,7 @@ def neyman_region_2d(
                 raise EgmmError(f"all toys failed at {point}: {records[0].get('error')}")
             observed[i, j] = t_obs
             critical[i, j] = float(np.quantile(values, prob))
-            pvalue[i, j] = float(np.mean(values >= t_obs))
+            pvalue[i, j] = EmpiricalDistribution(values, tie_tolerance(tol)).pvalue(t_obs)
     if n_failed.any():
         warnings.warn(f"{int(n_failed.sum())} toys failed (left out); see n_failed",
                       stacklevel=2)

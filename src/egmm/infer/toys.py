@@ -45,7 +45,7 @@ from iminuit.util import describe
 
 from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import _items, check_strategy, first_steps, fit
+from egmm.infer.fit import _items, check_strategy, check_tol, first_steps, fit
 from egmm.infer.parallel import fingerprint, run_toys, value_digest
 from egmm.infer.teststats import (
     Limits,
@@ -531,7 +531,7 @@ def toy_teststats(
     seed = check_seed(seed)
     values = _values(cost, pars)
     stream = whole_number(stream, "stream", 0)
-    strategy = check_strategy(strategy)
+    strategy, tol = check_strategy(strategy), check_tol(tol)
     digest = check_toys(cost, values, [toy_seed(seed, stream, i) for i in range(min(ntoys, 5))])
     batched = bool(batched)
     if batched:
