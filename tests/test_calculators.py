@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pyhf
 import pytest
+import torch
 from iminuit.cost import NormalConstraint
 from scipy import stats
 from scipy.optimize import brentq
@@ -213,6 +214,7 @@ def test_feldman_cousins_on_a_bounded_gaussian():
     alpha = 1 - 0.6827
     upper = brentq(lambda m: _fc_pvalue(m, X0) - alpha, X0 + 0.1, 5.0)
     assert r.lower == 0.0  # the acceptance reaches the physical boundary, the lowest point
+    assert not any("extend the grid" in n for n in r.notes if "lowest" in n)  # (nothing below)
     assert r.upper == pytest.approx(upper, abs=0.1)
     assert r.test_stat == "ttilde"
 
@@ -260,6 +262,19 @@ def test_bad_input(simple):
         neyman_interval(_gauss_cost(), "mu", [0.0, 1.0], cl=-1, ntoys=5, executor="serial")
     with pytest.raises(InputError, match="two different POIs"):
         neyman_region_2d(_gauss_cost(), ("mu", "mu"), [0.0], [0.0], ntoys=5)
+    # what was a TypeError / ValueError from float(), numpy or scipy deep inside
+    for level in ("0.05", None):
+        with pytest.raises(InputError, match="level must be a number"):
+            upper_limit(cost, "mu", level=level)
+    for mu in ("a", None, float("nan")):
+        with pytest.raises(InputError, match="tested value of 'mu' must be a finite number"):
+            hypotest(mu, cost, "mu")
+    with pytest.raises(InputError, match="scan cannot be read as numbers"):
+        upper_limit(cost, "mu", scan="abc")
+    with pytest.raises(InputError, match="rtol must be a positive number"):
+        upper_limit(cost, "mu", rtol=-1)
+    with pytest.raises(ParameterError, match="must have lo < hi"):  # was "outside [5, 2]"
+        hypotest(3.0, cost, "mu", limits={"mu": (5.0, 2.0)})
 
 
 @pytest.mark.parametrize("module", ["teststats", "toys", "calculators", "intervals",
@@ -362,6 +377,18 @@ def test_feldman_cousins_counts_ties_on_a_poisson_count():
                                        for c in counts])
 
 
+def test_feldman_cousins_stays_on_the_physical_side():
+    cost = _gauss_cost()
+    # t̃ keeps μ̂ ≥ 0: a grid below 0 gave a lower end of −0.73 from the toys that did not fail
+    with pytest.raises(InputError, match="defined for mu ≥ 0"):
+        feldman_cousins(cost, "mu", [-1.5, 0.0, 1.0], ntoys=5, executor="serial")
+    # a cl whose probability rounds to 1 accepted the whole grid
+    with pytest.raises(InputError, match="rounds to 1"):
+        feldman_cousins(cost, "mu", [0.0, 1.0], cl=40, ntoys=5, executor="serial")
+    with pytest.raises(InputError, match="one-dimensional"):
+        feldman_cousins(cost, "mu", [[0.0, 1.0], [2.0, 3.0]], ntoys=5, executor="serial")
+
+
 def test_empirical_ties_leave_the_point_mass_at_zero_alone():
     d = EmpiricalDistribution([0.0, 0.0, 1.0 - 3e-5, 1.0, 2.0], tolerance=2e-4)
     assert d.pvalue(1.0) == 0.6  # 1 − 3e-5 ties with 1
@@ -380,3 +407,33 @@ def test_tolerances_that_minuit_cannot_use_are_refused(simple):
             ToyCalculator(cost, "mu", tol=tol)
         with pytest.raises(InputError, match="tol must be"):
             hypotest(1.0, cost, "mu", tol=tol)
+
+
+def test_an_extended_cost_of_zero_events_gives_the_classic_limit():
+    # n = 0 observed: the constructor refused it (only with_data took it), and its toys that
+    # fluctuated to 0 events failed (with_data rebuilt them from the observed first event)
+    from egmm.likelihood import Component, ExtendedUnbinnedNLL, TorchDensity, Yield
+    from egmm.observables import Observable, ObservableSpace
+
+    space = ObservableSpace([Observable("x", 0.0, 1.0)])
+
+    def flat_sampler(n, theta, rng):
+        return rng.uniform(0.0, 1.0, size=(n, 1))
+
+    flat = TorchDensity(space, lambda x: torch.zeros(len(x), dtype=x.dtype),
+                        sampler=flat_sampler)
+    s, b = 3.0, 1.5
+    cost = ExtendedUnbinnedNLL(np.zeros((0, 1)), [
+        Component("sig", flat, Yield.parameter("mu") * s),
+        Component("bkg", flat, Yield.constant(b))])
+    assert cost.n_events == 0 and cost(0.5) == pytest.approx(2 * (0.5 * s + b))
+    toys = [sample_toy(cost, {"mu": 0.0}, toy_seed(0, 0, i)) for i in range(30)]
+    assert sum(t.n_events == 0 for t in toys) > 2  # P(0 | 1.5) = 0.22: such toys work
+    twin = _counting(s, b, 0)  # the same likelihood as one pyhf bin
+    obs, expected = upper_limit(cost, "mu")
+    obs_p, expected_p = upper_limit(twin, "mu")
+    assert obs == pytest.approx(obs_p, rel=1e-4)
+    np.testing.assert_allclose(expected, expected_p, rtol=1e-4)
+    with pytest.raises(InputError, match="empty"):  # a plain likelihood of nothing: none
+        from egmm.likelihood import UnbinnedNLL
+        UnbinnedNLL(np.zeros((0, 1)), flat)

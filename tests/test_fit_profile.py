@@ -73,6 +73,11 @@ def test_wilks_threshold_follows_iminuit_cl_semantics():
     assert wilks_threshold(1, 2) == pytest.approx(2.295748928898636, rel=1e-12)
     assert wilks_threshold(2, 2) == pytest.approx(6.180074306244168, rel=1e-12)
     assert wilks_threshold(0.68) == pytest.approx(0.988946481478023, rel=1e-12)
+    # far tails through the tail probability: 9σ in 2-D had come out inf (the cdf rounds
+    # to 1); −2 ln of the 2-D tail is the threshold: 2 · (−ln sf(81, 1))
+    assert wilks_threshold(9, 2) == pytest.approx(-2 * math.log(stats.chi2.sf(81.0, 1)),
+                                                  rel=1e-12)
+    assert wilks_threshold(9, 2) == pytest.approx(85.87, abs=0.01)
     for bad in (0.0, -1.0, math.nan, "a"):
         with pytest.raises(InputError, match="cl"):
             wilks_threshold(bad, 2)
@@ -185,7 +190,24 @@ def test_profile_interval_matches_minos(model_cost, global_fit):
     # linear interpolation of Δ between grid points 0.1σ apart: error ≲ 1e-3 σ
     assert lo == pytest.approx(mu + m.merrors["mu"].lower, abs=0.01 * err)
     assert hi == pytest.approx(mu + m.merrors["mu"].upper, abs=0.01 * err)
-    assert math.isnan(p.interval(3.0)[0])  # the scan does not reach 3σ
+    with pytest.warns(UserWarning, match="does not reach .* on the lower side"):
+        assert math.isnan(p.interval(3.0)[0])  # the scan does not reach 3σ
+
+
+def test_an_interval_cut_by_a_limit_ends_there_and_says_so():
+    # x = 0.2 ± 1 with a ≥ 0: the 1σ interval is [0, 1.2], cut at the limit; a scan that merely
+    # stops short gave the same (nan, 1.2) without a word
+    cost = NormalConstraint("a", 0.2, 1.0)
+    gfit = fit(cost, {"a": 0.5}, limits={"a": (0.0, None)})
+    p = profile(cost, "a", np.linspace(0.0, 3.0, 31), global_fit=gfit)
+    with pytest.warns(UserWarning, match="lower end of the interval is cut by the limit 0"):
+        lo, hi = p.interval(1.0)
+    assert lo == 0.0 and hi == pytest.approx(1.2, abs=1e-5)  # (Δ is exact: no interpolation)
+    short = profile(cost, "a", np.linspace(0.1, 3.0, 30), global_fit=gfit)
+    with pytest.warns(UserWarning, match="extend the grid"):
+        assert math.isnan(short.interval(1.0)[0])
+    with pytest.raises(InputError, match="one-dimensional"):
+        profile(cost, "a", [[0.0, 1.0], [2.0, 3.0]], global_fit=gfit)
 
 
 def test_profile_bad_input(model_cost, global_fit):

@@ -186,13 +186,15 @@ class ObservableSpace(Sequence[Observable]):
     def from_dict(cls, d: Mapping[str, Any]) -> ObservableSpace:
         return cls(Observable.from_dict(o) for o in d["observables"])
 
-    def validate(self, x: Any, *, what: str = "events") -> np.ndarray:
+    def validate(self, x: Any, *, what: str = "events", allow_empty: bool = False
+                 ) -> np.ndarray:
         """Return ``x`` as a float64 ``(N, D)`` array in this space's order, or raise.
 
         Accepts a numpy array ``(N, D)`` (columns in the space's order; ``(N,)`` when D = 1),
         a numpy structured array, or any mapping / data frame indexable by observable name
         (dict of arrays, ``pandas.DataFrame``, ``uproot`` ``arrays(library="np")``).
-        Extra named columns are ignored; missing ones are an error.
+        Extra named columns are ignored; missing ones are an error. Zero events are an error
+        unless ``allow_empty`` (an extended likelihood of an empty dataset).
 
         Raises:
             InputError: empty input, wrong shape or columns, NaN/inf, values outside an
@@ -200,7 +202,7 @@ class ObservableSpace(Sequence[Observable]):
                 names the observable and the first offending row.
         """
         arr = self._as_array(x, what)
-        if arr.shape[0] == 0:
+        if arr.shape[0] == 0 and not allow_empty:
             raise InputError(f"{what}: empty input (0 events)")
         for j, o in enumerate(self._obs):
             col = arr[:, j]

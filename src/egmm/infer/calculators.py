@@ -199,6 +199,9 @@ class _Calculator:
         return value, fits
 
     def _tested(self, poi_test: float) -> float:
+        if not (is_real_number(poi_test) and math.isfinite(poi_test)):
+            raise InputError(f"the tested value of {self.poi!r} must be a finite number, got "
+                             f"{poi_test!r}")
         return 0.0 if self.test_stat == "q0" else float(poi_test)
 
     def conditional_fit(self, mu: float) -> FitResult:

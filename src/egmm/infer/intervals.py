@@ -32,7 +32,7 @@ from iminuit.util import describe
 from scipy.optimize import toms748
 from scipy.stats import chi2
 
-from egmm.base import whole_number
+from egmm.base import is_real_number, whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
 from egmm.infer.calculators import EmpiricalDistribution, hypotest, make_calculator
 from egmm.infer.fit import FitResult, check_strategy, check_tol, fit
@@ -79,7 +79,11 @@ def _probability(cl: float) -> float:
         raise InputError(f"cl must be a number, got {cl!r}") from None
     if not (math.isfinite(cl) and cl > 0):
         raise InputError(f"cl must be > 0 (a probability < 1 or a number of sigmas), got {cl}")
-    return cl if cl < 1 else float(chi2.cdf(cl**2, 1))
+    prob = cl if cl < 1 else float(chi2.cdf(cl**2, 1))
+    if prob >= 1.0:  # (≳ 8.3σ) every toy would be inside, every grid point accepted
+        raise InputError(f"cl = {cl:g}σ is a probability that rounds to 1 in float64: no toy "
+                         "study can tell it from 1")
+    return prob
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,8 +158,11 @@ def upper_limit(
         >>> round(obs, 2), [round(v, 2) for v in exp]
         (4.76, [2.15, 2.89, 4.04, 5.66, 7.69])
     """
-    if not 0 < float(level) < 1:
-        raise InputError(f"level must be in (0, 1), got {level}")
+    if not (is_real_number(level) and 0 < level < 1):
+        raise InputError(f"level must be a number in (0, 1), got {level!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (is_real_number(value) and math.isfinite(value) and value > 0):
+            raise InputError(f"upper_limit: {name} must be a positive number, got {value!r}")
     if calculator is None:
         calculator = make_calculator(calctype, cost, poi, **kwargs)
     elif kwargs:
@@ -177,8 +184,8 @@ def upper_limit(
     curves = range(6) if expected else range(1)
 
     if scan is not None:
-        points = np.sort(np.asarray(list(scan), dtype=np.float64))
-        if points.size < 2 or not np.all(np.isfinite(points)):
+        points = np.sort(_grid(scan, "upper_limit: scan"))
+        if points.size < 2:
             raise InputError("upper_limit: scan needs at least two finite points")
         values = np.array([[curve(mu, k) + level for k in range(6)] for mu in points])
         limits = [_scan_crossing(points, values[:, k], level, _CURVE_NAMES[k]) for k in curves]
@@ -280,9 +287,11 @@ class NeymanInterval:
 
 def _grid(grid: Any, what: str) -> np.ndarray:
     try:
-        arr = np.asarray(list(grid), dtype=np.float64).reshape(-1)
+        arr = np.asarray(list(grid), dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} cannot be read as numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise InputError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise InputError(f"{what} must be non-empty and finite")
     return np.sort(arr)
@@ -370,6 +379,10 @@ def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: in
     check_poi(cost, poi, fixed)
     ntoys, seed, tol = check_ntoys(ntoys), check_seed(seed), check_tol(tol)
     mus = _grid(grid, "neyman_interval grid")
+    bounded = test_stat in ("ttilde", "qtilde")
+    if bounded and mus[0] < 0:
+        raise InputError(f"{test_stat} is defined for {poi} ≥ 0 (its free fit keeps {poi}̂ ≥ 0, "
+                         f"the physical boundary): grid point {poi}={mus[0]:g} lies below it")
     options = dict(fixed=fixed, limits=limits, strategy=strategy, tol=tol)
     observed, critical, pvalue, perr, toys = [], [], [], [], []
     free: FitResult | None = None
@@ -403,7 +416,8 @@ def _neyman(cost: Any, poi: str, grid: Any, cl: float, test_stat: str, ntoys: in
         lower = float(mus[i]) if i == 0 else _crossing(mus[i - 1], p[i - 1], mus[i], p[i], alpha)
         upper = float(mus[j]) if j == len(mus) - 1 else _crossing(mus[j], p[j], mus[j + 1],
                                                                    p[j + 1], alpha)
-        if i == 0 and not math.isclose(mus[0], _limits(cost, limits)[poi][0]):
+        if i == 0 and not math.isclose(mus[0], _limits(cost, limits)[poi][0]) and not (
+                bounded and mus[0] == 0.0):  # (t̃'s boundary: nothing lies below it)
             notes.append("the acceptance reaches the lowest grid point: extend the grid")
         if j == len(mus) - 1:
             notes.append("the acceptance reaches the highest grid point: extend the grid")

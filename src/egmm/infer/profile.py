@@ -57,8 +57,11 @@ def wilks_threshold(cl: float, ndof: int = 1) -> float:
         raise InputError(f"ndof must be a positive integer, got {ndof!r}")
     if cl >= 1 and ndof == 1:
         return cl**2  # exact: χ²₁.ppf(χ²₁.cdf(z²)) = z²
-    prob = cl if cl < 1 else float(chi2.cdf(cl**2, 1))
-    return float(chi2.ppf(prob, int(ndof)))
+    if cl < 1:
+        return float(chi2.ppf(cl, int(ndof)))
+    # through the tail probability, which keeps its precision where the cdf rounds to 1
+    # (9σ in 2-D: 85.87, where ppf(cdf) gave inf)
+    return float(chi2.isf(chi2.sf(cl**2, 1), int(ndof)))
 
 
 @dataclass
@@ -88,14 +91,18 @@ class ProfileResult:
     def interval(self, cl: float = 1.0) -> tuple[float, float]:
         """Interval where Δ ≤ ``wilks_threshold(cl, 1)``, by linear interpolation of the scan.
 
-        An end is NaN when the scan does not cross the threshold on that side of the MLE.
+        Where the scan reaches a limit of the parameter without crossing the threshold, the
+        interval is cut there: that end is the limit (as MINOS reports an end at a limit),
+        with a warning. An end is NaN, with a warning, where the scan stops short of both
+        the threshold and the limit (extend the grid).
         """
         thr = wilks_threshold(cl, 1)
         order = np.argsort(self.grid)
         g, d = self.grid[order], self.delta[order]
         best = self.global_fit.values[self.poi]
+        limits = self.global_fit.minuit.limits[self.poi]
         out = []
-        for side in (-1, 1):
+        for side, name, limit in ((-1, "lower", limits[0]), (1, "upper", limits[1])):
             idx = np.nonzero(g < best)[0][::-1] if side < 0 else np.nonzero(g >= best)[0]
             prev_g, prev_d = best, 0.0
             end = math.nan
@@ -104,6 +111,17 @@ class ProfileResult:
                     end = prev_g + (thr - prev_d) * (g[i] - prev_g) / (d[i] - prev_d)
                     break
                 prev_g, prev_d = g[i], d[i]
+            if math.isnan(end):
+                if math.isfinite(limit) and math.isclose(prev_g, limit, rel_tol=1e-12,
+                                                         abs_tol=1e-12):
+                    end = float(limit)
+                    warnings.warn(f"{self.poi}: the {name} end of the interval is cut by the "
+                                  f"limit {limit:g} (Δ(−2 ln L) there {prev_d:.4g} < "
+                                  f"{thr:.4g})", stacklevel=2)
+                else:
+                    warnings.warn(f"{self.poi}: the scan does not reach Δ(−2 ln L) = "
+                                  f"{thr:.4g} on the {name} side (it ends at {prev_g:g}): "
+                                  "extend the grid", stacklevel=2)
             out.append(float(end))
         return out[0], out[1]
 
@@ -229,9 +247,11 @@ def profile(
 def _grid(grid: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(list(grid) if not isinstance(grid, np.ndarray) else grid,
-                         dtype=np.float64).reshape(-1)
+                         dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} cannot be read as numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise InputError(f"{what} must be one-dimensional, got shape {arr.shape}")
     if arr.size == 0:
         raise InputError(f"{what} is empty")
     if not np.all(np.isfinite(arr)):

@@ -47,7 +47,7 @@ import numpy as np
 from iminuit.util import describe
 
 from egmm.errors import InputError, ParameterError
-from egmm.infer.fit import FitResult, _items, fit, start_values
+from egmm.infer.fit import FitResult, _checked_limit, _items, fit, start_values
 
 __all__ = [
     "TEST_STATISTICS",
@@ -85,11 +85,11 @@ def _limits(cost: Any, limits: Limits | None) -> dict[str, tuple[float, float]]:
     for name, lim in describe(cost, annotations=True).items():
         lo, hi = (-math.inf, math.inf) if lim is None else lim
         out[name] = (float(lo), float(hi))
-    for name, (lo, hi) in (limits or {}).items():
+    for name, lim in (limits or {}).items():
         if name not in out:
             raise ParameterError(f"limits: unknown parameter {name!r}; the cost has "
                                  f"{list(out)}")
-        out[name] = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+        out[name] = _checked_limit(name, lim)  # (NaN or lo ≥ hi refused, by name)
     return out
 
 

@@ -284,7 +284,9 @@ class _UnbinnedCost(Cost):
 
         what = "data" if len(terms) == 1 else f"data (component {terms[0].name!r})"
         space = terms[0].density.space
-        x = space.validate(data, what=what)
+        # an extended likelihood of no events is 2 Σ ν (n = 0 is the classic upper limit);
+        # a plain one would be a constant
+        x = space.validate(data, what=what, allow_empty=self._extended)
         for t in terms:
             other = t.density.space
             if set(other.names) != set(space.names) or len(other.names) != len(space.names):
@@ -293,7 +295,8 @@ class _UnbinnedCost(Cost):
                     f"{terms[0].name!r} has {list(space.names)}"
                 )
             t.columns = np.array([space.index(n) for n in other.names])
-            other.validate(x[:, t.columns], what=f"data (component {t.name!r})")
+            other.validate(x[:, t.columns], what=f"data (component {t.name!r})",
+                           allow_empty=self._extended)
         self._x = x
         self._observables = space.names
         self._w = self._validate_weights(weights, len(x))
@@ -852,26 +855,14 @@ class _UnbinnedCost(Cost):
         """The same cost (class, densities, yields, options) on other events.
 
         ``data`` in this cost's observable order (or anything its space validates). An
-        extended cost accepts zero events (a Poisson fluctuation of a toy to 0): its value is
-        then 2 Σ_c ν_c.
+        extended cost accepts zero events (a Poisson fluctuation of a toy to 0), as its
+        constructor does: its value is then 2 Σ_c ν_c.
         """
         new = object.__new__(type(self))
         terms = [_Term(t.name, t.density, t.yield_) for t in self._terms]
         options = dict(mixture=self._mixture, allow_outside=self._allow_outside,
                        dtype=self._dtype, chunk_size=self._chunk_size, verbose=self.verbose)
-        empty = isinstance(data, np.ndarray) and data.size == 0
-        if not (empty and self._extended):
-            _UnbinnedCost.__init__(new, data, terms, weights, **options)
-            return new
-        if weights is not None and np.size(weights) != 0:
-            raise InputError("with_data: weights given for zero events")
-        # the constructor refuses empty data (bad input elsewhere): build the cost on one
-        # event known to be valid, then drop it; with no chunks only the Poisson term remains
-        _UnbinnedCost.__init__(new, self._x[:1], terms, None, **options)
-        new._x = self._x[:0].copy()
-        new._starts = []
-        new._prepare()
-        new._shapes = None  # no events: only the Poisson term
+        _UnbinnedCost.__init__(new, data, terms, weights, **options)
         return new
 
 
