@@ -148,6 +148,13 @@ def test_bad_input():
                  ntoys=3, seed=1, n_events=50, executor="serial")
     with pytest.raises(InputError, match="cannot generate data"):
         coverage(42, normal_cost, {"mu": 1.0}, ntoys=3, seed=1)
+    # a truth no fit can reach is said before the toys (it was "every fit failed" after them)
+    with pytest.raises(ParameterError, match=r"truth mu=1.0 lies outside its limits \[2.0"):
+        coverage(*args, ntoys=3, seed=1, limits={"mu": (2.0, 5.0)}, executor="serial")
+    # levels as a numpy array, as a list (was "cl must be a number")
+    res = coverage(*args, ntoys=3, seed=1, cl=np.array([0.6827, 0.9]), executor="serial",
+                   progress=False)
+    assert sorted({round(c.cl, 4) for c in res.coverage}) == [0.6827, 0.9]
 
 
 def test_fits_hesse_rejects_at_a_kink_keep_their_regions():

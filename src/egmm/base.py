@@ -273,7 +273,7 @@ _SEED_KINDS = ("None, a whole number ≥ 0, a sequence of them, a numpy.random.S
                "a numpy.random.Generator or a torch.Generator")
 
 
-def check_seed(seed: Any, name: str = "seed") -> Any:
+def check_sampler_seed(seed: Any, name: str = "seed") -> Any:
     """``seed`` if a sampler can use it (see :data:`_SEED_KINDS`: an integral float such as
     1e3 counts as whole), else :class:`InputError` naming ``name``; whole numbers come back as
     ints, sequences of them as lists."""
@@ -294,10 +294,10 @@ def check_seed(seed: Any, name: str = "seed") -> Any:
 
 
 def torch_generator(seed: Any, name: str = "seed") -> torch.Generator:
-    """A CPU ``torch.Generator`` for ``seed`` (:func:`check_seed`): a torch.Generator as is,
-    fresh entropy for None, one draw of a numpy Generator, else seeded through
-    ``numpy.random.SeedSequence``."""
-    seed = check_seed(seed, name)
+    """A CPU ``torch.Generator`` for ``seed`` (:func:`check_sampler_seed`): a
+    torch.Generator as is, fresh entropy for None, one draw of a numpy Generator, else
+    seeded through ``numpy.random.SeedSequence``."""
+    seed = check_sampler_seed(seed, name)
     if isinstance(seed, torch.Generator):
         return seed
     gen = torch.Generator()
@@ -313,9 +313,9 @@ def torch_generator(seed: Any, name: str = "seed") -> torch.Generator:
 
 
 def numpy_generator(seed: Any, name: str = "seed") -> np.random.Generator:
-    """A ``numpy.random.Generator`` for ``seed`` (:func:`check_seed`); a torch.Generator gives
-    one draw of it as the seed."""
-    seed = check_seed(seed, name)
+    """A ``numpy.random.Generator`` for ``seed`` (:func:`check_sampler_seed`); a
+    torch.Generator gives one draw of it as the seed."""
+    seed = check_sampler_seed(seed, name)
     if isinstance(seed, torch.Generator):
         seed = int(torch.randint(0, 2**62, (1,), generator=seed))
     return np.random.default_rng(seed)

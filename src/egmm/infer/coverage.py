@@ -545,7 +545,9 @@ def coverage(
         missing = [p for p in truth.parameters if p not in truth_values]
         if missing:
             raise ParameterError(f"coverage: truth_pars lacks {missing} needed by the truth")
-    levels = [_probability(c) for c in (cl if isinstance(cl, Sequence) else [cl])]
+    levels = [_probability(c) for c in (
+        list(np.ravel(cl)) if isinstance(cl, (Sequence, np.ndarray)) and not isinstance(cl, str)
+        else [cl])]
     job = _CoverageJob(truth, kind, cost_factory, truth_values,
                        n_events, bool(poisson), seed, (), (),
                        dict(start) if start is not None else None, fixed, limits,
@@ -570,6 +572,10 @@ def coverage(
     no_truth = [p for p in parameters if p not in truth_values]
     if no_truth:
         raise ParameterError(f"coverage: no truth value for {no_truth}")
+    for p, (lo, hi) in _limits(first, limits).items():  # before any toy is fitted
+        if p in truth_values and not lo <= truth_values[p] <= hi:
+            raise ParameterError(f"coverage: the truth {p}={truth_values[p]} lies outside "
+                                 f"its limits [{lo}, {hi}]: no fit could reach it")
     if not parameters:
         raise InputError("coverage: no parameter to study")
     if pairs is None:
