@@ -215,13 +215,16 @@ def test_model_file_errors(trained_2d, tmp_path):
     # a file from a newer schema: rewrite the header's schema field
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
-    header["__metadata__"]["schema"] = "99"
-    new_header = json.dumps(header).encode()
-    new_header += b" " * ((8 - len(new_header) % 8) % 8)
-    (tmp_path / "newer.egmm").write_bytes(struct.pack("<Q", len(new_header)) + new_header
-                                          + data[8 + n:])
+
+    def rewritten(name, metadata):
+        """The model file with its safetensors header's metadata replaced."""
+        text = json.dumps({**header, "__metadata__": metadata}).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+        return tmp_path / name
+
     with pytest.raises(ModelFileError, match="schema 99"):
-        GMMDensity.load(tmp_path / "newer.egmm")
+        GMMDensity.load(rewritten("newer.egmm", {**header["__metadata__"], "schema": "99"}))
     # one flipped bit in the weights: the checksum refuses it (it had loaded, changing log p)
     flipped = bytearray(data)
     flipped[8 + n + (len(data) - 8 - n) // 2] ^= 0x01
@@ -230,17 +233,12 @@ def test_model_file_errors(trained_2d, tmp_path):
         GMMDensity.load(tmp_path / "flipped.egmm")
     # a file without a checksum (written before it existed) whose trained range was edited:
     # the range no longer matches the network's input scaling
-    del header["__metadata__"]["sha256"]
-    header["__metadata__"]["schema"] = "1"
-    config = json.loads(header["__metadata__"]["config"])
+    old = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
+    config = json.loads(old["config"])
     config["parameter_bounds"] = {"c": [-7.0, 1.0]}
-    header["__metadata__"]["config"] = json.dumps(config)
-    edited = json.dumps(header).encode()
-    edited += b" " * ((8 - len(edited) % 8) % 8)
-    (tmp_path / "edited.egmm").write_bytes(struct.pack("<Q", len(edited)) + edited
-                                           + data[8 + n:])
     with pytest.raises(ModelFileError, match="trained range"):
-        GMMDensity.load(tmp_path / "edited.egmm")
+        GMMDensity.load(rewritten("edited.egmm", {**old, "config": json.dumps(config)}))
+    GMMDensity.load(rewritten("unchecked.egmm", old))  # (an old file as it was: loads)
     with pytest.raises(ModelFileError, match="folder does not exist"):
         trained_2d.save(tmp_path / "no" / "such" / "model.egmm")
 
