@@ -538,8 +538,7 @@ def _check_checkpoint(path: Path, ck: Any, fingerprint: Mapping[str, Any]) -> No
         return
     if not isinstance(theirs, Mapping):
         raise ModelFileError(f"{path}: damaged checkpoint (no fingerprint of its training)")
-    keys = sorted(set(theirs) | set(fingerprint), key=lambda k: (k not in fingerprint, k))
-    differ = sorted({_FINGERPRINT_NAMES.get(k, k) for k in keys
+    differ = sorted({_FINGERPRINT_NAMES.get(k, k) for k in set(theirs) | set(fingerprint)
                      if theirs.get(k) != fingerprint.get(k)})
     raise ModelFileError(f"{path}: checkpoint belongs to another training (this call's "
                          f"{', '.join(differ)}: not the checkpoint's); resume with the same "
