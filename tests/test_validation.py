@@ -168,6 +168,32 @@ def test_pull_frequencies_match_the_normal_table():
 
 
 # -- metrics: floors and power ----------------------------------------------------------------
+def test_discrete_observables_get_no_tie_blind_p_values():
+    # two samples of one Poisson(2): CvM's asymptotic p-value assumes no ties and gave ~3e-9
+    # (a perfect model with a discrete observable failed its report); AD's was 5× too often
+    # below 0.001. KS stays (conservative with ties); the binned χ² tests the integers.
+    from egmm import Observable, ObservableSpace
+
+    space = ObservableSpace([Observable("n", 0, 30, discrete=True), Observable("x", 0.0, 1.0)])
+    rng = np.random.default_rng(4)
+
+    def draw(m):
+        return np.c_[rng.poisson(2.0, m), rng.uniform(size=m)]
+
+    tests = ev.two_sample_tests(draw(500), draw(2000), space)
+    from scipy import stats
+    a, b = draw(500)[:, 0], draw(2000)[:, 0]
+    assert stats.cramervonmises_2samp(a, b).pvalue < 1e-4  # (what scipy says, ties ignored)
+    assert tests["n"]["ks"]["pvalue"] > 0.01
+    for kind in ("cvm", "ad"):
+        assert tests["n"][kind]["pvalue"] is None and "discrete" in tests["n"][kind]["note"]
+        assert tests["x"][kind]["pvalue"] is not None  # the continuous one keeps its tests
+    # one value in both samples (a discrete observable at an extreme θ): no scipy error
+    flat = ev.two_sample_tests(np.c_[np.zeros(50), rng.uniform(size=50)],
+                               np.c_[np.zeros(80), rng.uniform(size=80)], space)
+    assert flat["n"]["ks"]["pvalue"] == 1.0
+
+
 def test_truth_versus_truth_sits_at_the_floor():
     a = TOY.sample(4000, 0.8, -0.8, seed=10)
     b = TOY.sample(20_000, 0.8, -0.8, seed=11)

@@ -227,7 +227,8 @@ def _family_pvalues(metrics: Mapping[str, Any], family: str) -> list[float]:
     if family == "c2st":
         return [metrics["c2st"]["pvalue"]] if "pvalue" in metrics["c2st"] else []
     if family in ("ks", "cvm", "ad"):
-        return [r[family]["pvalue"] for r in metrics["two_sample"].values()]
+        return [r[family]["pvalue"] for r in metrics["two_sample"].values()
+                if r[family]["pvalue"] is not None]  # (CvM, AD: none for discrete ones)
     key = {"pit": "pit", "chi2_1d": "binned_1d", "chi2_2d": "binned_2d",
            "double_ratio": "double_ratio"}[family]
     results = metrics.get(key) or {}
