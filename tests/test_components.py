@@ -156,6 +156,15 @@ def test_hist_template_bad_inputs():
         HistTemplate(hist.Hist.new.StrCat(["a"], name="c").Double())
     t = HistTemplate(hist.Hist.new.Reg(2, 0, 1, name="x").Double().fill([0.2]))
     assert t.log_prob([0.7])[0] == -math.inf
+    # a histogram wider than its space: normalised over [0, 20] on a [0, 10] space it had
+    # integrated to 0.5 there (a fit's signal yield 422 for 279) and sampled outside it
+    wide = hist.Hist.new.Reg(20, 0, 20, name="x").Double().fill(np.linspace(0.5, 19.5, 20))
+    with pytest.raises(InputError, match=r"spans \[0, 20\], beyond the observable's bounds"):
+        HistTemplate(wide, ObservableSpace([Observable("x", 0.0, 10.0)]))
+    counts = hist.Hist.new.Integer(0, 8, name="n").Double().fill([1, 2, 7])
+    with pytest.raises(InputError, match="beyond"):
+        HistTemplate(counts, ObservableSpace([Observable("n", 0, 6, discrete=True)]))
+    HistTemplate(counts, ObservableSpace([Observable("n", 0, 7, discrete=True)]))  # 0 … 7
     assert "x ∈ [0.5, 1]" in t.describe_event(np.array([0.7]))
 
 
@@ -175,6 +184,15 @@ def test_yield_algebra_and_gradient():
         nu(c=1.0)
     with pytest.raises(InputError, match="cannot use"):
         xs * [1, 2]
+    for op in (lambda y: y - 1.0, lambda y: 1.0 / y, lambda y: y**2, lambda y: -y):
+        with pytest.raises(InputError, match="from_callable"):  # (was a bare TypeError)
+            op(mu)
+    # a function that leaves torch has no gradient: refused when one is taken (it was 0)
+    k = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(InputError, match=r"math\.exp"):
+        Yield.from_callable(lambda k: 100 * math.exp(k), ("k",))(k=k)
+    assert Yield.from_callable(lambda k: 100 * math.exp(k), ("k",)).value(k=0.0) == 100.0
+    assert Yield.from_callable(lambda k: torch.clamp(k, 0.0), ("k",), smooth=False).smooth is False
 
 
 def test_component_yields():

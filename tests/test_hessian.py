@@ -93,6 +93,10 @@ def test_which_costs_offer_an_exact_hessian():
     assert not UnbinnedNLL(x, kinked).has_exact_hessian
     assert UnbinnedNLL(x, kinked, hessian=True).has_exact_hessian  # the caller vouches
     assert not UnbinnedNLL(x, SIGNAL, hessian=False).has_exact_hessian
+    # a cost made for other data (every toy is) keeps the choice: it had fallen back to the
+    # default both ways
+    assert not UnbinnedNLL(x, SIGNAL, hessian=False).with_data(x[:50]).has_exact_hessian
+    assert UnbinnedNLL(x, kinked, hessian=True).with_data(x[:50]).has_exact_hessian
     with pytest.raises(EgmmError, match="no exact Hessian"):
         UnbinnedNLL(x, SIGNAL, hessian=False).exact_hessian(0.0, 1.0)
     points, values = [[-1.0], [0.0], [1.0]], [2.0, 1.0, 2.0]

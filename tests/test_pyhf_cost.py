@@ -13,6 +13,7 @@ from iminuit.util import describe
 
 from egmm.errors import InputError, ParameterError
 from egmm.infer import fit, start_values
+from egmm.infer.fit import parameter_limits
 from egmm.likelihood import Component, ExtendedUnbinnedNLL, PyhfCost, TorchDensity, Yield
 from egmm.observables import Observable, ObservableSpace
 
@@ -133,6 +134,36 @@ def test_unbinned_plus_constraint_plus_pyhf_in_one_fit(workspace):
     alone = fit(nll + NormalConstraint("n_bkg", 690.0, 30.0))
     assert res.values["mu"] == pytest.approx(1.2, abs=3 * res.errors["mu"])
     assert res.errors["mu"] < alone.errors["mu"]
+
+
+def test_a_shared_parameter_gets_the_intersection_of_the_terms_limits():
+    # a peak's mean "mu" trained on (4.5, 6) and a pyhf POI "mu" on [0, 10] that pulls it
+    # down: iminuit's CostSum keeps the first term's limits, so with the pyhf term first
+    # egmm.infer.fit had started at pyhf's init 1 (outside the density's range) and MIGRAD
+    # stepped out of it; the fit now intersects the limits, whatever the order
+    space = ObservableSpace([Observable("m", 0.0, 10.0)])
+
+    def peak(x, mu):
+        z = x[:, 0] - mu
+        norm = torch.special.ndtr(10.0 - mu) - torch.special.ndtr(-mu)
+        return -0.5 * z**2 - torch.log(math.sqrt(2 * math.pi) * norm)
+
+    dens = TorchDensity(space, peak, ("mu",), {"mu": (4.5, 6.0)})
+    events = np.random.default_rng(2).normal(5.0, 1.0, 300).clip(0.01, 9.99)
+    nll = ExtendedUnbinnedNLL(events, [Component("s", dens, "ns")])
+    spec = {"channels": [{"name": "cr", "samples": [
+        {"name": "sig", "data": [50.0, 100.0],
+         "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+        {"name": "bkg", "data": [50.0, 60.0], "modifiers": []}]}]}
+    binned = PyhfCost(pyhf.Model(spec, poi_name="mu"), [50.0, 60.0])  # wants mu → 0
+    results = []
+    for total in (nll + binned, binned + nll):
+        assert parameter_limits(total)["mu"] == (4.5, 6.0)
+        res = fit(total)
+        assert res.valid and res.minuit.limits["mu"] == (4.5, 6.0)
+        results.append(res)
+    assert results[1].values["mu"] == pytest.approx(results[0].values["mu"], abs=1e-3)
+    assert results[1].fval == pytest.approx(results[0].fval, abs=1e-6)
 
 
 def test_negative_auxiliary_data_of_gaussian_constraints(workspace):

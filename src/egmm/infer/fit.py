@@ -293,6 +293,23 @@ def first_steps(res: FitResult) -> dict[str, float] | None:
     return steps or None
 
 
+def parameter_limits(cost: Any) -> dict[str, tuple[float, float]]:
+    """Each parameter's limits: for a sum of costs the intersection over its terms (iminuit's
+    ``CostSum`` keeps the first term's, so a density's trained range after a pyhf term's
+    [0, 10] was ignored until the fit stepped out of it); (−inf, inf) where none is set."""
+    out = {n: (-math.inf, math.inf) for n in describe(cost)}
+    for item in _items(cost):
+        for n, lim in describe(item, annotations=True).items():
+            if lim is None:
+                continue
+            lo, hi = out[n]
+            out[n] = (max(lo, float(lim[0])), min(hi, float(lim[1])))
+            if not out[n][0] <= out[n][1]:
+                raise ParameterError(f"the terms' limits of {n!r} do not overlap: "
+                                     f"{out[n][0]} > {out[n][1]}")
+    return out
+
+
 def start_values(cost: Any) -> dict[str, float]:
     """Default starting values for every parameter of ``cost``.
 
@@ -303,7 +320,7 @@ def start_values(cost: Any) -> dict[str, float]:
     limits 0 if allowed else 1 away from the limit, else 0.
     """
     names = describe(cost)
-    limits = describe(cost, annotations=True)
+    limits = parameter_limits(cost)
     out: dict[str, float] = {}
     for item in _items(cost):
         if isinstance(item, NormalConstraint):
@@ -315,8 +332,8 @@ def start_values(cost: Any) -> dict[str, float]:
             for n, v in init().items():
                 out.setdefault(n, float(v))
     for n in names:
-        if n not in out:
-            lo, hi = limits[n] if limits[n] is not None else (-math.inf, math.inf)
+        lo, hi = limits[n]
+        if n not in out or not lo <= out[n] <= hi:  # (one term's start outside another's)
             out[n] = _middle(lo, hi)
     return {n: out[n] for n in names}
 
@@ -394,6 +411,8 @@ def make_minuit(
             _check_names(fixed, names, "fixed")
             fix_names += fixed
     m = _new_minuit(cost, values)
+    for n, lim in parameter_limits(cost).items():  # every term's, not only the first's
+        m.limits[n] = lim
     if limits is not None:
         _check_names(limits, names, "limits")
         for n, lim in limits.items():

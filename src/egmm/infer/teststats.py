@@ -47,7 +47,14 @@ import numpy as np
 from iminuit.util import describe
 
 from egmm.errors import InputError, ParameterError
-from egmm.infer.fit import FitResult, _checked_limit, _items, fit, start_values
+from egmm.infer.fit import (
+    FitResult,
+    _checked_limit,
+    _items,
+    fit,
+    parameter_limits,
+    start_values,
+)
 
 __all__ = [
     "TEST_STATISTICS",
@@ -81,10 +88,7 @@ class TestStatFits(NamedTuple):
 
 def _limits(cost: Any, limits: Limits | None) -> dict[str, tuple[float, float]]:
     """The cost's parameter limits, overridden by the user's (None ends open)."""
-    out: dict[str, tuple[float, float]] = {}
-    for name, lim in describe(cost, annotations=True).items():
-        lo, hi = (-math.inf, math.inf) if lim is None else lim
-        out[name] = (float(lo), float(hi))
+    out = parameter_limits(cost)
     for name, lim in (limits or {}).items():
         if name not in out:
             raise ParameterError(f"limits: unknown parameter {name!r}; the cost has "

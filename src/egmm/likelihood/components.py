@@ -299,6 +299,17 @@ class HistTemplate(DensityModel):
         self.parameters = ()
         self.parameter_bounds = {}
         self._edges = [np.asarray(axes[i].edges, dtype=np.float64) for i in order]
+        for obs, edges in zip(space, self._edges):
+            # normalised over the histogram: a range beyond the space would leave part of the
+            # probability outside it (a [0, 20] histogram on a [0, 10] space integrated to 0.5)
+            first, last = ((math.ceil(edges[0]), math.ceil(edges[-1]) - 1) if obs.discrete
+                           else (edges[0], edges[-1]))
+            if first < obs.lo or last > obs.hi:
+                raise InputError(
+                    f"HistTemplate {name!r}: axis {obs.name!r} spans [{edges[0]:g}, "
+                    f"{edges[-1]:g}], beyond the observable's bounds [{obs.lo:g}, {obs.hi:g}]; "
+                    "slice the histogram to the bounds (h[hist.loc(lo):hist.loc(hi)]) or "
+                    "widen the observable")
         widths = []
         for obs, edges in zip(space, self._edges):
             if obs.discrete:  # integers in [lo, hi), as boost-histogram fills them
@@ -445,9 +456,17 @@ class Yield:
         fn: Callable[..., torch.Tensor],
         parameters: Sequence[str],
         parameter_bounds: Mapping[str, Sequence[float]] | None = None,
+        *,
+        smooth: bool = True,
     ) -> Yield:
-        """``fn(**params: Tensor) -> Tensor`` (0-d), written with torch ops for a gradient."""
-        return cls(fn, parameters, parameter_bounds)
+        """``fn(**params: Tensor) -> Tensor`` (0-d), written with torch ops for a gradient
+        (``math.exp`` on a parameter is refused when the gradient is taken: it leaves torch,
+        whose gradient would be 0). ``smooth=False`` for a function with kinks (``clamp``,
+        ``abs``, ``max``): the cost's HESSE then uses finite differences, not an exact
+        Hessian that sees one side of the kink."""
+        made = cls(fn, parameters, parameter_bounds)
+        made.smooth = bool(smooth)
+        return made
 
     @staticmethod
     def parameter(name: str) -> Yield:
@@ -473,6 +492,11 @@ class Yield:
 
     def _evaluate(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
         out = self._fn(**{p: params[p] for p in self.parameters})
+        if torch.is_grad_enabled() and any(params[p].requires_grad for p in self.parameters) \
+                and not (isinstance(out, torch.Tensor) and out.requires_grad):
+            raise InputError(f"{self!r}: the function returned a {type(out).__name__} "
+                             "without a torch graph of its parameters, so its gradient would "
+                             "be 0: write it with torch operations (torch.exp, not math.exp)")
         return torch.as_tensor(out, dtype=torch.float64)
 
     def _jet_evaluate(self, params: Mapping[str, Jet]) -> Jet | float:
@@ -501,6 +525,13 @@ class Yield:
 
     def __radd__(self, other: Any) -> Yield:
         return _Combination("+", (as_yield(other, algebra=True), self))
+
+    def _no_algebra(self, *_: Any) -> Yield:
+        raise InputError(f"{self!r}: yields combine by * and + only; write −, /, ** or a "
+                         "function in Yield.from_callable(fn, parameters)")
+
+    __sub__ = __rsub__ = __truediv__ = __rtruediv__ = __pow__ = __rpow__ = _no_algebra
+    __neg__ = _no_algebra
 
 
 class _ParameterYield(Yield):

@@ -321,6 +321,7 @@ class _UnbinnedCost(Cost):
             raise InputError(f"hessian=True: components {bad} have no θ gradient")
         self._has_hessian_flag = (all(t.smooth for t in terms) if hessian is None
                                   else bool(hessian))
+        self._hessian_option = hessian  # (with_data's costs, toys among them, keep it)
         self._hessian_cache: tuple[tuple[float, ...], np.ndarray] | None = None
         self._cache_key: tuple[float, ...] | None = None
         self._cache_value = math.nan
@@ -861,7 +862,8 @@ class _UnbinnedCost(Cost):
         new = object.__new__(type(self))
         terms = [_Term(t.name, t.density, t.yield_) for t in self._terms]
         options = dict(mixture=self._mixture, allow_outside=self._allow_outside,
-                       dtype=self._dtype, chunk_size=self._chunk_size, verbose=self.verbose)
+                       dtype=self._dtype, chunk_size=self._chunk_size, verbose=self.verbose,
+                       hessian=self._hessian_option)
         _UnbinnedCost.__init__(new, data, terms, weights, **options)
         return new
 
