@@ -74,6 +74,14 @@ def test_divergences_refuse_negative_contents():
     q.fill([0.2, 0.7])
     with pytest.raises(InputError, match="negative"):
         ev.binned_divergences(p, q, pseudo_count=0.0)
+    # an empty histogram is no sample (its pseudo-counts alone had given KL 0.9)
+    with pytest.raises(InputError, match="second histogram is empty"):
+        ev.binned_divergences(q, hist.Hist(axis, storage=hist.storage.Weight()))
+    # the same edges with overflow bins on one side only: said, not numpy's broadcast error
+    flowing = hist.Hist(hist.axis.Regular(2, 0.0, 1.0), storage=hist.storage.Weight())
+    flowing.fill([0.2, 0.7])
+    with pytest.raises(InputError, match="under- and overflow"):
+        ev.binned_divergences(q, flowing)
 
 
 def test_histograms_have_weight_storage_and_right_totals():

@@ -205,6 +205,9 @@ def _check_same_binning(*hists: hist.Hist) -> None:
                 a.size != b.size or not np.array_equal(a.edges, b.edges)
                 for a, b in zip(h.axes, first.axes)):
             raise InputError("histograms must have the same axes and binning")
+        if h.values(flow=True).shape != first.values(flow=True).shape:
+            raise InputError("histograms must have the same under- and overflow bins "
+                             "(the same edges with flow on one axis and not the other)")
         if h.variances() is None:
             raise InputError("histograms need Weight storage (variances)")
     if first.variances() is None:
@@ -243,8 +246,12 @@ def pulls(h_data: hist.Hist, h_model: hist.Hist, *, min_count: float = 5.0,
     and the data variance the expected Poisson one.
 
     Bins with an expected data content D·p̂ below ``min_count`` or with fewer effective model
-    entries are NaN: there the normal approximation fails. The same formula compares two
-    data samples (the floors), with the second one in the model's place.
+    entries are NaN: there the normal approximation fails. Weighted data enter through
+    their mean weight factor k_d: with weights that vary across the bins the single pulls'
+    spread is off (0.7–1.2 in a test with weights rising with x) though Σ pull² stays close
+    to its χ² (rejection 0.077 at α = 0.05); :func:`~egmm.validation.report` uses
+    unweighted data. The same formula compares two data samples (the floors), with the
+    second one in the model's place.
 
     Returns:
         array of the histogram's shape (flow bins included when ``flow``).

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from egmm.base import DensityModel, whole_number
+from egmm.base import DensityModel, is_real_number, whole_number
 from egmm.errors import InputError
 from egmm.observables import ObservableSpace, labelled
 from egmm.validation.histograms import _check_same_binning, pulls
@@ -140,13 +140,18 @@ def binned_divergences(h_p: Any, h_q: Any, *, pseudo_count: float = 0.5) -> dict
     r"""KL(P‖Q) and the Jensen-Shannon divergence of two histograms, in nats.
 
     P and Q are the bin contents (flow included) plus ``pseudo_count`` each, normalised to
-    one — so a bin empty in Q but not in P gives a large but finite KL. JS = ½ KL(P‖M) +
-    ½ KL(Q‖M) with M = (P + Q)/2 (≤ ln 2). Both are biased upwards by finite statistics
-    (≈ (B − 1)/(2N) for KL): read them against their floor.
+    one — so a bin empty in Q but not in P gives a large but finite KL (infinite with
+    ``pseudo_count=0``). JS = ½ KL(P‖M) + ½ KL(Q‖M) with M = (P + Q)/2 (≤ ln 2). Both are
+    biased upwards by finite statistics (KL of two samples of N and M events over B bins
+    ≈ (B − 1)(1/2N + 1/2M)): read them against their floor.
     """
     _check_same_binning(h_p, h_q)
-    if pseudo_count < 0:
-        raise InputError(f"pseudo_count must be ≥ 0, got {pseudo_count}")
+    if not (is_real_number(pseudo_count) and math.isfinite(pseudo_count)
+            and pseudo_count >= 0):
+        raise InputError(f"pseudo_count must be a finite number ≥ 0, got {pseudo_count!r}")
+    for which, h in (("first", h_p), ("second", h_q)):
+        if not float(h.values(flow=True).sum()) > 0:  # pseudo-counts alone are no sample
+            raise InputError(f"binned_divergences: the {which} histogram is empty")
     p = h_p.values(flow=True).ravel() + pseudo_count
     q = h_q.values(flow=True).ravel() + pseudo_count
     if (p < 0).any() or (q < 0).any():  # (negative weights: no probability distribution)
