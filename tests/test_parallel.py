@@ -167,3 +167,72 @@ def test_toy_file_tells_other_models_apart(study, tmp_path):
                                                 **kw).values, a)
     np.testing.assert_array_equal(toy_teststats(cost, pars, "mu", 1.0, out=out, **kw).values, a)
     assert len(out.read_bytes().splitlines()) == 12  # nothing ran again
+
+
+def flaky_task(job: str, index: int) -> dict:
+    """Fails (as a fit's MemoryError would be recorded) while the marker file exists."""
+    if (Path(job) / "short-of-memory").exists() and index % 3 == 0:
+        return {"index": index, "seed": [0, index], "value": None,
+                "error": "MemoryError: transient"}
+    return {"index": index, "seed": [0, index], "value": float(index)}
+
+
+def test_failed_toys_run_again_on_resume_and_one_file_has_one_writer(tmp_path):
+    # a failure recorded once had stayed for good: a resume ran nothing
+    out = tmp_path / "toys.jsonl"
+    (tmp_path / "short-of-memory").touch()
+    first = run_toys(flaky_task, str(tmp_path), range(9), key="k", executor="serial",
+                     out=out, progress=False)
+    assert sum("error" in r for r in first) == 3
+    (tmp_path / "short-of-memory").unlink()
+    ran = []
+    again = run_toys(flaky_task, str(tmp_path), range(9), key="k", executor="serial",
+                     out=out, progress=False, callback=ran.append)
+    assert sorted(r["index"] for r in ran) == [0, 3, 6]
+    assert [r["value"] for r in again] == [float(i) for i in range(9)]
+    assert ToyStore(out).load("k")[3]["value"] == 3.0  # the good record wins from now on
+    # two runs of one study on one file at once: the second waits for the first's lock and
+    # then finds every toy done (both had run all toys, leaving duplicates)
+    shared = tmp_path / "shared.jsonl"
+    with ThreadPoolExecutor(2) as threads:
+        done = list(threads.map(lambda _: run_toys(flaky_task, str(tmp_path), range(40),
+                                                   key="s", executor="serial", out=shared,
+                                                   progress=False), range(2)))
+    assert done[0] == done[1] and len(shared.read_bytes().splitlines()) == 40
+
+
+def test_a_one_line_file_that_is_not_a_toy_file_is_kept(tmp_path):
+    # json.dump writes no final newline: such a file had been taken for a line cut short by
+    # a kill and emptied
+    foreign = tmp_path / "results.json"
+    foreign.write_text('{"cls": 0.03, "mu": 1.0}')
+    with pytest.raises(InputError, match="not a toy record"):
+        ToyStore(foreign).load("a")
+    assert foreign.read_text() == '{"cls": 0.03, "mu": 1.0}'
+
+
+def test_a_model_change_that_vanishes_at_the_toys_point_gets_its_own_toys(tmp_path):
+    # a pyhf modifier's variation changed (normsys 1.1/0.9 → 1.3/0.7), toys at its nominal
+    # value: the toys' −2 ln L there is the same, and the second study reused the first's
+    pyhf = pytest.importorskip("pyhf")
+    from egmm.likelihood import PyhfCost
+
+    def model(up):
+        spec = {"channels": [{"name": "c", "samples": [
+            {"name": "sig", "data": [5.0, 8.0],
+             "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+            {"name": "bkg", "data": [20.0, 30.0],
+             "modifiers": [{"name": "n", "type": "normsys",
+                            "data": {"hi": up, "lo": 2.0 - up}}]}]}]}
+        m = pyhf.Model(spec, poi_name="mu")
+        return PyhfCost(m, [22.0, 31.0, *m.config.auxdata])
+
+    out = tmp_path / "toys.jsonl"
+    kw = dict(ntoys=6, seed=2, executor="serial", progress=False, out=out)
+    pars = {"mu": 1.0, "n": 0.0}
+    a = toy_teststats(model(1.1), pars, "mu", 1.0, **kw)
+    b = toy_teststats(model(1.3), pars, "mu", 1.0, **kw)
+    assert len(out.read_bytes().splitlines()) == 12  # the second ran its own toys
+    fresh = toy_teststats(model(1.3), pars, "mu", 1.0, **{**kw, "out": None})
+    np.testing.assert_array_equal(b.values, fresh.values)
+    assert not np.array_equal(a.values, b.values)

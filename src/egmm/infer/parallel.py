@@ -22,7 +22,7 @@ import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from egmm.errors import EgmmError, InputError
+
+try:  # POSIX: a study locks its toy file
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None  # type: ignore[assignment]
 
 try:  # cloudpickle (a dependency of dask) also ships lambdas and locally defined densities
     import cloudpickle as _pickler
@@ -149,9 +154,14 @@ class ToyStore:
     One line per toy: ``{"key": ..., "index": ..., "seed": ..., <results>}``; ``key``
     identifies the set of toys (study, hypothesis, fingerprint of its settings), so one file
     can hold the toys of many hypothesis tests. Each line is flushed when written. A last line
-    cut short by a killed process (no newline at its end) is discarded (the file is truncated
-    to its last complete line) and that toy runs again; any complete line that is not a toy
-    record raises :class:`~egmm.InputError` (a file that is not egmm's is left untouched).
+    cut short by a killed process (a toy record's beginning without a newline) is discarded
+    (the file is truncated to its last complete line) and that toy runs again; any other
+    line that is not a toy record raises :class:`~egmm.InputError` (a file that is not
+    egmm's, e.g. one JSON document without a final newline, is left untouched). A toy
+    recorded as failed (``error``) runs again when its study resumes (its failure may have
+    been passing, e.g. memory); the first record without an error counts. While a study
+    writes, it holds an exclusive lock on the file (POSIX ``flock``): a second run of the
+    same file waits for it rather than running the same toys twice.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -174,7 +184,8 @@ class ToyStore:
                 if not isinstance(rec, dict) or "key" not in rec or "index" not in rec:
                     raise ValueError("not a toy record")
             except ValueError as exc:
-                if not (last and not line.endswith(b"\n")):  # a complete line: not ours
+                cut = last and not line.endswith(b"\n") and line.startswith(b'{"key": ')
+                if not cut:  # a complete line, or not the start of a record: not ours
                     raise InputError(f"{self.path}: line {n + 1} is not a toy record ({exc}); "
                                      "the file is corrupted or not an egmm toy file") from None
                 with open(self.path, "r+b") as fh:  # a line cut short by a kill: drop it
@@ -184,8 +195,24 @@ class ToyStore:
             if rec["key"] == key:
                 rec = dict(rec)
                 del rec["key"]
-                out.setdefault(int(rec["index"]), rec)
+                i = int(rec["index"])
+                if i not in out or ("error" in out[i] and "error" not in rec):
+                    out[i] = rec
         return out
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the file (POSIX ``flock``; elsewhere none): one study
+        reads and appends at a time."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
     def writer(self, key: str) -> Iterator[Callable[[dict[str, Any]], None]]:
@@ -205,13 +232,30 @@ def fingerprint(*parts: Any) -> str:
 
 
 def value_digest(cost: Any, values: Any) -> str:
-    """``cost`` at ``values`` (name -> value, the cost's order), exactly (hex): in a toy
-    study's key it tells apart studies of other models under the same names and settings,
-    where a pickle would not do (a cost's caches change as it is evaluated). On another
-    machine the last bits may differ: its toys then run again, never mix."""
+    """``cost`` at ``values`` (name -> value, the cost's order) and at one point more per
+    parameter (moved by a tenth of its range, or of max(1, |value|) where a limit is open),
+    exactly (hex): in a toy study's key it tells apart studies of other models under the same
+    names and settings, where a pickle would not do (a cost's caches change as it is
+    evaluated). The moved points see changes that vanish at ``values`` (a pyhf modifier's
+    variations, at its nominal value). On another machine the last bits may differ: its toys
+    then run again, never mix."""
     from iminuit.util import describe
 
-    return float(cost(*[values[n] for n in describe(cost)])).hex()
+    from egmm.infer.fit import parameter_limits
+
+    names = list(describe(cost))
+    point = [float(values[n]) for n in names]
+    parts = [float(cost(*point)).hex()]
+    for j, (lo, hi) in enumerate(parameter_limits(cost).values()):
+        step = 0.1 * ((hi - lo) if math.isfinite(hi - lo) else max(1.0, abs(point[j])))
+        moved = list(point)
+        moved[j] = point[j] + step if point[j] + step <= hi else point[j] - step
+        try:
+            parts.append(float(cost(*moved)).hex())
+        except Exception as exc:  # (outside a density's range: the same for the same model)
+            parts.append(type(exc).__name__)
+    return parts[0] if len(parts) == 1 else hashlib.sha256(
+        " ".join(parts).encode()).hexdigest()[:32]
 
 
 def pickled_digest(*objects: Any) -> str:
@@ -259,9 +303,19 @@ def run_toys(
     """
     indices = [int(i) for i in indices]
     store = ToyStore(out) if out is not None else None
+    with store.locked() if store is not None else nullcontext():
+        return _run_toys(task, job, indices, key, store, executor, progress, desc, callback,
+                         chunk_size, max_resubmits)
+
+
+def _run_toys(task: Callable[[Any, int], dict[str, Any]], job: Any, indices: list[int],
+              key: str, store: ToyStore | None, executor: Any, progress: bool, desc: str,
+              callback: Callable[[dict[str, Any]], None] | None, chunk_size: int | None,
+              max_resubmits: int) -> list[dict[str, Any]]:
     done = store.load(key) if store is not None else {}
-    todo = [i for i in indices if i not in done]
-    results = {i: done[i] for i in indices if i in done}
+    # (a toy recorded as failed runs again: its failure may have passed)
+    todo = [i for i in indices if i not in done or "error" in done[i]]
+    results = {i: done[i] for i in indices if i not in todo}
     bar = tqdm(total=len(indices), initial=len(indices) - len(todo), desc=desc, unit="toy",
                disable=not progress, leave=False)
     try:
