@@ -147,6 +147,16 @@ def test_bad_executor_and_corrupted_file(study, tmp_path):
     assert foreign.read_text() == '{"experiment": "important", "value": 42}\n'
     with pytest.raises(InputError, match="ntoys"):
         ToyCalculator(study[0], "mu", ntoys=-1)
+    # run_toys is public: a chunk size that ran nothing (then KeyError), repeated indices
+    # (run twice) and a folder for out= (IsADirectoryError) are named
+    for kwargs, match in (({"chunk_size": -1}, "chunk_size"), ({"chunk_size": 2.5}, "chunk_size"),
+                          ({"out": tmp_path}, "is a folder")):
+        with pytest.raises(InputError, match=match):
+            run_toys(flaky_task, str(tmp_path), range(3), key="k", executor="serial",
+                     progress=False, **kwargs)
+    with pytest.raises(InputError, match="repeat"):
+        run_toys(flaky_task, str(tmp_path), [0, 1, 1], key="k", executor="serial",
+                 progress=False)
 
 
 def test_toy_file_tells_other_models_apart(study, tmp_path):

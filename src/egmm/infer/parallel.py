@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError
 
 try:  # POSIX: a study locks its toy file
@@ -302,6 +303,12 @@ def run_toys(
         max_resubmits: how often a task whose worker was lost is submitted again.
     """
     indices = [int(i) for i in indices]
+    if len(set(indices)) != len(indices):
+        raise InputError("run_toys: toy indices repeat (each toy runs once)")
+    if chunk_size is not None:
+        chunk_size = whole_number(chunk_size, "run_toys: chunk_size")
+    if out is not None and Path(out).is_dir():
+        raise InputError(f"out={str(out)!r} is a folder; give a file (JSON lines)")
     store = ToyStore(out) if out is not None else None
     with store.locked() if store is not None else nullcontext():
         return _run_toys(task, job, indices, key, store, executor, progress, desc, callback,
