@@ -262,6 +262,18 @@ def test_float64_weights_stay_float64_and_threads_save_one_path(trained_2d, tmp_
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_extrapolation_stops_where_it_is_no_density(trained_2d):
+    # allow_outside extrapolates, but 1e10 half-widths out a trained model's conditionals
+    # had integrated to 1e294 (+inf log p, NaN samples) without a word
+    x = trained_2d.sample(5, {"c": 0.5}, seed=1)
+    assert np.all(np.isfinite(trained_2d.log_prob(x, {"c": 3.0}, allow_outside=True)))
+    for far in (1e10, -1e20):
+        with pytest.raises(ParameterError, match="half-widths outside"):
+            trained_2d.log_prob(x, {"c": far}, allow_outside=True)
+        with pytest.raises(ParameterError, match="half-widths outside"):
+            trained_2d.sample(5, {"c": far}, allow_outside=True)
+
+
 def test_seeds_and_dtypes_are_checked(trained_2d):
     x = trained_2d.sample(5, {"c": 0.5}, seed=3)
     for bad in (-1, 2.5, "a", True, [1, -2]):

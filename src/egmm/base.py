@@ -143,9 +143,20 @@ class DensityModel(ABC):
             if not np.all(np.isfinite(col)):
                 bad = col[~np.isfinite(col)][0]
                 raise ParameterError(f"parameter {name!r} is not finite: {bad}")
-            if allow_outside:
-                continue
             lo, hi = self.parameter_bounds.get(name, (-np.inf, np.inf))
+            if allow_outside:
+                # extrapolation, but not where a trained network's output is no density
+                # any more (a paper-toy model at 1e10 half-widths: conditionals integrating
+                # to 1e294, +inf log p, NaN samples; at 1e8 still exact)
+                half = 0.5 * (hi - lo)
+                if half > 0 and math.isfinite(half):
+                    far = np.abs(col - 0.5 * (lo + hi)) > _EXTRAPOLATION_LIMIT * half
+                    if far.any():
+                        raise ParameterError(
+                            f"parameter {name!r} = {col[far][0]} lies more than "
+                            f"{_EXTRAPOLATION_LIMIT:g} half-widths outside the model's range "
+                            f"[{lo}, {hi}], where its extrapolation is no density")
+                continue
             bad = (col < lo) | (col > hi)
             if bad.any():
                 raise ParameterError(
@@ -268,6 +279,9 @@ def is_real_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, bool)
 
+
+#: how far (in half-widths of the trained range, from its centre) allow_outside extrapolates
+_EXTRAPOLATION_LIMIT = 1e6
 
 _SEED_KINDS = ("None, a whole number ≥ 0, a sequence of them, a numpy.random.SeedSequence, "
                "a numpy.random.Generator or a torch.Generator")
