@@ -169,6 +169,7 @@ def test_hist_template_bad_inputs():
 
 
 # -- yields and cross sections ---------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad:UserWarning")
 def test_yield_algebra_and_gradient():
     xs = CrossSection.from_callable(lambda c: 2.0 + c**2, ("c",))
     mu = Yield.parameter("mu")
