@@ -382,6 +382,7 @@ class _UnbinnedCost(Cost):
                 raise InputError(
                     f"parameter {name!r}: the ranges of {origin[name]} do not overlap"
                 )
+        self._origins = origin  # (for the out-of-range message)
         index = {n: i for i, n in enumerate(limits)}
         for t in terms:
             t.theta_index = torch.tensor([index[p] for p in t.density.parameters],
@@ -548,7 +549,12 @@ class _UnbinnedCost(Cost):
         bad = (theta < self._reach_lo) | (theta > self._reach_hi)
         if bad.any():
             i = int(np.argmax(bad))
-            hint = "" if self._allow_outside else " (allow_outside=True extrapolates densities)"
+            sources = self._origins.get(self._names[i], [])
+            if not self._allow_outside and any(s.startswith("density") for s in sources):
+                hint = " (allow_outside=True extrapolates densities)"
+            else:  # a yield's range: no option widens it; a fit's limits must stay inside
+                hint = (f" of the {' and '.join(sources)} (keep fit limits inside it)"
+                        if sources else "")
             raise ParameterError(
                 f"parameter {self._names[i]!r} = {float(theta[i])!r} lies outside its range "
                 f"[{self._lo[i]}, {self._hi[i]}]{hint}"
