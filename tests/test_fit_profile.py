@@ -246,6 +246,16 @@ def test_contour_of_a_gaussian_is_the_exact_ellipse():
     np.testing.assert_allclose(q, wilks_threshold(1, 2), atol=1e-4)
 
 
+def test_a_contour_cut_by_a_limit_says_so():
+    # a circle of Δ = 2.296 about (0.5, 0) with a ≥ 0: part of it lies beyond the limit,
+    # whose points sit on it (they had come back without a word)
+    cost = NormalConstraint(["a", "b"], [0.5, 0.0], [1.0, 1.0])
+    gfit = fit(cost, {"a": 0.5, "b": 0.0}, limits={"a": (0.0, None)})
+    with pytest.warns(UserWarning, match="lie on the limit a=0: the region is cut there"):
+        poly = contour(cost, "a", "b", cl=1, size=20, global_fit=gfit)[1]
+    assert np.all(poly[:, 0] >= 0.0) and np.any(poly[:, 0] == 0.0)
+
+
 def test_contour_bad_input(model_cost, global_fit):
     with pytest.raises(ParameterError, match="unknown parameter 'tau'"):
         contour(model_cost, "mu", "tau", global_fit=global_fit)

@@ -297,6 +297,7 @@ def contour(
 
     Returns:
         dict cl -> (size + 1, 2) array of (x, y) points, first point repeated at the end.
+        A region cut by a parameter's limit has points on it, with a warning.
     """
     gfit = _global_fit(cost, global_fit, tol, start=start, fixed=fixed, limits=limits,
                        strategy=strategy)
@@ -324,6 +325,13 @@ def contour(
         if refine:
             pts = _refine(cost, gfit, x, y, pts[:-1], thr, tol, atol)
             pts = np.vstack([pts, pts[:1]])
+        for j, name in enumerate((x, y)):  # a region cut by a limit: its points sit there
+            for limit in gfit.minuit.limits[name]:
+                on = np.isclose(pts[:-1, j], limit, rtol=1e-12, atol=1e-12)
+                if math.isfinite(limit) and on.any():
+                    warnings.warn(f"contour at cl={level}: {int(on.sum())} of {len(on)} "
+                                  f"points lie on the limit {name}={limit:g}: the region is "
+                                  "cut there", stacklevel=2)
         out[level] = pts
     return out
 
