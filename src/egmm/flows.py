@@ -48,6 +48,15 @@ def _zuko() -> Any:
     return zuko
 
 
+def _storable(value: Any) -> bool:
+    """Whether a model file's JSON config can hold ``value``."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 class FlowDensity(TrainedModel, SavableModel):
     """A zuko conditional flow p(x|θ) (``kind`` "NSF" or "MAF") on the latent space.
 
@@ -83,18 +92,12 @@ class FlowDensity(TrainedModel, SavableModel):
         self.kind = kind
         self.flow_kwargs = {k: list(v) if isinstance(v, tuple) else v
                             for k, v in flow_kwargs.items()}
-        try:  # options a model file can store, refused here rather than at save()
-            json.dumps(self.flow_kwargs)
-        except TypeError:
-            bad = {}
-            for k, v in self.flow_kwargs.items():
-                try:
-                    json.dumps(v)
-                except TypeError:
-                    bad[k] = v
+        # options a model file cannot store are refused here rather than at save()
+        bad = {k: v for k, v in self.flow_kwargs.items() if not _storable(v)}
+        if bad:
             raise InputError(f"FlowDensity: options {bad} cannot be stored in a model file: "
                              "give numbers, strings or lists of them (zuko's defaults for "
-                             "anything else)") from None
+                             "anything else)")
         self._init_module(parameter_bounds)
         zuko = _zuko()
         cls = getattr(zuko.flows, kind)
@@ -174,20 +177,21 @@ class FlowDensity(TrainedModel, SavableModel):
         # None, so that unseeded calls differ) inside a fork that leaves the caller's alone
         gen = torch_generator(seed, "sample: seed")
         out = np.empty((n, self.space.dim))
+        # sigmoid rounding can reach the box edge exactly; stay strictly inside it
+        eps = 1e-12 * (self.projection.u_hi - self.projection.u_lo)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            shared = None if th.ndim == 2 else self._dist(
+                self.scale_theta(th.to(self.device, dtype)), dtype)  # (one θ: built once)
             for s in range(0, n, chunk_size):
                 m = min(chunk_size, n - s)
-                if th.ndim == 2:
+                if shared is None:
                     dist = self._dist(self.scale_theta(th[s:s + m].to(self.device, dtype)), dtype)
                     y = dist.sample()
                 else:
-                    dist = self._dist(self.scale_theta(th.to(self.device, dtype)), dtype)
-                    y = dist.sample((m,)).reshape(m, self.space.dim)
+                    y = shared.sample((m,)).reshape(m, self.space.dim)
                 u = self._from_real(y.double())
-                # sigmoid rounding can reach the box edge exactly; stay strictly inside it
-                eps = 1e-12 * (self.projection.u_hi - self.projection.u_lo)
                 u = u.clamp(self.projection.u_lo + eps, self.projection.u_hi - eps)
                 out[s:s + m] = self.projection.inverse(u).cpu().numpy()
         return out
