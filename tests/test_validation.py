@@ -336,6 +336,23 @@ def test_plots_of_inference_results(tmp_path):
     assert (tmp_path / "profile.png").exists() and (tmp_path / "contours.png").exists()
 
 
+def test_inference_plots_draw_into_the_callers_axes():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3))
+    left, right = fig.subplots(1, 2)
+    grid = np.linspace(-1, 1, 21)
+    out = ev.plot_profiles({"model": (grid, 3 * grid**2)}, parameter="mu", ax=right)
+    t = np.linspace(0, 2 * np.pi, 50)
+    ring = np.stack([np.cos(t), np.sin(t)], 1)
+    assert ev.plot_contours({"m": {0.6827: ring}}, parameters=("a", "b"), ax=left) is fig
+    assert out is fig and len(fig.axes) == 2
+    assert right.get_xlabel() == "mu" and left.get_xlabel() == "a"
+    assert len(right.lines) >= 1 and fig.get_size_inches()[0] == 8
+    with pytest.raises(InputError, match="ax must be a matplotlib Axes"):
+        ev.plot_profiles({"model": (grid, grid**2)}, ax="left")
+
+
 # -- command line -----------------------------------------------------------------------------
 def test_cli_validate_runs_on_a_tiny_case(tmp_path, capsys):
     model, x, th = trained_toy_model(dims=1, epochs=2)

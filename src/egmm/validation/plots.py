@@ -100,6 +100,20 @@ def _figure(figsize: tuple[float, float]) -> Any:
     return Figure(figsize=figsize, layout="constrained")
 
 
+@contextlib.contextmanager
+def _target(ax: Any, figsize: tuple[float, float], what: str) -> Iterator[tuple[Any, Any]]:
+    """(figure, axes) to draw a one-panel plot into: the caller's ``ax`` as it is (its
+    figure's style and size are the caller's), or a new figure in this module's style."""
+    if ax is None:
+        with style():
+            fig = _figure(figsize)
+            yield fig, fig.add_subplot()
+        return
+    if not (hasattr(ax, "plot") and getattr(ax, "figure", None) is not None):
+        raise InputError(f"{what}: ax must be a matplotlib Axes, got {type(ax).__name__}")
+    yield ax.figure, ax
+
+
 def _save(fig: Any, path: str | os.PathLike | None, dpi: float) -> Any:
     if path is not None:
         with style():
@@ -608,22 +622,23 @@ def _profile_arrays(p: Any) -> tuple[np.ndarray, np.ndarray]:
 def plot_profiles(profiles: Mapping[str, Any], *, parameter: str = "",
                   cl: Sequence[float] = (0.6827, 0.9545), truth: float | None = None,
                   title: str = "", path: str | os.PathLike | None = None,
-                  dpi: float = 110) -> Any:
+                  dpi: float = 110, ax: Any = None) -> Any:
     """Profile-likelihood scans Δ(−2 ln L) of one parameter, e.g. true pdf vs model.
+    Returns the figure.
 
     Arguments:
         profiles: label → :class:`egmm.infer.ProfileResult` or (grid, delta) arrays.
         parameter: x-axis label (default: the ProfileResult's poi).
         cl: confidence levels drawn as horizontal lines at ``wilks_threshold(cl, 1)``.
         truth: the true value, drawn as a vertical line.
+        ax: a matplotlib Axes to draw into (e.g. one panel of your own figure, in your
+            style); default: a new figure in mplhep's style (:func:`set_style`).
     """
     from egmm.infer.profile import wilks_threshold
 
     if not profiles:
         raise InputError("plot_profiles: no profiles given")
-    with style():
-        fig = _figure((6.4, 4.8))
-        ax = fig.add_subplot()
+    with _target(ax, (6.4, 4.8), "plot_profiles") as (fig, ax):
         for label, p in profiles.items():
             g, dlt = _profile_arrays(p)
             order = np.argsort(g)
@@ -649,8 +664,10 @@ def plot_contours(regions: Mapping[str, Mapping[float, Any]], *,
                   parameters: tuple[str, str] = ("", ""),
                   mle: Mapping[str, tuple[float, float]] | None = None,
                   truth: tuple[float, float] | None = None, title: str = "",
-                  path: str | os.PathLike | None = None, dpi: float = 110) -> Any:
+                  path: str | os.PathLike | None = None, dpi: float = 110,
+                  ax: Any = None) -> Any:
     """Profile-likelihood regions of two parameters (e.g. from :func:`egmm.infer.contour`).
+    Returns the figure.
 
     Arguments:
         regions: label → {cl → closed polygon (K, 2)}; each label gets one colour, the
@@ -658,15 +675,15 @@ def plot_contours(regions: Mapping[str, Mapping[float, Any]], *,
         parameters: axis labels.
         mle: label → best-fit point, drawn as a cross.
         truth: the true point, drawn as a star.
+        ax: a matplotlib Axes to draw into; default: a new figure (see
+            :func:`plot_profiles`).
     """
     from matplotlib.lines import Line2D
 
     if not regions:
         raise InputError("plot_contours: no regions given")
     styles = ["-", "--", ":", "-."]
-    with style():
-        fig = _figure((6.0, 5.6))
-        ax = fig.add_subplot()
+    with _target(ax, (6.0, 5.6), "plot_contours") as (fig, ax):
         handles = []
         colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
         levels = sorted({float(level) for r in regions.values() for level in r})
