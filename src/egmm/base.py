@@ -9,6 +9,7 @@ analytic/background pdfs all implement it.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -134,6 +135,40 @@ class DensityModel(ABC):
             raise ParameterError(f"θ has {arr.shape[0]} rows for {n_events} events")
         self.check_theta(arr, allow_outside=allow_outside)
         return torch.as_tensor(arr, dtype=torch.float64)
+
+    def renamed(self, names: Mapping[str, str]) -> DensityModel:
+        """This model with parameters renamed, ``{"old": "new"}`` (the others keep their
+        names), as iminuit's costs rename with ``name=``: terms of a likelihood share a
+        parameter exactly when they use one name, so two channels' models trained with the
+        same θ name get their own parameters this way, and θ can take a physics name.
+
+        The copy is the same density: it shares the original's networks, trained range and
+        prepared work (nothing is copied but the names); its files (``save``) carry the
+        new names. Positional θ keeps its order.
+
+        Raises:
+            ParameterError: a name that is not a parameter of this model.
+            InputError: a new name that is empty or not a string, or names that collide.
+        """
+        if not isinstance(names, Mapping):
+            raise InputError(f"renamed: expected a mapping old name -> new name, got "
+                             f"{type(names).__name__}")
+        unknown = [k for k in names if k not in self.parameters]
+        if unknown:
+            raise ParameterError(f"renamed: {unknown} are not parameters of this model; it "
+                                 f"has {list(self.parameters)}")
+        for old, new in names.items():
+            if not isinstance(new, str) or not new:
+                raise InputError(f"renamed: the new name of {old!r} must be a non-empty "
+                                 f"string, got {new!r}")
+        new_names = tuple(names.get(p, p) for p in self.parameters)
+        dupes = sorted({n for n in new_names if new_names.count(n) > 1})
+        if dupes:
+            raise InputError(f"renamed: two parameters would be called {dupes}")
+        out = copy.copy(self)
+        out.parameters = new_names
+        out.parameter_bounds = {names.get(p, p): b for p, b in self.parameter_bounds.items()}
+        return out
 
     def check_theta(self, arr: np.ndarray, *, allow_outside: bool = False) -> None:
         """Raise :class:`ParameterError` for non-finite θ or θ outside ``parameter_bounds``."""

@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,13 @@ class EnsembleDensity(DensityModel):
         self.smooth = all(getattr(m, "smooth", False) for m in members)
         with np.errstate(divide="ignore"):
             self._log_w = np.log(w)
+
+    def renamed(self, names: Mapping[str, str]) -> EnsembleDensity:
+        """The ensemble with parameters renamed (see :meth:`egmm.base.DensityModel.renamed`);
+        its members are renamed alike."""
+        out = super().renamed(names)
+        out.members = [m.renamed(names) for m in self.members]
+        return out
 
     @property
     def device(self) -> torch.device:

@@ -129,6 +129,8 @@ class TorchDensity(DensityModel):
         )
         self._fn = log_prob_fn
         self._sampler = sampler
+        # the names the functions are called with (``renamed`` changes only the public ones)
+        self._call_names = self.parameters
         self.smooth = bool(smooth)
 
     @classmethod
@@ -183,7 +185,7 @@ class TorchDensity(DensityModel):
 
     def log_prob_tensor(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         theta = torch.as_tensor(theta)
-        kwargs = {name: theta[..., j] for j, name in enumerate(self.parameters)}
+        kwargs = {name: theta[..., j] for j, name in enumerate(self._call_names)}
         out = self._fn(x, **kwargs)
         if not isinstance(out, torch.Tensor):
             out = torch.as_tensor(np.asarray(out, dtype=np.float64), device=x.device)
@@ -205,7 +207,7 @@ class TorchDensity(DensityModel):
         if th.ndim != 1:
             raise InputError(f"TorchDensity {self.name!r}: its sampler draws at one θ point; "
                              f"got θ per event, shape {tuple(th.shape)}")
-        values = {name: float(th[j]) for j, name in enumerate(self.parameters)}
+        values = {name: float(th[j]) for j, name in enumerate(self._call_names)}
         out = self._sampler(sample_count(n), values, np.random.default_rng(seed))
         return self.space.validate(out, what=f"events sampled by {self.name!r}")
 
