@@ -272,6 +272,14 @@ def test_extrapolation_stops_where_it_is_no_density(trained_2d):
             trained_2d.log_prob(x, {"c": far}, allow_outside=True)
         with pytest.raises(ParameterError, match="half-widths outside"):
             trained_2d.sample(5, {"c": far}, allow_outside=True)
+    # the PIT and the latent density extrapolate alike, and refuse without allow_outside
+    u = trained_2d.projection.forward(torch.as_tensor(x)).numpy()
+    for method, arg in ((trained_2d.pit, x), (trained_2d.log_prob_latent, u)):
+        with pytest.raises(ParameterError, match="outside the model's range"):
+            method(arg, {"c": 3.0})
+        assert np.all(np.isfinite(method(arg, {"c": 3.0}, allow_outside=True)))
+    lat = trained_2d.log_prob_latent(u, {"c": 3.0}, allow_outside=True)
+    assert np.all(lat != trained_2d.log_prob_latent(u, {"c": 0.5}))
 
 
 def test_seeds_and_dtypes_are_checked(trained_2d):

@@ -571,14 +571,17 @@ class GMMDensity(TrainedModel, SavableModel):
             cols.append(self._conditional_pre_t(i, u, net.pre_t(inputs_t, tp)))
         return torch.stack(cols, dim=1)
 
-    def log_prob_latent(self, u: Any, theta: Any = None) -> Any:
+    def log_prob_latent(self, u: Any, theta: Any = None, *, allow_outside: bool = False
+                        ) -> Any:
         """log p(u|θ) in latent space, (N,).
 
         Tensor input: no validation, differentiable, same dtype. Array input: validated against
-        the latent box (continuous) and the discrete values, returns float64 numpy.
+        the latent box (continuous) and the discrete values, returns float64 numpy. θ outside
+        the trained range raises unless ``allow_outside=True`` (as :meth:`log_prob`).
         """
         if isinstance(u, torch.Tensor):
-            th = theta if isinstance(theta, torch.Tensor) else self.theta_tensor(theta)
+            th = theta if isinstance(theta, torch.Tensor) else self.theta_tensor(
+                theta, allow_outside=allow_outside)
             return self.log_prob_latent_per_observable(u, th).sum(1)
         uu = np.asarray(u, dtype=np.float64)
         if uu.ndim != 2 or uu.shape[1] != self.space.dim:
@@ -593,7 +596,7 @@ class GMMDensity(TrainedModel, SavableModel):
         if self.space.discrete.any():
             self.space.validate(np.where(cont[None, :], np.clip(
                 uu, self.space.lo, self.space.hi), uu), what="latent values")
-        th = self.theta_tensor(theta, n_events=len(uu))
+        th = self.theta_tensor(theta, n_events=len(uu), allow_outside=allow_outside)
         with torch.no_grad():
             return self.log_prob_latent_per_observable(
                 torch.as_tensor(uu, device=self.device), th.to(self.device)).sum(1).cpu().numpy()
@@ -795,14 +798,15 @@ class GMMDensity(TrainedModel, SavableModel):
             inputs_t[1 + i] = scaled.to(dtype)
         return u
 
-    def pit(self, x: Any, theta: Any = None) -> np.ndarray:
+    def pit(self, x: Any, theta: Any = None, *, allow_outside: bool = False) -> np.ndarray:
         """Probability-integral transform of every conditional, (N, D) in [0, 1].
 
         Continuous: the truncated-mixture CDF of u_i given u_<i, θ (uniform for samples of the
-        model). Discrete: the CDF midpoint P(<k) + P(=k)/2 (uniform in mean only).
+        model). Discrete: the CDF midpoint P(<k) + P(=k)/2 (uniform in mean only). θ outside
+        the trained range raises unless ``allow_outside=True`` (as :meth:`log_prob`).
         """
         xv = self.space.validate(x)
-        th = self.theta_tensor(theta, n_events=len(xv))
+        th = self.theta_tensor(theta, n_events=len(xv), allow_outside=allow_outside)
         with torch.no_grad():
             xt = torch.as_tensor(xv, device=self.device)
             u = self.projection.forward(xt)
