@@ -7,7 +7,16 @@ import pytest
 import torch
 from scipy import stats
 
-from egmm import FlowDensity, InputError, LatentProjection, Observable, ObservableSpace, train
+import egmm
+from egmm import (
+    FlowDensity,
+    GMMDensity,
+    InputError,
+    LatentProjection,
+    Observable,
+    ObservableSpace,
+    train,
+)
 from helpers import quadrature_nodes, toy_2d, toy_2d_scores
 
 pytest.importorskip("zuko")
@@ -78,6 +87,9 @@ def test_flow_save_load_and_gradient(flow, tmp_path):
     path = tmp_path / "flow.egmm"
     flow.save(path)
     loaded = FlowDensity.load(path)
+    assert isinstance(egmm.load_model(path), FlowDensity)  # the class the file names
+    with pytest.raises(InputError, match="holds a FlowDensity, not a GMMDensity"):
+        GMMDensity.load(path)
     x = flow.sample(100, {"c": 0.3}, seed=2)
     np.testing.assert_array_equal(loaded.log_prob(x, {"c": 0.3}), flow.log_prob(x, {"c": 0.3}))
     th = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)

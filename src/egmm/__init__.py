@@ -22,6 +22,7 @@ from egmm.likelihood import (
     Yield,
 )
 from egmm.observables import Observable, ObservableSpace
+from egmm.serialization import load_model
 from egmm.training import TrainingHistory, train
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "Yield",
     "__version__",
     "infer",
+    "load_model",
     "train",
     "validation",
 ]

@@ -108,7 +108,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild the model stored in ``path`` (class taken from the file)."""
+    """Rebuild the model stored in ``path``, whatever its class (``egmm.load_model``: a
+    GMMDensity or a FlowDensity, as the file says); ``GMMDensity.load`` /
+    ``FlowDensity.load`` also check the class."""
     path = Path(path)
     config = read_config(path)
     cls = _registry().get(config.get("class"))
