@@ -20,11 +20,16 @@ wrapper that adds a function call per pass), seconds per call, one value call an
 gradient call timed alone, and the construction time of the cost.
 
 The FLOP floor of the model fits: (FLOPs/event of ``log_prob_prepared`` × 400) × (forward
-passes + 2 × backward passes) — a backward pass ≈ twice its forward, the usual convention —
-divided by the matrix-product roofline measured here: ``torch.matmul`` (400 × K) @ (K × N) for
-each per-event layer shape, float64 (the cost's dtype), the same thread count, FLOP-weighted.
-Only matrix products count (not the mixture's special functions, not Minuit), so wall / floor
-says how far a fit is from what its arithmetic needs. The roofline is measured once more
+passes + b × backward passes), b the FLOPs a backward pass executes in forward passes as
+FlopCounterMode counts them in a value + gradient call (1: with frozen weights a θ-only
+backward runs one product Wᵀδ per layer; it would be 2 with weight gradients), divided by the
+matrix-product roofline measured here: 400 events through each per-event layer shape in the
+faster of its two layouts (see ``throughput.matmul_rates``), float64 (the cost's dtype), the
+same thread count, FLOP-weighted. Only matrix products count (not the mixture's special
+functions, not Minuit). The passes are the ones this fit made (HESSE's finite differences
+included), so wall / floor is the fit's per-call efficiency — how far its calls are from what
+their arithmetic needs — not a bound on the fewest calls a fit could make (the SiLU model's
+exact Hessian needs far fewer). The roofline is measured once more
 right before each fit of the model's rows (a shorter measurement), and each fit is set
 against that one too (``wall_over_floor_paired``, their median): on a shared machine whose
 speed drifts, the paired ratio is the steadier figure. The FLOPs torch's FlopCounterMode counts
@@ -194,12 +199,16 @@ def row(name: str, density: Any, data: np.ndarray, *, cached: bool, repeats: int
     return out, cost, wrapped
 
 
-def floor(fit: dict[str, Any], flops_per_event: float, n_events: int, gflops: float
-          ) -> dict[str, Any]:
-    forward_equivalents = fit["forward_passes"] + 2 * fit["backward_passes"]
+def floor(fit: dict[str, Any], flops_per_event: float, n_events: int, gflops: float,
+          backward_factor: float) -> dict[str, Any]:
+    """The fit's FLOP floor: its forward passes, and its backward passes at
+    ``backward_factor`` forward passes each (measured: θ-only gradients of frozen networks
+    run one product Wᵀδ per layer, 1 ×), at the roofline ``gflops``."""
+    forward_equivalents = fit["forward_passes"] + backward_factor * fit["backward_passes"]
     flops = flops_per_event * n_events * forward_equivalents
     seconds = flops / (gflops * 1e9)
-    out = {"forward_equivalents": forward_equivalents, "flops": flops,
+    out = {"forward_equivalents": forward_equivalents, "backward_factor": backward_factor,
+           "flops": flops,
            "floor_seconds": seconds, "wall_over_floor": fit["wall_seconds_median"] / seconds}
     if fit.get("rooflines"):  # each fit against the roofline measured just before it
         paired = [wall * rate * 1e9 / flops
@@ -218,6 +227,12 @@ def gradient_call_flops(cost: UnbinnedNLL) -> int:
         cost.grad(p)
 
     return counted_flops(call)
+
+
+def counted_forward_flops(cost: UnbinnedNLL) -> int:
+    """Matrix-product FLOPs of one value call at a new point (FlopCounterMode)."""
+    p = np.array([START["cx"] + 5e-4, START["cy"] - 5e-4])
+    return counted_flops(lambda: cost(*p))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -271,8 +286,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     uncached, _, _ = row("model, uncached", model, data, cached=False, repeats=repeats,
                          roofline=roofline_now)
     reference, _, _ = row("true pdf", true_density(), data, cached=True, repeats=repeats)
+    grad_flops = gradient_call_flops(cost)
+    forward_flops = flops_analytic * n_events
+    # a backward pass's FLOPs in forward passes, as executed (FlopCounterMode's count of one
+    # value + gradient call over one forward pass, less the forward pass)
+    backward_factor = grad_flops / counted_forward_flops(cost) - 1.0
     for r in (cached, uncached):
-        r["floor"] = floor(r, flops_analytic, n_events, roofline)
+        r["floor"] = floor(r, flops_analytic, n_events, roofline, backward_factor)
         print(f"{r['name']}: floor {1e3 * r['floor']['floor_seconds']:.1f} ms "
               f"({r['floor']['forward_equivalents']} forward-pass equivalents); "
               f"wall / floor = {r['floor']['wall_over_floor']:.1f}; each fit against the "
@@ -289,8 +309,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rows[key], _, _ = row(name, smooth, data, cached=True, repeats=repeats,
                                   hessian=hess)
             rows[key]["model"] = smooth_origin
-    grad_flops = gradient_call_flops(cost)
-    forward_flops = flops_analytic * n_events
 
     gfit = egmm.infer.fit(cost, start=START)
     counter.reset()

@@ -7,7 +7,10 @@ Models (all on the paper toy's space: 4 observables, θ = (cx, cy) on [−1.5, 1
 * ``gmm``: GMMDensity with paper Table 6 defaults, ``benchmarks/results/paper_toy_gmm.egmm``
   when it exists (else an untrained one: the timing does not depend on the weights);
 * ``maf``, ``nsf``: FlowDensity with 3 transforms of two hidden layers each, the width chosen
-  so that the flow's weights match the GMM's total (closest width; within ~1 %).
+  so that the flow's trainable weights match the GMM's total (closest width; within ~1 %).
+  A MADE layer stores a full weight matrix but masks about 37 % of it to 0 in every call:
+  those entries are no weights of the model (they are counted as ``stored_weights``), though
+  their products run (they count in the executed FLOPs below).
 
 For every thread count × dtype (float32, float64) × chunk size (events per call):
 
@@ -27,8 +30,9 @@ and op in turn for ``--seconds / rounds``), so that a slow spell of a shared mac
 models compared alike instead of on whichever ran then; each round's best call is kept, and
 the summary adds the median of the GMM/peer ratio round by round beside the ratio of the bests.
 
-The roofline: ``torch.matmul`` of (rows × K) @ (K × N) for every layer shape (K, N) that runs
-once per event in the models, rows = chunk (capped at 65536 rows to bound the run time), same
+The roofline: ``torch.matmul`` of rows events through every layer shape (K, N) that runs once
+per event in the models, in the faster of the layouts (rows × K) @ (K × N) and
+(N × K) @ (K × rows), rows = chunk (capped at 65536 rows to bound the run time), same
 dtype, device and thread count, measured just before and just after the models of each chunk
 size (the better of the two counts: other jobs' load comes and goes). A model's roofline is
 its FLOP-weighted time bound: Σ FLOPs / Σ (FLOPs_layer / GFLOP/s_layer). FLOPs per event are
@@ -80,6 +84,7 @@ ROOFLINE_MAX_ROWS = 65536
 CHUNKS = (1024, 4096, 16384, 65536, 262144)
 SAMPLE_MAX_CHUNK = 65536
 QUICK_CHUNKS = (1024, 4096)
+METHOD = 2
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -94,16 +99,29 @@ def load_gmm(path: Path, seed: int) -> tuple[GMMDensity, str]:
     return model, f"untrained Table 6 model (no file {path})"
 
 
+def trainable_weights(module: nn.Module) -> int:
+    """Weights that can be trained: every parameter entry except those a MADE mask (zuko's
+    ``MaskedLinear``) multiplies by 0 in every call; such entries are stored but never act."""
+    total = 0
+    for m in module.modules():
+        mask = getattr(m, "mask", None)
+        for name, p in m.named_parameters(recurse=False):
+            total += (int((mask != 0).sum()) if name == "weight" and mask is not None
+                      else p.numel())
+    return total
+
+
 def flow_weights(kind: str, hidden: int, transforms: int) -> int:
     import zuko
 
     flow = getattr(zuko.flows, kind)(4, 2, transforms=transforms,
                                      hidden_features=(hidden, hidden))
-    return sum(p.numel() for p in flow.parameters())
+    return trainable_weights(flow)
 
 
 def matched_hidden(kind: str, target: int, transforms: int) -> int:
-    """The hidden width whose flow's weight count is closest to ``target`` (bisection)."""
+    """The hidden width whose flow's trainable weight count is closest to ``target``
+    (bisection)."""
     lo, hi = 1, 4096
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -132,8 +150,9 @@ def build_models(names: Sequence[str], gmm_path: Path, seed: int
         flow = FlowDensity(gmm.space, list(gmm.parameters), gmm.projection, kind=kind,
                            parameter_bounds=gmm.parameter_bounds, transforms=TRANSFORMS,
                            hidden_features=(hidden, hidden))
-        weights = flow.n_weights()
+        weights = trainable_weights(flow.module.flow)
         out[name] = (flow, {"class": f"FlowDensity({kind})", "weights": weights,
+                            "stored_weights": flow.n_weights(),
                             "weights_vs_gmm": weights / target, "hidden_features": [hidden] * 2,
                             "transforms": TRANSFORMS, "origin": "untrained zuko flow"})
     return out
@@ -220,15 +239,23 @@ def measured_flops_per_event(model: Any, op: str, x: np.ndarray, device: torch.d
 # -- the roofline ------------------------------------------------------------------------------
 def matmul_rates(shapes: Sequence[tuple[int, int]], rows: int, dtype: torch.dtype,
                  device: torch.device, max_seconds: float) -> dict[tuple[int, int], float]:
-    """GFLOP/s of torch.matmul (rows × K) @ (K × N) for every (K, N): best of a few calls."""
+    """GFLOP/s of the product of ``rows`` events through a K → N layer, for every (K, N):
+    the faster of its two layouts, events as rows (rows × K) @ (K × N) (training, the
+    flows' ``F.linear``) and events as columns (N × K) @ (K × rows) (egmm's frozen networks
+    and mixture heads), best of a few calls each. A roofline bounds what the machine can do
+    for the shape, so the slower layout must not set it: MKL's float64 (rows × 60) @ (60 × 20)
+    kernel runs at a third of the speed of the other layout on an EPYC."""
     rates = {}
     gen = torch.Generator(device="cpu").manual_seed(0)
     for k, n in sorted(set(shapes)):
         a = torch.randn(rows, k, generator=gen, dtype=dtype).to(device)
         b = torch.randn(k, n, generator=gen, dtype=dtype).to(device)
-        t = timed(lambda a=a, b=b: torch.matmul(a, b), repeats=5, warmup=1,
-                  max_seconds=max_seconds, device=device)
-        rates[(k, n)] = 2.0 * rows * k * n / t["best"] / 1e9
+        best = math.inf
+        for x, y in ((a, b), (b.T.contiguous(), a.T.contiguous())):
+            t = timed(lambda x=x, y=y: torch.matmul(x, y), repeats=5, warmup=1,
+                      max_seconds=max_seconds / 2, device=device)
+            best = min(best, t["best"])
+        rates[(k, n)] = 2.0 * rows * k * n / best / 1e9
     return rates
 
 
@@ -585,7 +612,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      "api_chunk": api_chunk,
                      "sample_max_chunk": args.sample_max_chunk,
                      "theta": THETA, "quick": args.quick, "seed": args.seed,
-                     "roofline_max_rows": ROOFLINE_MAX_ROWS},
+                     "roofline_max_rows": ROOFLINE_MAX_ROWS,
+                     # 2: flows matched on trainable weights, the roofline the faster of the
+                     # two layouts per shape (1, earlier files: stored weights, rows layout)
+                     "method": METHOD},
         "models": {name: desc for name, (_, desc) in models.items()},
         "runs": runs, "profiles": profiles,
         "wall_seconds": time.perf_counter() - start, "load_average_end": load_average(),

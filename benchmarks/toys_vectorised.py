@@ -14,20 +14,24 @@ studies do, e.g. egmm.infer.toy_teststats):
 
 Reported per model: toys/s of the batched fit alone (``validate=False``: BHHH errors; its
 Newton steps with float32 network bodies, the default, and float64 throughout,
-``float32_steps=False``), of the
-batched fit with a MIGRAD validation per toy (``validate=True``), and of the plain loop (MIGRAD
-+ HESSE per toy); the speed-ups. All at the same precision: the batched stage stops at MIGRAD's
-EDM goal for the loop's tolerance (fit_batched's default: 2e-4 for iminuit's default tol 0.1;
-the t_mu toys use the toy calculators' tol 1e-3, so 2e-6 on both sides); the batched fit at
-a far tighter goal (1e-7, fit_batched's earlier default) is timed too, for its cost; Newton
-iterations, fallbacks, Minuit calls; and how the minima compare (|Δθ|/σ and Δ(−2 ln L) =
-batched − plain). Times are wall-clock with one torch thread (``--threads``); never a
-pass/fail criterion. After a warm-up of both, the batched fit (``validate=False``) and the
-Minuit loop are measured in alternation — five batched runs of all toys, each followed by a
-fifth of the loop's toys — so that both sample the same stretch of the machine's speed; the
-batched rate is the median run's (all five stored), the loop's its toys over its total time;
-and each round's own ratio (its batched run against the loop toys right after it) is stored,
-with their median (``speedup.batched_paired_median``), which a slow spell in one round moves
+``float32_steps=False``), of the batched fit with a MIGRAD validation per toy
+(``validate=True``), and of three Minuit loops (``LOOPS``): the plain loop, MIGRAD at
+iminuit's defaults (strategy 1) per toy, which the speed-up goal compares with; MIGRAD + HESSE
+(egmm.infer.fit's default, for HESSE errors); and MIGRAD at strategy 0, the fastest (both
+without HESSE give values and MIGRAD's own errors, like the batched fit's curvature errors);
+the speed-ups. All at the same precision: the batched stage stops at MIGRAD's EDM goal for the
+loops' tolerance (fit_batched's default: 2e-4 for iminuit's default tol 0.1; the t_mu toys use
+the toy calculators' tol 1e-3, so 2e-6 on both sides); the batched fit at a far tighter goal
+(1e-7, fit_batched's earlier default) is timed too, for its cost; Newton iterations,
+fallbacks, Minuit calls; and how the minima compare (|Δθ|/σ and Δ(−2 ln L) = batched −
+plain). Times are wall-clock with one torch thread (``--threads``); never a pass/fail
+criterion. After a warm-up of all, the batched fit (``validate=False``) and the Minuit loops
+are measured in alternation — five batched runs of all toys, each followed by a fifth of every
+loop's toys (in rotating order) — so that all sample the same stretch of the machine's speed;
+the batched rate is the median run's (all five stored), a loop's its toys over its total
+time; and each round's own ratio (its batched run against a loop's toys right after it) is
+stored, with their median (``loops.<loop>.speedup_paired_median``;
+``speedup.batched_paired_median`` for the plain loop), which a slow spell in one round moves
 least.
 
 Results go to ``benchmarks/results/toys_vectorised.json`` (written atomically).
@@ -66,7 +70,19 @@ RESULTS = Path(__file__).parent / "results"
 MINUIT_TOL = 0.1             # iminuit's default, that of the plain loop's egmm.infer.fit
 EDM_GOAL = 0.002 * MINUIT_TOL  # MIGRAD's goal, and fit_batched's default decrement goal
 TIGHT_TOL = 1e-7
-ROUNDS = 5                   # batched runs, each followed by a fifth of the Minuit loop
+ROUNDS = 5                   # batched runs, each followed by a fifth of the Minuit loops
+# The Minuit loops, each one egmm.infer.fit per toy (MIGRAD with the cost's torch gradient,
+# from the generation point). "plain_minuit" is the plain loop the goal compares with:
+# MIGRAD at iminuit's defaults (strategy 1), values and MIGRAD's errors, as the batched fit
+# gives values and its curvature's errors. Beside it the loop with HESSE errors (egmm.infer.
+# fit's default: ~27 more calls per toy) and the fastest MIGRAD (strategy 0, as the toy
+# calculators run it).
+LOOPS = {"plain_minuit": {"hesse": False},
+         "minuit_hesse": {"hesse": True},
+         "minuit_strategy0": {"hesse": False, "strategy": 0}}
+LOOP_LABELS = {"plain_minuit": "MIGRAD (strategy 1)",
+               "minuit_hesse": "MIGRAD + HESSE",
+               "minuit_strategy0": "MIGRAD, strategy 0"}
 LO, HI = 0.0, 10.0
 
 
@@ -151,19 +167,29 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
     # and each round's own ratio (its batched run against the loop toys right after it),
     # whose median a slow spell in one round moves least
     fit_batched(costs[:4], truth, validate=False)
-    fit(costs[0], truth)
-    batched_runs, plain, t_plain, paired = [], [], 0.0, []
-    for segment in np.array_split(np.arange(n_reference), max(1, min(ROUNDS, n_reference))):
+    for options in LOOPS.values():
+        fit(costs[0], truth, **options)
+    batched_runs: list[float] = []
+    loops: dict[str, list[Any]] = {k: [] for k in LOOPS}
+    t_loops = dict.fromkeys(LOOPS, 0.0)
+    paired: dict[str, list[float]] = {k: [] for k in LOOPS}
+    for r, segment in enumerate(np.array_split(np.arange(n_reference),
+                                               max(1, min(ROUNDS, n_reference)))):
         start = time.perf_counter()
         batched = fit_batched(costs, truth, validate=False)
         batched_runs.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        plain += [fit(costs[k], truth) for k in segment]
-        t_segment = time.perf_counter() - start
-        t_plain += t_segment
-        paired.append((n_toys / batched_runs[-1]) / (len(segment) / t_segment))
-        print(f"[{name}] batched: {batched_runs[-1]:.2f} s; plain Minuit loop, toys "
-              f"{segment[0]}-{segment[-1]}: {len(plain)} toys in {t_plain:.2f} s", flush=True)
+        order = list(LOOPS)
+        order = order[r % len(order):] + order[:r % len(order)]  # no loop always first
+        for key in order:
+            start = time.perf_counter()
+            loops[key] += [fit(costs[k], truth, **LOOPS[key]) for k in segment]
+            t_segment = time.perf_counter() - start
+            t_loops[key] += t_segment
+            paired[key].append((n_toys / batched_runs[-1]) / (len(segment) / t_segment))
+        print(f"[{name}] batched: {batched_runs[-1]:.2f} s; Minuit loops, toys "
+              f"{segment[0]}-{segment[-1]}: "
+              + ", ".join(f"{k} {t_loops[k]:.2f} s" for k in LOOPS), flush=True)
+    plain, t_plain = loops["plain_minuit"], t_loops["plain_minuit"]
     t_batched = statistics.median(batched_runs)
 
     start = time.perf_counter()
@@ -192,7 +218,7 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
     delta_f = batched.fval[:n_reference] - ref_fval
     rates = {"batched": n_toys / t_batched, "batched_validated": n_toys / t_validated,
              "batched_tight": n_toys / t_tight, "batched_float64": n_toys / t_all64,
-             "plain_minuit": n_reference / t_plain}
+             **{k: n_reference / t_loops[k] for k in LOOPS}}
     return {
         "description": description,
         "toys": n_toys,
@@ -201,7 +227,18 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
         "parameters": list(names),
         "truth": truth,
         "batched_runs_seconds": batched_runs,
-        "speedup_paired_rounds": paired,
+        "speedup_paired_rounds": paired["plain_minuit"],
+        "loops": {k: {"options": LOOPS[k], "label": LOOP_LABELS[k],
+                      "seconds": t_loops[k], "toys_per_second": rates[k],
+                      "speedup": rates["batched"] / rates[k],
+                      "speedup_paired_rounds": paired[k],
+                      "speedup_paired_median": statistics.median(paired[k]),
+                      "calls_mean": float(np.mean([f.nfcn for f in loops[k]])),
+                      "gradient_calls_mean": float(np.mean([f.ngrad for f in loops[k]])),
+                      "valid": int(sum(f.valid for f in loops[k])),
+                      "fval_batched_minus_loop": _quantiles(
+                          batched.fval[:n_reference] - np.array([f.fval for f in loops[k]]))}
+                  for k in LOOPS},
         "seconds": {"batched": t_batched, "batched_validated": t_validated,
                     "batched_tight": t_tight, "batched_float64": t_all64,
                     "plain_minuit": t_plain},
@@ -209,7 +246,7 @@ def measure(name: str, cost: Any, truth: dict[str, float], description: str, n_t
                        "plain_minuit_edm_goal": EDM_GOAL, "batched_tight": TIGHT_TOL},
         "toys_per_second": rates,
         "speedup": {"batched": rates["batched"] / rates["plain_minuit"],
-                    "batched_paired_median": statistics.median(paired),
+                    "batched_paired_median": statistics.median(paired["plain_minuit"]),
                     "batched_validated": rates["batched_validated"] / rates["plain_minuit"],
                     "batched_tight": rates["batched_tight"] / rates["plain_minuit"],
                     "batched_float64": rates["batched_float64"] / rates["plain_minuit"]},

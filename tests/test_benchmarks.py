@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -47,8 +48,12 @@ def test_throughput_json(results):
     assert data["machine"]["load_average"] is not None
     assert set(data["models"]) == {"gmm", "maf", "nsf"}
     gmm = data["models"]["gmm"]
+    assert data["settings"]["method"] == 2
     for peer in ("maf", "nsf"):
+        # matched on trainable weights: a MADE layer stores ~37 % masked zeros besides
         assert abs(data["models"][peer]["weights"] / gmm["weights"] - 1) < 0.05
+        assert data["models"][peer]["stored_weights"] > 1.4 * data["models"][peer]["weights"]
+    assert gmm.get("stored_weights", gmm["weights"]) == gmm["weights"]
     (run,) = data["runs"]
     assert run["threads"] == 1
     ops = {(r["model"], r["op"], r["dtype"], r["chunk"]) for r in run["results"]}
@@ -71,6 +76,35 @@ def test_throughput_json(results):
             assert lo <= entry["paired_ratio_gmm_maf"] <= hi
         assert run["roofline"][dtype]["256"]["peak_gflops"] > 0
     assert returned["runs"][0]["summary"] == run["summary"]
+
+
+def test_trainable_weights_leave_out_masked_entries():
+    import zuko
+
+    tp = _load("throughput")
+    flow = zuko.flows.MAF(3, 1, transforms=1, hidden_features=(5,))
+    masked = [m for m in flow.modules() if getattr(m, "mask", None) is not None]
+    assert masked
+    expected = sum(p.numel() for p in flow.parameters()) - sum(
+        int((m.mask == 0).sum()) for m in masked)
+    assert tp.trainable_weights(flow) == expected
+    assert tp.trainable_weights(torch.nn.Linear(4, 3)) == 15
+
+
+def test_roofline_takes_the_faster_layout(monkeypatch):
+    """matmul_rates times both layouts of a layer shape and keeps the faster one."""
+    tp = _load("throughput")
+    seen = []
+
+    def fake_timed(fn, **kwargs):
+        out = fn()
+        seen.append(tuple(out.shape))
+        return {"best": 1.0 if out.shape == (64, 20) else 0.5}  # events as columns faster
+
+    monkeypatch.setattr(tp, "timed", fake_timed)
+    rates = tp.matmul_rates([(60, 20)], 64, torch.float64, torch.device("cpu"), 0.1)
+    assert seen == [(64, 20), (20, 64)]
+    assert rates[(60, 20)] == pytest.approx(2 * 64 * 60 * 20 / 0.5 / 1e9)
 
 
 def test_flops_per_event_of_the_paper_model(results):
@@ -109,7 +143,10 @@ def test_fit_speed_json(results):
         assert 0 < r["forward_passes"] <= r["nfcn"] + r["ngrad"]
         assert r["backward_passes"] <= r["ngrad"]
         fl = r["floor"]
-        assert fl["forward_equivalents"] == r["forward_passes"] + 2 * r["backward_passes"]
+        # a θ-only backward pass of frozen networks executes one forward pass's products
+        assert fl["backward_factor"] == pytest.approx(1.0, abs=0.02)
+        assert fl["forward_equivalents"] == pytest.approx(
+            r["forward_passes"] + fl["backward_factor"] * r["backward_passes"])
         assert fl["wall_over_floor"] == pytest.approx(r["wall_seconds_median"]
                                                       / fl["floor_seconds"])
     assert data["flops"]["per_event_forward_prepared"] == 292000
@@ -123,7 +160,7 @@ def test_table(results):
     for heading in ("## How to run", "## Goals", "### throughput.json", "## One N = 400 fit",
                     "No results yet: `python benchmarks/toys_speed.py`"):
         assert heading in text
-    assert "log_prob ≥ 1.0 × zuko MAF, equal weights, float32" in text
+    assert "log_prob ≥ 1.0 × zuko MAF, equal (trainable) weights, float32" in text
     assert "no H100 run yet" in text
     # the interleaved rounds: their count, and the GMM / MAF ratio round by round, rendered
     assert "timed in 2 interleaved rounds per chunk size" in text
@@ -180,7 +217,7 @@ def test_table_toys_speed_peers(tmp_path):
     text = _load("make_table").main(["--results", str(folder),
                                      "--out", str(tmp_path / "README.md")])
     assert "analytic-pdf toys no slower per toy than pyhf's ToyCalculator" in text
-    assert "62× (Minuit loop / zfit)" in text  # 250 / 4 = 62.5
+    assert "62× (egmm (Minuit fits) / zfit, toys_speed.json" in text  # 250 / 4 = 62.5
     assert "(100 toys per hypothesis)" in text
     del rows["zfit 0.28.0 + hepstats 0.10.1 (unbinned)"]
     rows["zfit + hepstats (unbinned)"] = {"skipped": "not installed (tensorflow)"}
@@ -196,7 +233,8 @@ def test_table_toys_speed_peers(tmp_path):
                                                         "paired_ratios": paired}))
     text = _load("make_table").main(["--results", str(folder),
                                      "--out", str(tmp_path / "README.md")])
-    assert "1.10× (Minuit loop / pyhf, rounds' median); 1.70× (batched / pyhf" in text
+    assert ("1.10× (egmm (Minuit fits) / pyhf, rounds' median, toys_speed.json, ?); 1.70× "
+            "(egmm (batched fits) / pyhf" in text)
     assert "egmm serial / pyhf: 1.10× (median of 3 interleaved rounds: 0.90, 1.30, 1.10)" in text
 
 
@@ -331,6 +369,18 @@ def test_toys_vectorised_json_and_table(tmp_path):
                                "plain_minuit_edm_goal": 2e-4, "batched_tight": 1e-7}
     assert set(r["speedup"]) == {"batched", "batched_validated", "batched_tight",
                                  "batched_float64", "batched_paired_median"}
+    # three Minuit loops on the same toys: the plain one (MIGRAD at iminuit's defaults, the
+    # goal's peer), with HESSE (here the cost's exact Hessian: no value calls), and
+    # strategy 0, which saves calls
+    loops = r["loops"]
+    assert set(loops) == {"plain_minuit", "minuit_hesse", "minuit_strategy0"}
+    assert loops["plain_minuit"]["options"] == {"hesse": False}
+    assert loops["minuit_hesse"]["calls_mean"] >= loops["plain_minuit"]["calls_mean"]
+    assert loops["minuit_strategy0"]["calls_mean"] <= loops["plain_minuit"]["calls_mean"]
+    for v in loops.values():
+        assert v["valid"] == 12 and len(v["speedup_paired_rounds"]) == 5
+        assert abs(v["fval_batched_minus_loop"]["max"]) < 1e-3
+    assert r["speedup"]["batched"] == pytest.approx(loops["plain_minuit"]["speedup"])
     # five rounds: a batched run of all toys, then a fifth of the loop; their own ratios
     assert len(r["batched_runs_seconds"]) == len(r["speedup_paired_rounds"]) == 5
     assert r["speedup"]["batched_paired_median"] == pytest.approx(
@@ -362,6 +412,7 @@ def test_toys_vectorised_json_and_table(tmp_path):
     assert text.count("| model | batched toys/s |") == 2
     assert "| analytic | 0.001 | 4 |" in text and "| analytic | 0.1 | 4 |" in text
     assert data["machine"]["cpu"] in text
+    assert "| analytic | MIGRAD (strategy 1) |" in text and "MIGRAD + HESSE" in text
 
 
 def test_score_bias_is_zero_for_the_true_pdf_and_matches_finite_differences(tmp_path):
@@ -457,7 +508,6 @@ def test_cusp_datasets_names_a_model_that_took_the_truths_other_minimum():
     # "model" whose likelihood is the mirror image) has its MLE at the other one: an MLE
     # fail of ~3.4 σ in cy, but at the truth's other minimum, with the same areas.
     import numpy as np
-    import torch
 
     from egmm import TorchDensity
     from egmm.demo import BOUNDS, toy_log_prob
