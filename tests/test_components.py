@@ -139,6 +139,24 @@ def test_hist_template_sampling_follows_contents():
     np.testing.assert_array_equal(s, t.sample(50000, seed=2))
 
 
+def test_analytic_samplers_take_every_seed_the_models_take():
+    """HistTemplate and TorchDensity check seeds as the trained models do (they had passed
+    them to numpy, which refused torch generators and 1e6 with its own errors)."""
+    def sampler(n, theta, rng):
+        return rng.normal(theta["mu"], theta["sigma"], size=(n, 1))
+
+    d = TorchDensity(SPACE, gauss_log_prob, ("mu", "sigma"), sampler=sampler)
+    t = HistTemplate(make_hist_2d())
+    for draw in (lambda seed: d.sample(5, {"mu": 0.0, "sigma": 1.0}, seed=seed),
+                 lambda seed: t.sample(5, seed=seed)):
+        np.testing.assert_array_equal(draw(1e6), draw(1_000_000))
+        np.testing.assert_array_equal(draw(torch.Generator().manual_seed(4)),
+                                      draw(torch.Generator().manual_seed(4)))
+        for bad in (-1, 2.5, "a"):
+            with pytest.raises(InputError, match="sample: seed must be"):
+                draw(bad)
+
+
 def test_hist_template_bad_inputs():
     with pytest.raises(InputError, match="Mean storage"):
         HistTemplate(hist.Hist(hist.axis.Regular(2, 0, 1, name="x"), storage=hist.storage.Mean()))

@@ -208,6 +208,16 @@ def test_an_interval_cut_by_a_limit_ends_there_and_says_so():
         assert math.isnan(short.interval(1.0)[0])
     with pytest.raises(InputError, match="one-dimensional"):
         profile(cost, "a", [[0.0, 1.0], [2.0, 3.0]], global_fit=gfit)
+    # a minimum on the limit (a = 2 ± 1 with a ≤ 1.5: MIGRAD leaves â ~1e-5 inside) and no
+    # grid point on it: that end is the limit too, not an "extend the grid" past it
+    above = NormalConstraint(["a", "b"], [2.0, 0.0], [1.0, 1.0])
+    gfit = fit(above, limits={"a": (0.0, 1.5)})
+    assert 1.5 - 1e-3 < gfit.values["a"] < 1.5
+    p = profile(above, "a", np.linspace(0.2, 1.4, 13), global_fit=gfit)
+    with pytest.warns(UserWarning, match="upper end of the interval is cut by the limit 1.5"):
+        lo, hi = p.interval(1.0)
+    # Δ(a) = (a − 2)² − 0.25 (b profiled to 0) crosses 1 at 2 − √1.25 = 0.882
+    assert hi == 1.5 and lo == pytest.approx(2 - math.sqrt(1.25), abs=0.005)
 
 
 def test_profile_bad_input(model_cost, global_fit):

@@ -88,8 +88,9 @@ def main(fast: bool = False, out: Path = Path("tutorial-03-output")) -> dict:
         cost = UnbinnedNLL(data, density)
         fit = egmm.infer.fit(cost, start=start, limits=quadrant)
         mles[label] = (fit.values["cx"], fit.values["cy"])
-        profiles[label] = egmm.infer.profile(cost, "cx", np.linspace(0.2, 1.4, 13 if fast
-                                                                     else 49),
+        # (up to the quadrant's edge: an interval the edge cuts ends there, with a warning)
+        profiles[label] = egmm.infer.profile(cost, "cx", np.linspace(0.2, 1.5, 14 if fast
+                                                                     else 53),
                                              global_fit=fit)
         try:
             regions[label] = egmm.infer.contour(cost, "cx", "cy", size=24 if fast else 60,

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import special
 
+from egmm.base import numpy_generator
 from egmm.errors import InputError, ParameterError
 from egmm.observables import Observable, ObservableSpace
 
@@ -304,7 +305,7 @@ class PaperToy:
         """
         n = _event_count(n, "n", minimum=0)
         cx, cy = _parameters(cx, cy, n_events=n)
-        u = np.maximum(np.random.default_rng(seed).random((4, n)), _U_MIN)
+        u = np.maximum(numpy_generator(seed, "sample: seed").random((4, n)), _U_MIN)
         a = _icdf0_unit(u[0], _rate0(cx))
         b = _icdf1_unit(u[1], a)
         x2 = _icdf2(u[2], cx, cy)
@@ -368,7 +369,7 @@ class PaperToy:
             raise InputError(f"need finite low < high, got low={low!r}, high={high!r}")
         # the square is valid iff its corners are (the valid region is a centred ellipse)
         _check_parameters(np.array([low, low, high, high]), np.array([low, high, low, high]))
-        rng = np.random.default_rng(seed)
+        rng = numpy_generator(seed, "training_data_uniform: seed")
         theta = rng.uniform(low, high, size=(n_events, 2))
         return self.sample(n_events, theta[:, 0], theta[:, 1], seed=rng), theta
 

@@ -93,14 +93,20 @@ class ProfileResult:
 
         Where the scan reaches a limit of the parameter without crossing the threshold, the
         interval is cut there: that end is the limit (as MINOS reports an end at a limit),
-        with a warning. An end is NaN, with a warning, where the scan stops short of both
-        the threshold and the limit (extend the grid).
+        with a warning. A minimum on the limit counts as reaching it (MIGRAD leaves it a
+        hair inside: within 1e-3 of the grid's spacing), with no grid point beyond it. An
+        end is NaN, with a warning, where the scan stops short of both the threshold and the
+        limit (extend the grid).
         """
         thr = wilks_threshold(cl, 1)
         order = np.argsort(self.grid)
         g, d = self.grid[order], self.delta[order]
         best = self.global_fit.values[self.poi]
         limits = self.global_fit.minuit.limits[self.poi]
+        # a point this close to a limit is on it: MIGRAD leaves a minimum on a limit ~1e-5
+        # inside (its bounded transform), where Δ differs from Δ at the limit by nothing
+        steps = np.diff(g)
+        near = 1e-3 * float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
         out = []
         for side, name, limit in ((-1, "lower", limits[0]), (1, "upper", limits[1])):
             idx = np.nonzero(g < best)[0][::-1] if side < 0 else np.nonzero(g >= best)[0]
@@ -112,8 +118,8 @@ class ProfileResult:
                     break
                 prev_g, prev_d = g[i], d[i]
             if math.isnan(end):
-                if math.isfinite(limit) and math.isclose(prev_g, limit, rel_tol=1e-12,
-                                                         abs_tol=1e-12):
+                if math.isfinite(limit) and (abs(prev_g - limit) <= near or math.isclose(
+                        prev_g, limit, rel_tol=1e-12, abs_tol=1e-12)):
                     end = float(limit)
                     warnings.warn(f"{self.poi}: the {name} end of the interval is cut by the "
                                   f"limit {limit:g} (Δ(−2 ln L) there {prev_d:.4g} < "

@@ -284,8 +284,9 @@ def asimov_cost(cost: Any, pars: Mapping[str, float], *, size: int = 100_000, se
       ν_c/``size`` (extended; for UnbinnedNLL N·ν_c/(Σν·size)), drawn at the fixed
       ``seed``: Σ_i w_i ln λ(x_i) estimates ∫ λ_θ ln λ dx with a relative error ~1/√size
       — but the Asimov −2 ln λ is a small difference of such terms, whose relative error is
-      larger: √q_A scattered by ~3 % over seeds at the default size for a narrow peak on a
-      flat background (expected limits ±1.5 %; 1e6–2e6 events make it negligible);
+      larger: √q_A spread over ~3 % (±1.5 %) across seeds at the default size for a narrow
+      peak on a flat background, and the expected limits (∝ 1/√q_A) by the same ±1.5 %;
+      1e6–2e6 events make it negligible;
     * ``NormalConstraint``: centre at ``pars``;
     * ``PyhfCost``: ``model.expected_data(pars)`` (main and auxiliary), as in pyhf.
 

@@ -22,7 +22,7 @@ import hist
 import numpy as np
 import torch
 
-from egmm.base import DensityModel, sample_count, whole_number
+from egmm.base import DensityModel, numpy_generator, sample_count, whole_number
 from egmm.errors import InputError, ParameterError
 from egmm.likelihood._jet import Jet, lift
 from egmm.observables import Observable, ObservableSpace
@@ -208,7 +208,7 @@ class TorchDensity(DensityModel):
             raise InputError(f"TorchDensity {self.name!r}: its sampler draws at one θ point; "
                              f"got θ per event, shape {tuple(th.shape)}")
         values = {name: float(th[j]) for j, name in enumerate(self._call_names)}
-        out = self._sampler(sample_count(n), values, np.random.default_rng(seed))
+        out = self._sampler(sample_count(n), values, numpy_generator(seed, "sample: seed"))
         return self.space.validate(out, what=f"events sampled by {self.name!r}")
 
 
@@ -389,7 +389,7 @@ class HistTemplate(DensityModel):
         """Draw bins by content, then uniformly within the bin (integers for discrete axes)."""
         self.theta_tensor(theta)
         n = sample_count(n)
-        rng = np.random.default_rng(seed)
+        rng = numpy_generator(seed, "sample: seed")
         bins = rng.choice(len(self._probability), size=n, p=self._probability)
         idx = np.unravel_index(bins, self._shape)
         out = np.empty((n, self.space.dim), dtype=np.float64)
