@@ -246,3 +246,52 @@ def test_a_model_change_that_vanishes_at_the_toys_point_gets_its_own_toys(tmp_pa
     fresh = toy_teststats(model(1.3), pars, "mu", 1.0, **{**kw, "out": None})
     np.testing.assert_array_equal(b.values, fresh.values)
     assert not np.array_equal(a.values, b.values)
+
+
+_ORPHAN_SCRIPT = """
+import concurrent.futures as cf, multiprocessing, os, sys, time
+from egmm.infer.parallel import _init_worker
+
+if __name__ == "__main__":
+    pool = cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_init_worker)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(line for line in f if line.startswith("State:"))
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "Z" not in state.split()[1]  # a zombie has ended
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
+def test_pool_workers_end_with_a_killed_parent(tmp_path):
+    """A SIGKILL of the parent runs no cleanup: its pool's workers had run on (training,
+    rewriting checkpoints) and then hung; they now exit within about a second."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        assert _running(worker)
+        time.sleep(1.5)
+        assert _running(worker)  # a live parent keeps its workers
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 15
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker)
+    finally:
+        parent.kill()

@@ -69,6 +69,7 @@ import torch
 from tqdm.auto import tqdm
 
 from egmm._io import atomic_path
+from egmm._workers import init_worker
 from egmm.base import is_real_number, labelled, theta_columns, whole_number
 from egmm.errors import EgmmError, InputError, ModelFileError, ParameterError, TrainingError
 
@@ -782,10 +783,8 @@ _REPORT_BATCHES = 50
 _POLL_SECONDS = 0.5
 
 
-def _init_worker() -> None:
-    """Process-pool initializer: one torch thread per worker (the workers run side by side,
-    and one thread is the fastest setting for these small batches anyway)."""
-    torch.set_num_threads(1)
+# Process-pool initializer: one torch thread per worker, and an end with the parent
+_init_worker = init_worker
 
 
 def _train_group(payload: bytes, unit_ids: list[int], fingerprint: dict[str, Any],

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from egmm._workers import init_worker
 from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError
 
@@ -51,9 +52,8 @@ SERIAL = "serial"
 _WORKER_LOSS_NAMES = {"KilledWorker", "CommClosedError", "FutureCancelledError"}
 
 
-def _init_worker() -> None:
-    """Process-pool initializer: one torch thread per worker (the workers run in parallel)."""
-    torch.set_num_threads(1)
+# Process-pool initializer: one torch thread per worker, and an end with the parent
+_init_worker = init_worker
 
 
 def local_executor(max_workers: int | None = None, *, mp_context: Any = None
