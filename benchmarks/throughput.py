@@ -244,7 +244,8 @@ def matmul_rates(shapes: Sequence[tuple[int, int]], rows: int, dtype: torch.dtyp
     flows' ``F.linear``) and events as columns (N × K) @ (K × rows) (egmm's frozen networks
     and mixture heads), best of a few calls each. A roofline bounds what the machine can do
     for the shape, so the slower layout must not set it: MKL's float64 (rows × 60) @ (60 × 20)
-    kernel runs at a third of the speed of the other layout on an EPYC."""
+    kernel runs at a third of the speed of the other layout on an EPYC. Each layout gets
+    ``max_seconds / 2`` of calls (after three warm-up calls), its best call counts."""
     rates = {}
     gen = torch.Generator(device="cpu").manual_seed(0)
     for k, n in sorted(set(shapes)):
@@ -252,7 +253,9 @@ def matmul_rates(shapes: Sequence[tuple[int, int]], rows: int, dtype: torch.dtyp
         b = torch.randn(k, n, generator=gen, dtype=dtype).to(device)
         best = math.inf
         for x, y in ((a, b), (b.T.contiguous(), a.T.contiguous())):
-            t = timed(lambda x=x, y=y: torch.matmul(x, y), repeats=5, warmup=1,
+            # as many calls as fit in the time (a 400-row product takes ~10 µs: five calls
+            # had left its best 30–50 % below the product's speed in a model's warm loop)
+            t = timed(lambda x=x, y=y: torch.matmul(x, y), repeats=100_000, warmup=3,
                       max_seconds=max_seconds / 2, device=device)
             best = min(best, t["best"])
         rates[(k, n)] = 2.0 * rows * k * n / best / 1e9
