@@ -529,6 +529,11 @@ def test_demo_analyses_a_given_model_file(quick_run, tmp_path):
         load_paper_toy_model(tmp_path / "other.egmm")
     with pytest.raises(ModelFileError):
         load_paper_toy_model(tmp_path / "missing.egmm")
+    # training options with a given model would be recorded as if it had been trained so
+    from egmm.demo import run_demo
+    with pytest.raises(InputError, match=r"\['lr', 'max_epochs'\] shape the training"):
+        run_demo(tmp_path / "d", model=out / "model.egmm", max_epochs=7, lr=1e-3,
+                 progress=False)
 
 
 def test_demo_averages_several_model_files(quick_run, tmp_path):

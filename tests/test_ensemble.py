@@ -169,3 +169,7 @@ def test_bad_members_and_weights(ensemble):
     with pytest.raises(InputError, match="do not overlap"):
         EnsembleDensity([narrow, wide])
     assert ensemble.parameter_bounds == {"mu": (0.0, 1.0)}
+    # a member without a range (an untrained model, no bounds given) limits nothing
+    free = TorchDensity(SPACE, lambda x, mu: torch.zeros(len(x), dtype=x.dtype), ("mu",))
+    free.parameter_bounds = {}
+    assert EnsembleDensity([free, narrow]).parameter_bounds == {"mu": (0.0, 0.2)}

@@ -381,6 +381,21 @@ def test_cli_validate_runs_on_a_tiny_case(tmp_path, capsys):
     rc = main(["validate", str(tmp_path / "m.egmm"), "--data", str(tmp_path / "heldout.npz"),
                "--out", str(tmp_path / "heldout.npz")])
     assert rc == 2 and "is a file, not a folder" in capsys.readouterr().err
+    # a NaN θ names file, parameter and row; a text file is no "pickled data"; a negative
+    # seed is bad input (they were a bare message, numpy's pickle advice, a traceback)
+    nan_theta = th.astype(float)
+    nan_theta[3, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, theta=nan_theta)
+    (tmp_path / "text.npz").write_text("x,theta\n0.5,0\n")
+    for data, message in (("nan.npz", "nan.npz: theta: parameter 'c' is nan in row 3"),
+                          ("text.npz", "text.npz: not an .npz (zip) archive")):
+        rc = main(["validate", str(tmp_path / "m.egmm"), "--data", str(tmp_path / data),
+                   "--out", str(tmp_path / "out5")])
+        assert rc == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(tmp_path / "m.egmm"), "--paper-toy", "--seed", "-1",
+              "--out", str(tmp_path / "out6")])
+    assert exc.value.code == 2 and "--seed" in capsys.readouterr().err
 
 
 def test_cli_validate_paper_toy(one_epoch_toy_model, tmp_path, capsys):

@@ -9,7 +9,7 @@ Subcommands:
 
 Example:
     $ egmm demo --out demo-output            # about 10 minutes on two CPU cores
-    $ egmm demo --out quick --quick          # smoke test, under a minute
+    $ egmm demo --out quick --quick          # smoke test, about a minute
     $ egmm validate model.egmm --data heldout.npz --out report    # x (N, D), theta (N, P)
     $ egmm validate toy.egmm --paper-toy --events 5000 --out report   # PaperToy held-out data
 """
@@ -87,7 +87,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="the networks' hidden activation: silu (the default: smooth, so "
                         "that with abs features the likelihood's only kinks are exactly at "
                         "cx = 0 and cy = 0) or leaky_relu (the paper's; --full, --quick)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_non_negative_int, default=0,
                    help="seeds training data, network, split and test datasets (default 0)")
     p.add_argument("--events-per-point", type=_positive_int, metavar="N",
                    help="training events per grid point (default 30000; --full 50000)")
@@ -227,7 +227,8 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                         "(default auto: where their effective sample size allows)")
     p.add_argument("--corner", choices=("ref", "all", "none"), default="ref",
                    help="2-D marginal corner plots at the reference point, all points, none")
-    p.add_argument("--seed", type=int, default=0, help="seed of samples and classifiers")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of samples and classifiers")
     p.add_argument("--threads", type=_non_negative_int, default=1, metavar="N",
                    help="torch and BLAS/OpenMP threads (default 1; 0: leave the defaults)")
     p.add_argument("--no-figures", action="store_true", help="metrics and summary only")
@@ -237,11 +238,15 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
     """Events of ``path`` grouped by θ: {θ tuple: (n, D) array}."""
+    import zipfile
+
     import numpy as np
 
     from egmm.errors import InputError
 
     try:
+        if not zipfile.is_zipfile(path):  # (numpy would call it pickled data)
+            raise InputError(f"{path}: not an .npz (zip) archive of arrays")
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
@@ -267,6 +272,11 @@ def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
     if theta.shape != (len(x), len(params)):
         raise InputError(f"{path}: theta has shape {theta.shape}, expected "
                          f"({len(x)}, {len(params)}) for parameters {list(params)}")
+    bad = ~np.isfinite(theta)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{path}: theta: parameter {params[col]!r} is {theta[row, col]} in "
+                         f"row {row}")
     points, index = np.unique(theta, axis=0, return_inverse=True)
     index = np.asarray(index).ravel()
     return {tuple(float(v) for v in pt): x[index == k] for k, pt in enumerate(points)}
@@ -387,7 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"egmm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a folder that cannot be made or written, a full disk
-        print(f"egmm {args.command}: error: {exc}", file=sys.stderr)
+        target = Path(str(exc.filename)) if exc.filename else None
+        if out is not None and target is not None and (
+                Path(out) in (target, *target.parents)):
+            # (named without the temporary suffix of an atomic write)
+            name = target.name.split(".tmp")[0]
+            message = f"cannot write {name} in --out {out}: {exc.strerror or exc}"
+        else:
+            message = str(exc)
+        print(f"egmm {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"egmm {args.command}: interrupted (rerun the same command to resume)",

@@ -803,13 +803,14 @@ def _load_matching_model(out: Path, key: Mapping[str, Any], name: str = "model"
 
 def load_paper_toy_model(path: str | os.PathLike) -> GMMDensity:
     """A trained model file for the paper toy: its observables and parameters must be the
-    toy's (x, y, a, b; cx, cy) and its trained range must hold the nine datasets' c."""
+    toy's (x0, x1, x2, x3; cx, cy) and its trained range must hold the nine datasets' c."""
     try:
         model = GMMDensity.load(path)
     except ModelFileError:
         raise
-    except Exception as exc:  # e.g. a FlowDensity file
-        raise ModelFileError(f"{path}: not a GMMDensity model file ({exc})") from None
+    except Exception as exc:  # e.g. a FlowDensity file ("PATH: holds a FlowDensity, …")
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise ModelFileError(f"{path}: not a GMMDensity model file ({reason})") from None
     toy = PaperToy()
     if list(model.space.names) != list(toy.space.names) or model.parameters != ("cx", "cy"):
         raise InputError(f"{path}: a model of {list(model.space.names)} with parameters "
@@ -873,6 +874,9 @@ def _train_one(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bo
         say(f"[1-2/4] reusing the trained model {out / (name + '.egmm')}{which} "
             f"(same configuration; delete it to retrain)")
         return model, {**meta, "reused": True}
+    if (out / f"{name}.egmm").exists():
+        say(f"      {out / (name + '.egmm')} was trained with another configuration: the new "
+            f"model replaces it once trained; the old one is kept as {name}-previous.egmm")
 
     say(f"[1/4] generating the paper toy{which}: {cfg.describe_design()}")
     with clock.stage("data"):
@@ -919,6 +923,8 @@ def _train_one(out: Path, cfg: DemoConfig, toy: PaperToy, say: Any, progress: bo
                 old.unlink()
             history = run()
     (out / f"{name}.json").unlink(missing_ok=True)  # an .egmm without it is never reused
+    if (out / f"{name}.egmm").exists():  # another configuration's model (said above): kept
+        os.replace(out / f"{name}.egmm", out / f"{name}-previous.egmm")
     model.save(out / f"{name}.egmm")
     _write_json(out / ("history.json" if name == "model" else f"{name}-history.json"),
                 history.to_dict())
@@ -1230,6 +1236,19 @@ def run_demo(out_dir: str | os.PathLike, *, full: bool = False, quick: bool = Fa
         stage), ``wall_time_s``, ``notes``.
     """
     clock = _Clock()
+    if model is not None:
+        # options that only shape the training would be recorded in results.json's config
+        # as if the analysed model had been trained with them
+        given = {"events_per_point": events_per_point, "max_epochs": max_epochs,
+                 "theta_features": theta_features, "activation": activation,
+                 "schedule": schedule, "lr": lr, "batch_size": batch_size,
+                 "validation": validation, "members": members, "score_weight": score_weight,
+                 "cusp_spread": cusp_spread, "full": full or None,
+                 "design": None if design == "dense" else design}
+        unused = sorted(k for k, v in given.items() if v is not None)
+        if unused:
+            raise InputError(f"run_demo: {unused} shape the training, which a given model "
+                             "(model=, --model) skips: leave them out")
     cfg = demo_config(full=full, quick=quick, seed=seed, events_per_point=events_per_point,
                       max_epochs=max_epochs, train_threads=threads, train_workers=workers,
                       design=design, theta_features=theta_features, activation=activation,

@@ -84,8 +84,11 @@ class EnsembleDensity(DensityModel):
         self.parameters = tuple(first.parameters)
         bounds = {}
         for p in self.parameters:
-            lo = max(m.parameter_bounds[p][0] for m in members)
-            hi = min(m.parameter_bounds[p][1] for m in members)
+            # a model without a trained range yet (untrained, no parameter_bounds=) has
+            # none: all of θ, as base.DensityModel treats it
+            ranges = [m.parameter_bounds.get(p, (-math.inf, math.inf)) for m in members]
+            lo = max(r[0] for r in ranges)
+            hi = min(r[1] for r in ranges)
             if not lo < hi:
                 raise InputError(f"EnsembleDensity: the members' trained ranges of {p!r} do "
                                  "not overlap")

@@ -645,6 +645,12 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
         means = totals / len(idx)
         return means[0].tolist(), means[1].tolist() if scored else []
 
+    if state["epoch"] > 0:  # resumed: say so, and credit the epochs done to the bar
+        if progress:
+            tqdm.write(f"resuming from {checkpoint}: epoch {state['epoch']} of "
+                       f"{s.max_epochs} done")
+        if report is not None:
+            report(state["epoch"] * math.ceil(len(train_idx) / s.batch_size))
     bar = tqdm(total=s.max_epochs, initial=state["epoch"], disable=not progress, unit="epoch",
                desc="training")
     # the weights require gradients only while training (see TrainedModel)
@@ -828,6 +834,10 @@ def _train_in_processes(model: TrainableDensity, data: _TrainingData, groups: li
     # the bar counts batches of all groups (each trains its units on every batch); a group
     # that stops early or resumed mid-way is credited with its whole share when it ends
     share = settings.max_epochs * math.ceil(len(data.train_idx) / settings.batch_size)
+    if progress and resume:
+        for path in checkpoints:
+            if path is not None and path.exists():
+                tqdm.write(f"resuming from {path}")
     bar = tqdm(total=share * len(groups), disable=not progress, unit="batch",
                desc=f"training in {len(groups)} processes")
     counted = [0] * len(groups)
