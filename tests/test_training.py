@@ -166,10 +166,25 @@ def test_resume_gives_identical_weights(tmp_path):
     with pytest.raises(ModelFileError, match="not an egmm training checkpoint"):
         train(_model(x), x, th, checkpoint=tmp_path / "list.ckpt", resume=True, **kwargs)
     damaged = torch.load(ckpt, weights_only=True)
-    del damaged["state"]
+    del damaged["state"], damaged["sha256"]  # (a checkpoint of before the checksums)
     torch.save(damaged, tmp_path / "nostate.ckpt")
     with pytest.raises(ModelFileError, match="damaged checkpoint"):
         train(_model(x), x, th, checkpoint=tmp_path / "nostate.ckpt", resume=True, **kwargs)
+    # one changed weight that still reads is caught by the checksum (it had resumed)
+    flipped = torch.load(ckpt, weights_only=True)
+    weight = next(iter(flipped["module"].values()))
+    weight.view(-1)[0] += 1e-3
+    torch.save(flipped, tmp_path / "flipped.ckpt")
+    with pytest.raises(ModelFileError, match="does not match the checksum"):
+        train(_model(x), x, th, checkpoint=tmp_path / "flipped.ckpt", resume=True, **kwargs)
+    # a checkpoint without a checksum (older egmm) still resumes, to the same weights
+    unchecked = torch.load(ckpt, weights_only=True)
+    del unchecked["sha256"]
+    torch.save(unchecked, tmp_path / "unchecked.ckpt")
+    again = _model(x, seed=7)
+    train(again, x, th, checkpoint=tmp_path / "unchecked.ckpt", resume=True, **kwargs)
+    for a, b in zip(again.module.parameters(), resumed.module.parameters()):
+        assert torch.equal(a, b)
     # the validation loss depends on eval_batch_size (rounding), so a resume must keep it
     with pytest.raises(ModelFileError, match="eval_batch_size"):
         train(_model(x), x, th, checkpoint=ckpt, resume=True, **kwargs, eval_batch_size=7)

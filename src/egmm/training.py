@@ -272,6 +272,38 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def _state_digest(obj: Any) -> str:
+    """SHA-256 of a checkpoint's content: tensors by dtype, shape and bytes, everything else
+    by type and repr, mappings and sequences in order (a structure walk, not torch.save's
+    bytes, which need not repeat)."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, Mapping):
+            h.update(f"M{len(o)}".encode())
+            for k, v in o.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r}".encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
+def _save_checkpoint(content: dict[str, Any], path: Path) -> None:
+    """A training checkpoint with the SHA-256 of its content (checked on resume)."""
+    _atomic_torch_save({**content, "sha256": _state_digest(content)}, path)
+
+
 def _adam_options(device: torch.device) -> dict[str, Any]:
     """Adam's fused kernel (one kernel for all of a network's tensors) where torch has it for
     the device: several times faster per step than the per-tensor loop on small networks."""
@@ -534,6 +566,11 @@ def _check_checkpoint(path: Path, ck: Any, fingerprint: Mapping[str, Any]) -> No
                              f"writes {_CHECKPOINT_VERSION}); "
                              + ("upgrade egmm to resume it" if newer else
                                 "train afresh with resume=False or another checkpoint file"))
+    stored = ck.get("sha256")  # (checkpoints of egmm before their checksums have none)
+    if stored is not None and stored != _state_digest(
+            {k: v for k, v in ck.items() if k != "sha256"}):
+        raise ModelFileError(f"{path}: damaged checkpoint (its content does not match the "
+                             "checksum stored with it); train afresh with resume=False")
     theirs = ck.get("fingerprint")
     if theirs == fingerprint:
         return
@@ -725,7 +762,7 @@ def _train_units(model: TrainableDensity, data: _TrainingData, unit_ids: list[in
             history.seconds.append(time.perf_counter() - t0)
             state["epoch"] = epoch + 1
             if checkpoint is not None:
-                _atomic_torch_save({
+                _save_checkpoint({
                     "version": _CHECKPOINT_VERSION, "fingerprint": fingerprint,
                     "module": model.module.state_dict(),
                     "optims": [o.state_dict() for o in optims],
