@@ -620,7 +620,7 @@ def test_cli_accepts_a_negative_first_theta_value():
     joined = _join_negative_points(argv)
     assert joined == ["validate", "m.egmm", "--paper-toy", "--out", "r", "--theta=-0.8,0.8",
                       "--theta", "0.8,-0.8", "--theta-ref=-.5,0", "--seed", "-1"]
-    args = build_parser().parse_args(joined)
+    args = build_parser().parse_args(joined[:-2])  # (a seed must be ≥ 0: not parsed here)
     assert args.theta == [(-0.8, 0.8), (0.8, -0.8)] and args.theta_ref == (-0.5, 0.0)
     # an option after --theta is left alone (argparse reports the missing value)
     assert _join_negative_points(["--theta", "--out"]) == ["--theta", "--out"]

@@ -282,7 +282,8 @@ def _state_digest(obj: Any) -> str:
         if isinstance(o, torch.Tensor):
             t = o.detach().cpu().contiguous()
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel()
+                     else b"")
         elif isinstance(o, Mapping):
             h.update(f"M{len(o)}".encode())
             for k, v in o.items():
