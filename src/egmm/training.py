@@ -267,11 +267,6 @@ def _prepare_score(model: TrainableDensity, score: Any, w: np.ndarray
     return t, info
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _state_digest(obj: Any) -> str:
     """SHA-256 of a checkpoint's content: tensors by dtype, shape and bytes, everything else
     by type and repr, mappings and sequences in order (a structure walk, not torch.save's
@@ -302,7 +297,8 @@ def _state_digest(obj: Any) -> str:
 
 def _save_checkpoint(content: dict[str, Any], path: Path) -> None:
     """A training checkpoint with the SHA-256 of its content (checked on resume)."""
-    _atomic_torch_save({**content, "sha256": _state_digest(content)}, path)
+    with atomic_path(path) as tmp:
+        torch.save({**content, "sha256": _state_digest(content)}, tmp)
 
 
 def _adam_options(device: torch.device) -> dict[str, Any]:
