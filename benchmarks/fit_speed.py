@@ -36,6 +36,14 @@ speed drifts, the paired ratio is the steadier figure. The FLOPs torch's FlopCou
 in one value + gradient call are reported too (3 × forward when weight gradients are computed,
 2 × when only θ's are).
 
+One value call of the cached model is then taken apart (``decompose_call``): the call as
+Minuit makes it, ``log_prob_prepared`` alone, and its matrix products alone (recorded with
+their operands by a TorchDispatchMode and run again back to back), timed in alternation; the
+fit's wall / floor is stored as the product of five factors (the products against the
+roofline, the FLOPs they execute against the floor's, the density against its products, the
+cost's call against the density, the fit against its calls), to say where the time above the
+floor goes.
+
 Then a 2-D profile contour (``egmm.infer.contour`` of (cx, cy) at 68.27 %, reusing the cached
 fit as its global fit) of the cached model. ``--profile`` prints a torch.profiler table of one
 value + gradient call. Results: ``benchmarks/results/fit_speed.json``. Times depend on the
@@ -58,6 +66,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import egmm
 from egmm import UnbinnedNLL
@@ -218,6 +227,70 @@ def floor(fit: dict[str, Any], flops_per_event: float, n_events: int, gflops: fl
     return out
 
 
+class _MatrixProducts(TorchDispatchMode):
+    """Records the matrix products (mm, addmm, bmm, baddbmm, any overload) torch runs, with
+    copies of their operands, so that they can be run again alone."""
+
+    OPS = frozenset({"mm", "addmm", "bmm", "baddbmm"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in self.OPS:
+            def copy(v: Any) -> Any:
+                return v.detach().clone() if isinstance(v, torch.Tensor) else v
+            self.calls.append((func, tuple(copy(a) for a in args),
+                               {k: copy(v) for k, v in kwargs.items()}))
+        return func(*args, **kwargs)
+
+
+def decompose_call(cost: UnbinnedNLL, density: Any, prepared: Any, repeats: int = 200
+                   ) -> dict[str, Any]:
+    """Where one value call of the cost goes (cached model, no graph): the call as Minuit
+    makes it (the cost's validation, caching and sum included); ``log_prob_prepared`` alone;
+    and its matrix products alone — the same products on copies of the same operands, in the
+    same order, run back to back (what the FLOP floor counts, at the speed this machine gives
+    them here). Medians of ``repeats`` calls each, the three timed in alternation."""
+    theta = torch.tensor([START["cx"], START["cy"]], dtype=torch.float64)
+    recorder = _MatrixProducts()
+    with torch.no_grad(), recorder:
+        density.log_prob_prepared(prepared, theta)
+    calls = recorder.calls
+    flops = counted_flops(lambda: [f(*a, **k) for f, a, k in calls])
+    point = [START["cx"], START["cy"]]
+
+    def call() -> None:
+        point[0] += 1e-9  # a new point each time: the cost caches the last one
+        cost(*point)
+
+    def density_alone() -> None:
+        with torch.no_grad():
+            density.log_prob_prepared(prepared, theta)
+
+    def products() -> None:
+        for f, a, k in calls:
+            f(*a, **k)
+
+    parts: dict[str, list[float]] = {"call": [], "log_prob_prepared": [], "products": []}
+    for fn in (call, density_alone, products):
+        fn()  # warm-up
+    for _ in range(repeats):
+        for key, fn in (("call", call), ("log_prob_prepared", density_alone),
+                        ("products", products)):
+            t0 = time.perf_counter()
+            fn()
+            parts[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    return {"seconds": med, "matrix_products": len(calls), "product_flops": flops,
+            "products_gflops": flops / med["products"] / 1e9,
+            "other_in_density_seconds": med["log_prob_prepared"] - med["products"],
+            "cost_overhead_seconds": med["call"] - med["log_prob_prepared"]}
+
+
 def gradient_call_flops(cost: UnbinnedNLL) -> int:
     """Matrix-product FLOPs of one value + gradient call at a new point (FlopCounterMode)."""
     p = np.array([START["cx"] - 3e-4, START["cy"] + 3e-4])
@@ -299,6 +372,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"roofline just before it: "
               f"{', '.join(f'{v:.2f}' for v in r['floor']['wall_over_floor_paired'])} "
               f"(median {r['floor']['wall_over_floor_paired_median']:.2f})")
+    # the cached fit's wall / floor as a product of factors, from one value call taken apart
+    parts = decompose_call(cost, model, model.prepare(data), repeats=50 if args.quick else 300)
+    sec = parts["seconds"]
+    fl = cached["floor"]
+    factors = {
+        "products_over_roofline": sec["products"] / (parts["product_flops"] / (roofline * 1e9)),
+        "counted_over_analytic_flops": parts["product_flops"] / (flops_analytic * n_events),
+        "density_over_products": sec["log_prob_prepared"] / sec["products"],
+        "call_over_density": sec["call"] / sec["log_prob_prepared"],
+        "fit_over_calls": cached["wall_seconds_median"] / (fl["forward_equivalents"]
+                                                           * sec["call"]),
+    }
+    parts["factors"] = factors
+    parts["product_of_factors"] = float(np.prod(list(factors.values())))
+    cached["decomposition"] = parts
+    print(f"one value call {1e3 * sec['call']:.2f} ms: log_prob_prepared "
+          f"{1e3 * sec['log_prob_prepared']:.2f} ms, its {parts['matrix_products']} matrix "
+          f"products alone {1e3 * sec['products']:.2f} ms ({parts['products_gflops']:.1f} "
+          f"GFLOP/s); wall / floor {fl['wall_over_floor']:.2f} = "
+          + " × ".join(f"{v:.2f} ({k})" for k, v in factors.items()), flush=True)
     rows = {"model_cached": cached, "model_uncached": uncached, "true_pdf": reference}
     if args.smooth_model is not None and args.smooth_model.exists():
         # a SiLU model: smooth in θ, so the cost can give Minuit its exact Hessian

@@ -254,6 +254,30 @@ def fit_section(data: dict[str, Any]) -> str:
            f"{fmt(data.get('caching_speedup'))}× faster fits. One value + gradient call "
            f"executes {fmt(flops.get('value_and_gradient_over_forward'))} × the forward "
            f"FLOPs (FlopCounterMode)."]
+    parts = fits.get("model_cached", {}).get("decomposition")
+    if parts:
+        sec, fac = parts["seconds"], parts["factors"]
+        labels = {"products_over_roofline": "the matrix products, run alone back to back on "
+                                            "the model's own operands, against the roofline",
+                  "counted_over_analytic_flops": "FLOPs they execute against the floor's "
+                                                 "(per-θ work included)",
+                  "density_over_products": "the whole log_prob_prepared against its products "
+                                           "(the mixture's elementwise work, the activations, "
+                                           "the torch calls)",
+                  "call_over_density": "the cost's call against log_prob_prepared "
+                                       "(validation, caching, the sum)",
+                  "fit_over_calls": "the fit against its forward-pass equivalents × one "
+                                    "value call (Minuit, gradient passes)"}
+        out += ["", f"Where a value call of the cached model goes (medians of alternating "
+                    f"calls): the call {fmt(1e3 * sec['call'])} ms, log_prob_prepared "
+                    f"{fmt(1e3 * sec['log_prob_prepared'])} ms, its "
+                    f"{parts['matrix_products']} matrix products alone "
+                    f"{fmt(1e3 * sec['products'])} ms ({fmt(parts['products_gflops'])} "
+                    f"GFLOP/s). The fit's wall / floor "
+                    f"({fmt(fits['model_cached']['floor']['wall_over_floor'])}) is the "
+                    f"product of:", "",
+                table(["factor", "value"],
+                      [[labels.get(k, k), f"{v:.2f}"] for k, v in fac.items()])]
     if contour:
         out += ["", f"2-D profile contour (cx, cy) at {contour.get('cl')}, "
                     f"{contour.get('size')} points, cached cost: "

@@ -149,6 +149,15 @@ def test_fit_speed_json(results):
             r["forward_passes"] + fl["backward_factor"] * r["backward_passes"])
         assert fl["wall_over_floor"] == pytest.approx(r["wall_seconds_median"]
                                                       / fl["floor_seconds"])
+    # the value call taken apart: the replayed products are the forward pass's (the per-event
+    # layers' 292 000 FLOPs/event plus the per-θ work of the θ branches and the first network),
+    # and the factors multiply to the fit's wall / floor
+    parts = cached["decomposition"]
+    per_event = parts["product_flops"] / data["settings"]["n_events"]
+    assert 292000 < per_event < 292000 * 1.02
+    assert parts["product_of_factors"] == pytest.approx(cached["floor"]["wall_over_floor"],
+                                                        rel=1e-9)
+    assert all(v > 0 for v in parts["seconds"].values())
     assert data["flops"]["per_event_forward_prepared"] == 292000
     assert data["roofline"]["gflops"] > 0
     assert len(data["contour"]["points"]) == 7
