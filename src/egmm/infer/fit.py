@@ -410,16 +410,13 @@ def make_minuit(
             fixed = [fixed] if isinstance(fixed, str) else list(fixed)
             _check_names(fixed, names, "fixed")
             fix_names += fixed
-    m = _new_minuit(cost, values)
-    for n, lim in parameter_limits(cost).items():  # every term's, not only the first's
-        m.limits[n] = lim
+    bounds = parameter_limits(cost)  # every term's, not only the first's
     if limits is not None:
         _check_names(limits, names, "limits")
-        for n, lim in limits.items():
-            m.limits[n] = _checked_limit(n, lim)
+        bounds.update({n: _checked_limit(n, lim) for n, lim in limits.items()})
     given = set(start or ()) | (set(fixed) if isinstance(fixed, Mapping) else set())
     for n in names:
-        lo, hi = m.limits[n]
+        lo, hi = bounds[n]
         v = values[n]
         if not math.isfinite(v):
             raise ParameterError(f"start value of {n!r} is {v}")
@@ -430,21 +427,28 @@ def make_minuit(
             raise ParameterError(f"start value {n}={v} lies outside its limits [{lo}, {hi}]")
         # a default start outside (or on the edge of) limits the caller narrowed: a start on a
         # limit can leave MIGRAD stuck there, so take the new range's middle
-        m.values[n] = _middle(lo, hi, v)
-    for n in fix_names:
-        m.fixed[n] = True
+        values[n] = _middle(lo, hi, v)
     if errors is not None:
         _check_names(errors, names, "errors")
         for n, e in errors.items():
             if not (isinstance(e, (int, float, np.floating)) and math.isfinite(e) and e > 0):
                 raise ParameterError(f"initial error of {n!r} must be a positive number, "
                                      f"got {e!r}")
-            m.errors[n] = float(e)
-    m.strategy = check_strategy(strategy)
+    strategy = check_strategy(strategy)
     if tol is not None:
-        m.tol = check_tol(tol)
-    if starts_on_a_limit(m):
-        m = without_hessian(cost, m, dict(zip(m.parameters, m.values)))
+        tol = check_tol(tol)
+    # a free parameter exactly on a limit: no exact Hessian (see starts_on_a_limit)
+    on_limit = any(n not in fix_names and values[n] in bounds[n] for n in names)
+    m = Minuit(cost, **values) if on_limit else _new_minuit(cost, values)
+    for n in names:
+        m.limits[n] = bounds[n]
+    for n in fix_names:
+        m.fixed[n] = True
+    for n, e in (errors or {}).items():
+        m.errors[n] = float(e)
+    m.strategy = strategy
+    if tol is not None:
+        m.tol = tol
     return m
 
 
