@@ -8,7 +8,15 @@ from egmm.infer.calculators import (
     hypotest,
 )
 from egmm.infer.coverage import CoverageResult, coverage
-from egmm.infer.fit import FitResult, Retry, exact_hessian, fit, make_minuit, start_values
+from egmm.infer.fit import (
+    FitResult,
+    Retry,
+    asymptotic_covariance,
+    exact_hessian,
+    fit,
+    make_minuit,
+    start_values,
+)
 from egmm.infer.intervals import (
     NeymanInterval,
     NeymanRegion2D,
@@ -45,6 +53,7 @@ __all__ = [
     "ToyStore",
     "ToyTestStats",
     "asimov_cost",
+    "asymptotic_covariance",
     "contour",
     "coverage",
     "exact_hessian",

@@ -948,12 +948,15 @@ class _Batch:
                 total.index_add_(0, toy, self.w[sl] * ll)
             return self._assemble(th, total, nu).numpy()
 
-    def derivatives(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def derivatives(self, theta: np.ndarray, weight_power: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         r"""f (K,), exact gradients g (K, P) and BHHH curvatures H (K, P, P) at θ (K, P).
 
         H_k = 2 Σ_i w_i s_i s_iᵀ with the per-event scores s_i = ∇ ln p_i (∇ ln λ_i for
         extended costs; either way its expectation is the Fisher information, the expected
-        Hessian of −2 ln L / 2), plus the constraints' exact 2 V⁻¹. One forward and one
+        Hessian of −2 ln L / 2), plus the constraints' exact 2 V⁻¹. ``weight_power`` 2: the
+        event weights squared in H instead (2 Σ w_i² s_i s_iᵀ + 2 V⁻¹: twice the variance of
+        −ln L's gradient, the middle of the sandwich of weighted fits). One forward and one
         backward pass per chunk and term (network by network for a GMMDensity): the scores
         are the gradients with respect to per-event copies of the per-toy features, chained
         through their Jacobians (K rows); in a mixture each term's weighted by ∂ln λ/∂ln p_c,
@@ -1010,7 +1013,8 @@ class _Batch:
             w = self.w[sl]
             total.index_add_(0, toy, w * ll)
             grad.index_add_(0, toy, w[:, None] * scores)
-            outer.index_add_(0, toy, w[:, None, None] * scores[:, :, None] * scores[:, None, :])
+            wo = w if weight_power == 1 else w ** weight_power
+            outer.index_add_(0, toy, wo[:, None, None] * scores[:, :, None] * scores[:, None, :])
         f = self._assemble(th, total, nu)
         grad = -2.0 * grad
         hess = 2.0 * outer
@@ -1496,6 +1500,7 @@ def fit_batched(
     minuit_tol: float | None = None,
     limits: Mapping[str, tuple[float | None, float | None]] | None = None,
     float32_steps: bool = True,
+    weighted_errors: str = "asymptotic",
 ) -> BatchedFitResult:
     r"""Minimise K costs of one model (toys) together: one batched Newton solve for all.
 
@@ -1539,6 +1544,11 @@ def fit_batched(
             errors and decrements come from float32 bodies (summed in float64; ~1e-5
             relative). At kinks of LeakyReLU networks the two may stop at different points
             of a kinked valley.
+        weighted_errors: for toys whose events carry weights (other than all 1), as in
+            :func:`egmm.infer.fit`: ``"asymptotic"`` (default) the batched errors are the
+            sandwich C D C of the curvature's covariance C and D = Σ w² s sᵀ (+ constraints'
+            V⁻¹), one more derivative pass; ``"hesse"`` the curvature's alone (weights that
+            count repeated events). Passed on to the validation and fallback fits.
 
     Returns:
         :class:`BatchedFitResult`.
@@ -1570,6 +1580,9 @@ def fit_batched(
                                        and not isinstance(minuit_tol, bool) and minuit_tol > 0):
         raise InputError(f"fit_batched: minuit_tol must be a positive number or None, "
                          f"got {minuit_tol!r}")
+    if weighted_errors not in ("asymptotic", "hesse"):
+        raise InputError(f"fit_batched: weighted_errors must be 'asymptotic' or 'hesse', "
+                         f"got {weighted_errors!r}")
     if not isinstance(float32_steps, (bool, np.bool_)):
         raise InputError(f"fit_batched: float32_steps must be True or False, "
                          f"got {float32_steps!r}")
@@ -1626,6 +1639,10 @@ def fit_batched(
     values = state.theta.copy()
     fval = state.f.copy()
     covariance = _covariance(state.hess, fixed_mask)
+    if weighted_errors == "asymptotic" and bool(torch.any(batch.w != 1.0)):
+        # weighted events: the sandwich C D C, D = ½ (2 Σ w² s sᵀ + 2 V⁻¹) at the minima
+        d = 0.5 * batch.derivatives(state.theta, weight_power=2)[2]
+        covariance = np.einsum("kij,kjl,klm->kim", covariance, d, covariance)
     errors = _errors(covariance)
     fallback = ~state.converged
     valid = state.converged.copy()
@@ -1635,11 +1652,11 @@ def fit_batched(
         fixed_arg = [n for n, f in zip(names, fixed_mask) if f]
     fit_limits = dict(limits) if limits else None
     checks = dict(fixed=fixed_arg, strategy=strategy, tol=minuit_tol, hesse=hesse,
-                  limits=fit_limits)
+                  limits=fit_limits, weighted_errors=weighted_errors)
     for k, cost in enumerate(costs):
         if fallback[k]:
             res = fit(cost, dict(zip(names, theta0[k].tolist())), fixed=fixed_arg,
-                      tol=minuit_tol, limits=fit_limits)
+                      tol=minuit_tol, limits=fit_limits, weighted_errors=weighted_errors)
             values[k] = [res.values[n] for n in names]
             errors[k] = [res.errors[n] for n in names]
             covariance[k] = np.nan if res.covariance is None else res.covariance

@@ -35,7 +35,7 @@ from scipy.stats import norm
 
 from egmm.base import is_real_number, whole_number
 from egmm.errors import EgmmError, InputError
-from egmm.infer.fit import FitResult, check_strategy, check_tol, fit
+from egmm.infer.fit import FitResult, check_strategy, check_tol, fit, warn_if_weighted
 from egmm.infer.teststats import (
     Limits,
     _fixed_mapping,
@@ -291,6 +291,7 @@ class AsymptoticCalculator(_Calculator):
             raise InputError(f"unknown calc_base_dist {calc_base_dist!r}; use 'normal' or "
                              "'clipped_normal'")
         super().__init__(cost, poi, test_stat, start, fixed, limits, strategy, tol)
+        warn_if_weighted(cost, "AsymptoticCalculator")
         self.calc_base_dist = calc_base_dist
         self.asimov_size = whole_number(asimov_size, "asimov_size")
         self.asimov_seed = check_seed(asimov_seed)

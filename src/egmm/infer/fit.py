@@ -228,6 +228,10 @@ class FitResult:
             above its goal at a minimum MIGRAD found: ``valid`` is then False and
             ``migrad_valid`` True; the minimum and profile-likelihood intervals stand, the
             HESSE errors do not.
+        error_method: where ``errors`` and ``covariance`` come from: ``"hesse"`` (the
+            curvature of −2 ln L, HESSE), ``"migrad"`` (MIGRAD's estimate of it: no HESSE
+            ran), or ``"asymptotic"`` (events with weights: the sandwich H⁻¹ D H⁻¹ of
+            :func:`asymptotic_covariance`; the curvature's is ``minuit.covariance``).
     """
 
     parameters: tuple[str, ...]
@@ -244,6 +248,7 @@ class FitResult:
     retries: list[Retry] = field(default_factory=list)
     nhessian: int = 0
     migrad_valid: bool | None = None
+    error_method: str = "hesse"
 
     def __post_init__(self) -> None:
         if self.migrad_valid is None:
@@ -536,6 +541,7 @@ def fit(
     hesse: bool = True,
     seed: int = 0,
     errors: Mapping[str, float] | None = None,
+    weighted_errors: str = "asymptotic",
 ) -> FitResult:
     """Minimise ``cost`` (−2 ln L, errordef 1) with MIGRAD; errors from HESSE.
 
@@ -566,6 +572,12 @@ def fit(
         seed: for the perturbed restart.
         errors: name -> initial error estimate (MIGRAD's first step sizes; Minuit's default
             is 1 % of each start value): e.g. the errors of an earlier fit of the same model.
+        weighted_errors: for a cost whose events carry weights (other than all 1), where
+            the errors come from after HESSE: ``"asymptotic"`` (default) the sandwich
+            H⁻¹ D H⁻¹ of :func:`asymptotic_covariance`, right for weights that scale events
+            (simulation weights, efficiency corrections, sWeights: HESSE's curvature alone is
+            then too small or too large by about the weights' scale); ``"hesse"`` the
+            curvature, right when weights count repeated events. Unweighted costs: HESSE.
 
     Example:
         >>> from iminuit.cost import NormalConstraint
@@ -574,6 +586,9 @@ def fit(
         (True, 2.0, 0.2)
     """
     remaining = whole_number(retries, "fit: retries", 0)
+    if weighted_errors not in ("asymptotic", "hesse"):
+        raise InputError(f"fit: weighted_errors must be 'asymptotic' or 'hesse', got "
+                         f"{weighted_errors!r}")
     if ncall is not None:
         ncall = whole_number(ncall, "fit: ncall")
     m = make_minuit(cost, start, fixed=fixed, limits=limits, strategy=strategy, tol=tol,
@@ -619,7 +634,75 @@ def fit(
     migrad_valid = bool(m.valid)
     if hesse and migrad_valid:
         m.hesse()
-    return fit_result(m, log, earlier, migrad_valid)
+    res = fit_result(m, log, earlier, migrad_valid)
+    if not (hesse and migrad_valid):
+        res.error_method = "migrad"
+    elif weighted_errors == "asymptotic" and res.covariance is not None and weighted(cost):
+        try:
+            cov = asymptotic_covariance(cost, res.values, res.covariance,
+                                        [m.fixed[n] for n in res.parameters])
+        except InputError:  # a structure the scores cannot be taken from
+            warnings.warn("fit: the events carry weights, but asymptotic errors need one "
+                          "UnbinnedNLL or ExtendedUnbinnedNLL of θ-differentiable densities "
+                          "plus NormalConstraint terms; the errors are HESSE's, right only "
+                          "if the weights count repeated events", UserWarning, stacklevel=2)
+        else:
+            res.covariance = cov
+            res.errors = {n: float(math.sqrt(max(cov[i, i], 0.0)))
+                          for i, n in enumerate(res.parameters)}
+            res.error_method = "asymptotic"
+    return res
+
+
+def weighted(cost: Any) -> bool:
+    """Whether an unbinned term of ``cost`` has event weights other than all 1."""
+    from egmm.likelihood.cost import _UnbinnedCost
+
+    for item in _items(cost):
+        if isinstance(item, _UnbinnedCost):
+            w = item.weights
+            if w is not None and not np.all(w == 1.0):
+                return True
+    return False
+
+
+def warn_if_weighted(cost: Any, what: str) -> None:
+    """A warning that ``what`` reads Δ(−2 ln L) against χ² thresholds on a cost whose events
+    carry weights: right only where the weights count repeated events."""
+    if weighted(cost):
+        warnings.warn(f"{what}: the events carry weights; Δ(−2 ln L) thresholds give "
+                      "calibrated regions only when the weights count repeated events (for "
+                      "weights that scale events — simulation, efficiency corrections, "
+                      "sWeights — the asymptotic errors of egmm.infer.fit hold)", UserWarning,
+                      stacklevel=3)
+
+
+def asymptotic_covariance(cost: Any, values: Mapping[str, float], covariance: np.ndarray,
+                          fixed: Iterable[bool]) -> np.ndarray:
+    r"""The covariance of a weighted unbinned fit, H⁻¹ D H⁻¹ (Langenbruch, Eur. Phys. J. C 82
+    (2022) 393): H⁻¹ the fit's ``covariance`` (the inverse curvature of −ln L: HESSE's, errordef
+    1 for −2 ln L) and D the variance of −ln L's gradient, Σ_i w_i² s_i s_iᵀ over the events
+    (s_i = ∇ ln λ_i for extended costs, ∇ ln p_i otherwise, yields included) plus each
+    ``NormalConstraint``'s V⁻¹, at the fitted ``values``. For weights that scale events this
+    is the asymptotically right covariance where the curvature alone is not (every weight 2:
+    HESSE's errors are √2 too small); for unit weights it equals HESSE's up to the sampling
+    difference of observed and expected information. Rows and columns of ``fixed`` parameters
+    are 0. Supported: one UnbinnedNLL or ExtendedUnbinnedNLL with θ-differentiable densities,
+    plus NormalConstraint terms (the structure :func:`egmm.infer.fit_batched` takes; otherwise
+    :class:`~egmm.InputError`)."""
+    from egmm.infer.batched import _Batch, _split_costs
+
+    names = tuple(describe(cost))
+    per_toy, position = _split_costs([cost], names)
+    batch = _Batch(per_toy, position, names)
+    theta = np.array([[float(values[n]) for n in names]])
+    d = 0.5 * batch.derivatives(theta, weight_power=2)[2][0]
+    free = ~np.asarray(list(fixed), dtype=bool)
+    c = np.asarray(covariance, dtype=np.float64)[np.ix_(free, free)]
+    out = np.zeros((len(names), len(names)))
+    v = c @ d[np.ix_(free, free)] @ c
+    out[np.ix_(free, free)] = 0.5 * (v + v.T)
+    return out
 
 
 def _nothing_free(cost: Any, m: Minuit) -> FitResult:

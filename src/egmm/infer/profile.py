@@ -26,6 +26,7 @@ from egmm.infer.fit import (
     hessian_call_limit,
     starts_on_a_limit,
     uses_exact_hessian,
+    warn_if_weighted,
     without_hessian,
 )
 
@@ -206,6 +207,7 @@ def profile(
         >>> np.round(p.delta, 6).tolist()
         [1.0, 0.0, 4.0]
     """
+    warn_if_weighted(cost, "profile")
     gfit = _global_fit(cost, global_fit, tol, start=start, fixed=fixed, limits=limits,
                        strategy=strategy)
     like = gfit.minuit
@@ -305,6 +307,7 @@ def contour(
         dict cl -> (size + 1, 2) array of (x, y) points, first point repeated at the end.
         A region cut by a parameter's limit has points on it, with a warning.
     """
+    warn_if_weighted(cost, "contour")
     gfit = _global_fit(cost, global_fit, tol, start=start, fixed=fixed, limits=limits,
                        strategy=strategy)
     for p in (x, y):

@@ -918,8 +918,9 @@ class UnbinnedNLL(_UnbinnedCost):
             data frame, structured array). Validated once here: NaN/inf, out-of-bounds values
             and wrong columns raise :class:`~egmm.InputError` naming observable and row.
         density: a :class:`~egmm.base.DensityModel`, or a list of :class:`Component`.
-        weights: optional per-event weights (N,); the convention is Σ w_i ln p (as iminuit's
-            weighted costs), so integer weights equal repeated events.
+        weights: optional per-event weights (N,): −2 Σ w_i ln p_i, so integer weights equal
+            repeated events. For weights that scale events the curvature is not the
+            covariance: :func:`egmm.infer.fit` reports the asymptotic (sandwich) errors.
         allow_outside: allow θ outside the densities' trained ranges (no θ limits are then
             given to Minuit); by default the limits are the ``parameter_bounds``.
         dtype: torch dtype of the events handed to the densities (sums are always float64).
@@ -990,7 +991,8 @@ class ExtendedUnbinnedNLL(_UnbinnedCost):
         data: events, validated once (see :class:`UnbinnedNLL`); every component must have
             the same observables (any order) and contain every event in its bounds.
         components: a list of :class:`Component` (or one).
-        weights: optional per-event weights (N,), Σ w_i ln λ_i convention.
+        weights: optional per-event weights (N,), Σ w_i ln λ_i convention (errors: see
+            :class:`UnbinnedNLL`).
         allow_outside, dtype, chunk_size, verbose, hessian: as for :class:`UnbinnedNLL`.
 
     Parameters are the union of the components' density and yield parameters, by name, in
