@@ -64,6 +64,39 @@ def test_axes_follow_the_observables():
         ev.make_axes(TOY.space, x, bins=4.9)
 
 
+
+def test_axes_are_matched_to_observables_by_name():
+    """Named axes in another order (or as a mapping) fill the same histogram; an axis named
+    for no observable, a mapping whose axis carries another name, or a mix of named and
+    unnamed axes are refused (an audit: axes given as (x1, x0) had filled axis "x1" with
+    column x0, silently)."""
+    x = TOY.sample(2000, 0.0, 0.0, seed=2)
+    axes = ev.make_axes(TOY.space, x, bins=8)
+    ref = ev.histogram(x, TOY.space, axes)
+    shuffled = ev.histogram(x, TOY.space, [axes[2], axes[0], axes[3], axes[1]])
+    mapped = ev.histogram(x, TOY.space, {a.name: a for a in reversed(axes)})
+    for h in (shuffled, mapped):
+        assert [a.name for a in h.axes] == ["x0", "x1", "x2", "x3"]
+        np.testing.assert_array_equal(h.values(flow=True), ref.values(flow=True))
+    # unnamed axes are read by position, in the space's order
+    plain = [hist.axis.Regular(8, a.edges[0], a.edges[-1]) for a in axes]
+    np.testing.assert_array_equal(ev.histogram(x, TOY.space, plain).values(), ref.values())
+    stray = hist.axis.Regular(8, 100.0, 800.0, name="xaxis")
+    with pytest.raises(InputError, match=r"axes named \['xaxis'\] match no observable"):
+        ev.histogram(x, TOY.space, [stray, *axes[1:]])
+    with pytest.raises(InputError, match="the axis for 'x0' is named 'xaxis'"):
+        ev.histogram(x, TOY.space, {"x0": stray, **{a.name: a for a in axes[1:]}})
+    with pytest.raises(InputError, match="name every axis"):
+        ev.histogram(x, TOY.space, [plain[0], *axes[1:]])
+    with pytest.raises(InputError, match=r"no axis for \['x3'\]"):
+        ev.histogram(x, TOY.space, axes[:3])
+    # comparisons refuse histograms whose axes are in another order, and say how to reorder
+    h01 = ev.histogram(x, TOY.space, axes, observables=["x0", "x1"])
+    h10 = ev.histogram(x, TOY.space, axes, observables=["x1", "x0"])
+    with pytest.raises(InputError, match=r"h.project\(\*\['x0', 'x1'\]\)"):
+        ev.pulls(h01, h10)
+    assert np.all(np.nan_to_num(ev.pulls(h01, h10.project("x0", "x1"))) == 0.0)
+
 def test_divergences_refuse_negative_contents():
     """Negative bin contents (signed weights) had been clipped to 0 silently."""
     import hist

@@ -40,6 +40,10 @@ __all__ = [
     "reweighted_histogram",
 ]
 
+#: axes of a histogram: one per observable, named for them (any order) or unnamed (in the
+#: space's order), or a mapping observable -> axis
+Axes = Sequence[hist.axis.AxesMixin] | Mapping[str, hist.axis.AxesMixin]
+
 #: a finite bound is used as the axis edge when the data's quantile lies this close to it
 #: (as a fraction of the quantile range), so that bounded observables get clean edges
 _SNAP_FRACTION = 0.1
@@ -102,26 +106,64 @@ def make_axes(space: ObservableSpace, reference: Any, *, bins: int | Mapping[str
     return tuple(axes)
 
 
-def _select_axes(space: ObservableSpace, axes: Sequence[hist.axis.AxesMixin],
+def _select_axes(space: ObservableSpace,
+                 axes: Axes,
                  observables: Sequence[str] | None) -> tuple[list[int], list[Any]]:
-    if len(axes) != space.dim:
-        raise InputError(f"expected {space.dim} axes (one per observable), got {len(axes)}")
+    """The space's columns and axes of the histogram's observables. Axes are matched to
+    observables by name: a mapping observable -> axis, or named axes in any order (an axis
+    named for no observable is refused); unnamed axes by position, in the space's order."""
+    if isinstance(axes, Mapping):
+        unknown = [n for n in axes if n not in space.names]
+        if unknown:
+            raise InputError(f"axes: {unknown} are no observables of the space "
+                             f"{list(space.names)}")
+        for n, ax in axes.items():
+            if ax.name and ax.name != n:
+                raise InputError(f"axes: the axis for {n!r} is named {ax.name!r}; build it "
+                                 f"with name={n!r} (or without a name)")
+        by_name = dict(axes)
+    else:
+        axes = list(axes)
+        named = [bool(ax.name) for ax in axes]
+        if all(named) and axes:
+            unknown = [ax.name for ax in axes if ax.name not in space.names]
+            if unknown:
+                raise InputError(f"axes named {unknown} match no observable of the space "
+                                 f"{list(space.names)}")
+            by_name = {}
+            for ax in axes:
+                if ax.name in by_name:
+                    raise InputError(f"axes: two axes named {ax.name!r}")
+                by_name[ax.name] = ax
+        elif any(named):
+            raise InputError("axes: name every axis (matched to observables by name) or none "
+                             "(matched by position)")
+        else:
+            if len(axes) != space.dim:
+                raise InputError(f"expected {space.dim} axes (one per observable), got "
+                                 f"{len(axes)}")
+            by_name = dict(zip(space.names, axes))
     names = list(space.names) if observables is None else list(observables)
     if not names:
         raise InputError("observables: at least one name is needed")
     idx = [space.index(n) for n in names]
     if len(set(idx)) != len(idx):
         raise InputError(f"observables: duplicate names in {names}")
-    return idx, [axes[i] for i in idx]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"axes: no axis for {missing}")
+    return idx, [by_name[n] for n in names]
 
 
-def histogram(x: Any, space: ObservableSpace, axes: Sequence[hist.axis.AxesMixin], *,
+def histogram(x: Any, space: ObservableSpace, axes: Axes, *,
               observables: Sequence[str] | None = None, weights: Any = None) -> hist.Hist:
     """Events as a Weight-storage :class:`hist.Hist` over the chosen observables.
 
     Arguments:
         x: events (N, D) or named columns, validated by ``space``.
-        axes: one axis per observable of the space (from :func:`make_axes`).
+        axes: one axis per observable of the space (from :func:`make_axes`), matched by
+            name (named axes in any order, or a mapping observable -> axis; unnamed axes by
+            position).
         observables: names of the histogram's axes (default: all, in the space's order).
         weights: per-event weights (N,), finite; default 1.
 
@@ -152,7 +194,7 @@ def histogram(x: Any, space: ObservableSpace, axes: Sequence[hist.axis.AxesMixin
     return h
 
 
-def model_histogram(model: DensityModel, theta: Any, axes: Sequence[hist.axis.AxesMixin], *,
+def model_histogram(model: DensityModel, theta: Any, axes: Axes, *,
                     n: int = 100_000, seed: Any = 0,
                     observables: Sequence[str] | None = None) -> hist.Hist:
     """Histogram of ``n`` events sampled from ``model`` at θ (unit weights, Weight storage)."""
@@ -188,7 +230,7 @@ def importance_weights(model: DensityModel, x: Any, thetas: Sequence[Any],
 
 
 def reweighted_histogram(model: DensityModel, x_ref: Any, theta: Any, theta_ref: Any,
-                         axes: Sequence[hist.axis.AxesMixin], *,
+                         axes: Axes, *,
                          observables: Sequence[str] | None = None) -> hist.Hist:
     """The model at θ from events ``x_ref`` drawn at θ_ref, weighted by p(x|θ)/p(x|θ_ref).
 
@@ -201,6 +243,12 @@ def reweighted_histogram(model: DensityModel, x_ref: Any, theta: Any, theta_ref:
 def _check_same_binning(*hists: hist.Hist) -> None:
     first = hists[0]
     for h in hists[1:]:
+        names, first_names = [a.name for a in h.axes], [a.name for a in first.axes]
+        if all(names) and all(first_names) and names != first_names:
+            hint = (f" (h.project(*{first_names}) puts them in one order)"
+                    if sorted(names) == sorted(first_names) else "")
+            raise InputError(f"histograms have axes {names} and {first_names}: compared bin "
+                             f"by bin, the axes must be the same{hint}")
         if h.ndim != first.ndim or any(
                 a.size != b.size or not np.array_equal(a.edges, b.edges)
                 for a, b in zip(h.axes, first.axes)):
