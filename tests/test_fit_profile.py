@@ -357,3 +357,18 @@ def test_fit_refuses_nan_or_reversed_limits():
         with pytest.raises(ParameterError, match="limits of 'a'"):
             fit(cost, limits={"a": lim})
     assert fit(cost, limits={"a": (None, 1.0)}).valid  # None: no bound on that side
+
+
+def test_profile_warns_when_a_point_lies_below_the_global_fit():
+    """A double well whose global fit, started in the shallower well, misses the deeper one:
+    the scan finds it, and says so with a warning (an audit: Δ down to −9.7 had only been
+    noted in ``notes``)."""
+    def f(a: float, b: float) -> float:
+        return 10.0 * (a * a - 1.0) ** 2 + 0.5 * a + b * b
+
+    gfit = fit(f, {"a": 1.0, "b": 0.0})
+    assert gfit.values["a"] > 0  # the shallower well
+    with pytest.warns(UserWarning, match="global fit missed the minimum"):
+        p = profile(f, "a", [-1.0, 0.0, 1.0], global_fit=gfit)
+    assert p.delta[0] == pytest.approx(-1.0, abs=0.05)
+    assert p.notes and "missed the minimum" in p.notes[0]

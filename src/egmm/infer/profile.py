@@ -247,6 +247,9 @@ def profile(
             f"{poi}={values[i]:.6g} has −2 ln L lower than the global fit by {-delta[i]:.3g}: "
             "the global fit missed the minimum; refit with a better start"
         )
+        if delta[i] < -0.01:  # enough to move the interval's ends: said, not only noted
+            warnings.warn(f"profile: {notes[-1]} (from there: fit(cost, start=...) and "
+                          "profile(..., global_fit=...))", UserWarning, stacklevel=2)
     if not valid.all():
         notes.append(f"{int((~valid).sum())} of {n} conditional fits are not valid")
     return ProfileResult(poi, values, delta, fvals, nuis, valid, gfit, notes)
