@@ -382,6 +382,14 @@ def test_inference_plots_draw_into_the_callers_axes():
     assert out is fig and len(fig.axes) == 2
     assert right.get_xlabel() == "mu" and left.get_xlabel() == "a"
     assert len(right.lines) >= 1 and fig.get_size_inches()[0] == 8
+    # the CL labels stay inside their panel (they had run into the next one)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    panel = right.get_window_extent(renderer)
+    for text in right.texts:
+        box = text.get_window_extent(renderer)
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1 + 1
     with pytest.raises(InputError, match="ax must be a matplotlib Axes"):
         ev.plot_profiles({"model": (grid, grid**2)}, ax="left")
 

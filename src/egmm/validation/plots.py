@@ -647,8 +647,11 @@ def plot_profiles(profiles: Mapping[str, Any], *, parameter: str = "",
         for level in cl:
             thr = wilks_threshold(level, 1)
             ax.axhline(thr, color="0.4", ls=":", lw=1)
-            ax.text(ax.get_xlim()[1], thr, f" {100 * level:.4g}%" if level < 1
-                    else f" {level:g}σ", va="center", ha="left", fontsize="x-small")
+            # inside the panel (x in axes units, y in data): a label beyond the right edge
+            # ran into the next panel of the caller's figure
+            ax.text(0.99, thr, f"{100 * level:.4g}%" if level < 1 else f"{level:g}σ",
+                    transform=ax.get_yaxis_transform(), va="bottom", ha="right",
+                    fontsize="x-small", color="0.3")
         if truth is not None:
             ax.axvline(truth, color="0.2", ls="--", lw=1, label="true value")
         ax.set_xlabel(parameter)
