@@ -157,6 +157,45 @@ def test_analytic_samplers_take_every_seed_the_models_take():
                 draw(bad)
 
 
+def test_hist_template_from_arrays_and_root_histograms():
+    """(counts, edges) as numpy and uproot's to_numpy() give them, and ROOT histograms (their
+    to_hist() axes are "xaxis", "yaxis") with the axes renamed: the same template as from a
+    named hist.Hist (an audit: these had been refused, while iminuit takes (n, xe))."""
+    h = make_hist_2d()  # axes (y, x)
+    space = ObservableSpace([Observable("x", 0.0, 3.0), Observable("y", 0.0, 2.0)])
+    ref = HistTemplate(h, space)
+    events = np.array([[0.5, 0.25], [2.0, 1.75], [1.2, 0.6]])
+    counts_xy = h.values().T
+    edges = [h.axes["x"].edges, h.axes["y"].edges]
+    for form in ((counts_xy, *edges), (counts_xy, edges)):
+        np.testing.assert_allclose(HistTemplate(form, space).log_prob(events),
+                                   ref.log_prob(events), rtol=1e-15)
+    one = ObservableSpace([Observable("m", 0.0, 10.0)])
+    n, xe = np.histogram([1.0, 2.0, 2.5, 7.0], bins=5, range=(0.0, 10.0))
+    assert np.exp(HistTemplate((n, xe), one).log_prob([2.2]))[0] == pytest.approx(0.5 / 2.0)
+
+    class RootLike:  # what uproot reads from a TH2: to_hist() with ROOT's axis names
+        def to_hist(self):
+            out = hist.Hist(hist.axis.Variable(h.axes["y"].edges, name="yaxis"),
+                            hist.axis.Variable(h.axes["x"].edges, name="xaxis"),
+                            storage=hist.storage.Weight())
+            out.view().value = h.values()
+            return out
+
+    t = HistTemplate(RootLike(), space, axes={"xaxis": "x", "yaxis": "y"})
+    np.testing.assert_allclose(t.log_prob(events), ref.log_prob(events), rtol=1e-15)
+    with pytest.raises(InputError, match=r"rename axes with axes=\{'xaxis': 'm'\}"):
+        HistTemplate(RootLike(), space)
+    with pytest.raises(InputError, match=r"axes renames \['zaxis'\]"):
+        HistTemplate(RootLike(), space, axes={"zaxis": "x"})
+    with pytest.raises(InputError, match="needs a space"):
+        HistTemplate((n, xe))
+    with pytest.raises(InputError, match="edges of 'm' must be 6 increasing numbers"):
+        HistTemplate((n, xe[:-1]), one)
+    with pytest.raises(InputError, match="counts of 1 dimension"):
+        HistTemplate((counts_xy, *edges), one)
+
+
 def test_hist_template_bad_inputs():
     with pytest.raises(InputError, match="Mean storage"):
         HistTemplate(hist.Hist(hist.axis.Regular(2, 0, 1, name="x"), storage=hist.storage.Mean()))

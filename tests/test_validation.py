@@ -387,6 +387,7 @@ def test_inference_plots_draw_into_the_callers_axes():
 
     renderer = FigureCanvasAgg(fig).get_renderer()
     panel = right.get_window_extent(renderer)
+    assert right.texts
     for text in right.texts:
         box = text.get_window_extent(renderer)
         assert panel.x0 <= box.x0 and box.x1 <= panel.x1 + 1

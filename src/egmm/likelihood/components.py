@@ -212,11 +212,12 @@ class TorchDensity(DensityModel):
         return self.space.validate(out, what=f"events sampled by {self.name!r}")
 
 
-def _axis_observable(ax: Any) -> Observable:
+def _axis_observable(ax: Any, name: str | None = None) -> Observable:
     edges = np.asarray(ax.edges, dtype=np.float64)
+    name = ax.name if name is None else name
     if isinstance(ax, hist.axis.Integer):  # integer k fills bin [k, k + 1)
-        return Observable(ax.name, edges[0], edges[-1] - 1.0, discrete=True)
-    return Observable(ax.name, edges[0], edges[-1])
+        return Observable(name, edges[0], edges[-1] - 1.0, discrete=True)
+    return Observable(name, edges[0], edges[-1])
 
 
 def _to_numpy_arg(v: torch.Tensor) -> float | np.ndarray:
@@ -237,11 +238,17 @@ class HistTemplate(DensityModel):
     Arguments:
         h: a ``hist.Hist`` with named, non-category axes and non-negative contents
             (``Double``, ``Int64``, ``Weight`` … storages; not ``Mean``); a boost-histogram
-            one only if its axes have a ``name`` (plain boost-histogram axes have none).
+            one only if its axes have a ``name`` (plain boost-histogram axes have none); a
+            ROOT histogram read by uproot (anything with ``to_hist()``; its axes are named
+            ``"xaxis"``, ``"yaxis"``…: rename them with ``axes``); or ``(counts, edges)`` /
+            ``(counts, edges_0, edges_1, …)`` / ``(counts, [edges…])`` as ``np.histogram``,
+            ``np.histogramdd`` and uproot's ``to_numpy()`` give them, with ``space`` naming
+            the axes in order.
         space: the observables; by default one per axis with the axis range as bounds
             (discrete for ``Integer`` axes). If given, every observable must have an axis of
             the same name; the template's support is the histogram range.
         name: used in messages.
+        axes: histogram axis name -> observable name, e.g. ``{"xaxis": "m"}``.
 
     Example:
         >>> h = hist.Hist.new.Reg(2, 0.0, 1.0, name="x").Double()
@@ -250,48 +257,72 @@ class HistTemplate(DensityModel):
         [1.3333, 0.6667]
     """
 
-    def __init__(self, h: Any, space: ObservableSpace | None = None, *, name: str = "template"):
+    def __init__(self, h: Any, space: ObservableSpace | None = None, *, name: str = "template",
+                 axes: Mapping[str, str] | None = None):
         self.name = name
-        axes = list(getattr(h, "axes", ()))
-        if not axes:
-            raise InputError(f"HistTemplate {name!r}: expected a hist.Hist, got {type(h).__name__}")
-        storage = str(getattr(h, "storage_type", "")).lower()
-        if "mean" in storage:
-            raise InputError(
-                f"HistTemplate {name!r}: a Mean storage holds averages, not counts; "
-                "use a Double/Int64/Weight storage"
-            )
-        for ax in axes:
-            if isinstance(ax, (hist.axis.StrCategory, hist.axis.IntCategory, hist.axis.Boolean)):
+        rename = dict(axes or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in rename.items()):
+            raise InputError(f"HistTemplate {name!r}: axes must map axis names to observable "
+                             f"names (strings), got {axes!r}")
+        if isinstance(h, (tuple, list)):
+            contents, edge_list = self._from_arrays(h, space, name)
+            ax_names = list(space.names) if space is not None else []
+            hist_axes = None
+        else:
+            if not hasattr(h, "axes") and callable(getattr(h, "to_hist", None)):
+                h = h.to_hist()  # a ROOT histogram read by uproot (axes "xaxis", "yaxis", …)
+            hist_axes = list(getattr(h, "axes", ()))
+            if not hist_axes:
+                raise InputError(f"HistTemplate {name!r}: expected a hist.Hist, a histogram "
+                                 f"with to_hist() (uproot) or (counts, edges…), got "
+                                 f"{type(h).__name__}")
+            storage = str(getattr(h, "storage_type", "")).lower()
+            if "mean" in storage:
                 raise InputError(
-                    f"HistTemplate {name!r}: category axis {ax.name!r} is not supported"
+                    f"HistTemplate {name!r}: a Mean storage holds averages, not counts; "
+                    "use a Double/Int64/Weight storage"
                 )
-            if not getattr(ax, "name", ""):
-                raise InputError(f"HistTemplate {name!r}: every axis needs a name (the "
-                                 f"observable it is matched to); axis {ax!r} has none: build "
-                                 f"the histogram with hist axes, e.g. "
-                                 f"hist.axis.Regular(20, 0, 10, name='m')")
-        ax_names = [ax.name for ax in axes]
-        if space is None:
-            space = ObservableSpace(
-                _axis_observable(ax) for ax in axes
-            )
+            for ax in hist_axes:
+                if isinstance(ax, (hist.axis.StrCategory, hist.axis.IntCategory,
+                                   hist.axis.Boolean)):
+                    raise InputError(
+                        f"HistTemplate {name!r}: category axis {ax.name!r} is not supported"
+                    )
+                if not getattr(ax, "name", ""):
+                    raise InputError(f"HistTemplate {name!r}: every axis needs a name (the "
+                                     f"observable it is matched to); axis {ax!r} has none: "
+                                     f"build the histogram with hist axes, e.g. "
+                                     f"hist.axis.Regular(20, 0, 10, name='m'), or pass "
+                                     f"(counts, edges) with a space")
+            unknown = [k for k in rename if k not in [ax.name for ax in hist_axes]]
+            if unknown:
+                raise InputError(f"HistTemplate {name!r}: axes renames {unknown}, but the "
+                                 f"histogram's axes are {[ax.name for ax in hist_axes]}")
+            ax_names = [rename.get(ax.name, ax.name) for ax in hist_axes]
+            if space is None:
+                space = ObservableSpace(_axis_observable(ax, n)
+                                        for ax, n in zip(hist_axes, ax_names))
+            contents = np.asarray(h.values(flow=False), dtype=np.float64)
+            edge_list = [np.asarray(ax.edges, dtype=np.float64) for ax in hist_axes]
+        assert space is not None
         missing = [n for n in space.names if n not in ax_names]
         extra = [n for n in ax_names if n not in space.names]
         if missing or extra:
             raise InputError(
                 f"HistTemplate {name!r}: histogram axes {ax_names} do not match observables "
-                f"{list(space.names)} (missing {missing}, extra {extra})"
+                f"{list(space.names)} (missing {missing}, extra {extra}"
+                + ("; rename axes with axes={'xaxis': 'm'}" if hist_axes else "") + ")"
             )
         order = [ax_names.index(n) for n in space.names]
-        values = np.asarray(h.values(flow=False), dtype=np.float64).transpose(order)
+        values = contents.transpose(order)
+        axes_edges = [edge_list[i] for i in order]
         if not np.all(np.isfinite(values)):
             raise InputError(f"HistTemplate {name!r}: bin contents must be finite")
         if np.any(values < 0):
             idx = np.unravel_index(int(np.argmax(values < 0)), values.shape)
             raise InputError(
                 f"HistTemplate {name!r}: negative bin content {values[idx]} in bin "
-                f"{self._bin_text(space, [np.asarray(axes[i].edges) for i in order], idx)}"
+                f"{self._bin_text(space, axes_edges, idx)}"
             )
         total = values.sum()
         if not total > 0:
@@ -300,7 +331,7 @@ class HistTemplate(DensityModel):
         self.space = space
         self.parameters = ()
         self.parameter_bounds = {}
-        self._edges = [np.asarray(axes[i].edges, dtype=np.float64) for i in order]
+        self._edges = axes_edges
         for obs, edges in zip(space, self._edges):
             # normalised over the histogram: a range beyond the space would leave part of the
             # probability outside it (a [0, 20] histogram on a [0, 10] space integrated to 0.5)
@@ -334,6 +365,34 @@ class HistTemplate(DensityModel):
         self._probability = (values / total).ravel()
         with np.errstate(divide="ignore"):
             self._log_density = torch.as_tensor(np.log(density).ravel(), dtype=torch.float64)
+
+    @staticmethod
+    def _from_arrays(h: Sequence[Any], space: ObservableSpace | None, name: str
+                     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Contents and edges of ``(counts, edges)``, ``(counts, edges_0, edges_1, …)`` or
+        ``(counts, [edges_0, …])`` (numpy's and uproot's ``to_numpy()`` forms), axes in the
+        order of ``space``'s observables."""
+        if space is None:
+            raise InputError(f"HistTemplate {name!r}: (counts, edges) needs a space (its "
+                             f"observables name the axes, in order)")
+        if len(h) == 2 and isinstance(h[1], (list, tuple)):
+            h = (h[0], *h[1])
+        try:
+            contents = np.asarray(h[0], dtype=np.float64)
+            edges = [np.asarray(e, dtype=np.float64) for e in h[1:]]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"HistTemplate {name!r}: (counts, edges) cannot be read as "
+                             f"numbers ({exc})") from None
+        if contents.ndim != space.dim or len(edges) != space.dim:
+            raise InputError(f"HistTemplate {name!r}: expected counts of {space.dim} "
+                             f"dimension(s) and {space.dim} edge array(s) for observables "
+                             f"{list(space.names)}, got counts of shape {contents.shape} and "
+                             f"{len(edges)} edge array(s)")
+        for obs, e, size in zip(space, edges, contents.shape):
+            if e.ndim != 1 or len(e) != size + 1 or not np.all(np.diff(e) > 0):
+                raise InputError(f"HistTemplate {name!r}: edges of {obs.name!r} must be "
+                                 f"{size + 1} increasing numbers, got {e.size}")
+        return contents, edges
 
     def __repr__(self) -> str:
         bins = "×".join(str(s) for s in self._shape)
