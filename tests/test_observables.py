@@ -61,6 +61,17 @@ def test_bad_values_name_observable_and_row(space, row, match):
         space.validate(np.array([good, row]))
 
 
+def test_a_float32_value_at_a_bound_is_refused_with_a_hint():
+    """A float32 column cut at x <= 0.3 holds float32(0.3) = 0.30000001192…: refused (no
+    clamping), with the reason said (an audit of ROOT ntuple inputs)."""
+    space = ObservableSpace([Observable("x", 0.0, 0.3)])
+    x = np.array([0.1, 0.3], dtype=np.float32)
+    with pytest.raises(InputError, match="bound rounded to float32"):
+        space.validate(x)
+    with pytest.raises(InputError, match=r"lies outside its bounds \[0.0, 0.3\]$"):
+        space.validate(np.array([0.1, 0.31]))
+
+
 def test_bad_shapes_and_columns(space):
     with pytest.raises(InputError, match="empty"):
         space.validate(np.zeros((0, 4)))

@@ -213,9 +213,15 @@ class ObservableSpace(Sequence[Observable]):
             bad = (col < o.lo) | (col > o.hi)
             if bad.any():
                 r = int(np.argmax(bad))
+                v = float(col[r])
+                # a float32 branch cut at a bound holds float32(bound), a hair outside it
+                near = o.lo if abs(v - o.lo) <= abs(v - o.hi) else o.hi
+                hint = ("; it is the bound rounded to float32 (a float32 column cut at the "
+                        "bound): widen the bound by a float32 step or cut in float64"
+                        if math.isfinite(near) and v == float(np.float32(near)) else "")
                 raise InputError(
-                    f"{what}: observable {o.name!r} = {float(col[r])!r} in row {r} lies "
-                    f"outside its bounds [{o.lo}, {o.hi}]"
+                    f"{what}: observable {o.name!r} = {v!r} in row {r} lies "
+                    f"outside its bounds [{o.lo}, {o.hi}]{hint}"
                 )
             if o.discrete:
                 bad = col != np.round(col)
