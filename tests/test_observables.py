@@ -137,5 +137,14 @@ def test_awkward_records_are_matched_by_name(space):
         one.validate(ak.Array({"mjj": [150.0, 200.0]}))
     np.testing.assert_array_equal(one.validate(ak.Array({"m": [150.0, 200.0]})),
                                   [[150.0], [200.0]])
-    with pytest.raises(InputError, match="column 'm' is not one number per event"):
+    with pytest.raises(InputError, match="column 'm' is not one number per event: a "
+                                         "variable-length"):
         one.validate(ak.Array({"m": [[150.0], [200.0, 300.0]]}))
+    # missing values by row; a record of no fields (uproot's arrays() with an alias that
+    # names no branch) is a record missing the column, not an unreadable array
+    with pytest.raises(InputError, match=r"'m' has missing \(None\) values, the first in "
+                                         r"row 1"):
+        one.validate(ak.Array({"m": [150.0, None, 300.0]}))
+    with pytest.raises(InputError, match=r"missing columns \['m'\]; got \[\]"):
+        one.validate(ak.Array([{}, {}]))
+    np.testing.assert_array_equal(one.validate(ak.Array([150.0, 200.0])), [[150.0], [200.0]])

@@ -276,8 +276,9 @@ def labelled(x: Any, *, series: bool = True) -> dict[str, Any] | None:
         names = list(x.keys())
     elif hasattr(x, "columns"):
         names = list(x.columns)
-    elif isinstance(getattr(x, "fields", None), list) and x.fields:
-        names = list(x.fields)
+    elif isinstance(getattr(x, "fields", None), list) and (
+            x.fields or getattr(getattr(x, "layout", None), "is_record", False)):
+        names = list(x.fields)  # (an awkward record of no fields: named, with none)
     else:
         index = getattr(x, "index", None)
         names = None
@@ -302,13 +303,32 @@ def _refuse_non_real(x: Any, what: str) -> None:
                          f"{'complex numbers' if kind == 'c' else 'strings'}")
 
 
+def _column_problem(c: Any, name: str, what: str, exc: Exception) -> str:
+    """Why column ``name`` is not one number per event: for an awkward array (uproot's
+    output) missing values (None, an option type) by row, or a variable-length (jagged)
+    branch, in words rather than awkward's kernel message."""
+    if getattr(c, "layout", None) is not None and callable(getattr(c, "to_numpy", None)):
+        try:
+            masked = np.ma.asarray(c.to_numpy(allow_missing=True))
+        except (TypeError, ValueError):
+            return (f"{what}: column {name!r} is not one number per event: a variable-length "
+                    f"(jagged) column; select one value per event (e.g. ak.firsts, or a "
+                    f"reduction such as ak.max) or leave the branch out")
+        missing = np.ma.getmaskarray(masked)
+        if missing.any():
+            row = int(np.argmax(missing.reshape(len(missing), -1).any(axis=1)))
+            return (f"{what}: column {name!r} has missing (None) values, the first in row "
+                    f"{row}; drop or fill them (e.g. ak.fill_none) first")
+    return (f"{what}: column {name!r} is not one number per event (a jagged or non-numeric "
+            f"column: {exc})")
+
+
 def _column(c: Any, name: str, what: str) -> np.ndarray:
     _refuse_non_real(c, f"{what}: column {name!r}")
     try:
         col = np.asarray(c, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{what}: column {name!r} is not one number per event (a jagged or "
-                         f"non-numeric column: {exc})") from None
+        raise InputError(_column_problem(c, name, what, exc)) from None
     if col.ndim != 1:
         raise InputError(f"{what}: column {name!r} must be one-dimensional, got {col.shape}")
     return col
