@@ -97,7 +97,7 @@ from egmm.density import (
     first_order_graphs,
 )
 from egmm.errors import InputError, ParameterError
-from egmm.infer.fit import FitResult, fit, start_values
+from egmm.infer.fit import FitResult, fit, start_values, weighted
 from egmm.infer.teststats import statistic_precision
 from egmm.likelihood.components import Yield, _Combination, _ConstantYield, _ParameterYield
 from egmm.likelihood.cost import _UnbinnedCost
@@ -1639,7 +1639,7 @@ def fit_batched(
     values = state.theta.copy()
     fval = state.f.copy()
     covariance = _covariance(state.hess, fixed_mask)
-    if weighted_errors == "asymptotic" and bool(torch.any(batch.w != 1.0)):
+    if weighted_errors == "asymptotic" and any(weighted(c) for c in costs):
         # weighted events: the sandwich C D C, D = ½ (2 Σ w² s sᵀ + 2 V⁻¹) at the minima
         d = 0.5 * batch.derivatives(state.theta, weight_power=2)[2]
         covariance = np.einsum("kij,kjl,klm->kim", covariance, d, covariance)

@@ -655,11 +655,12 @@ def fit(
 
 
 def weighted(cost: Any) -> bool:
-    """Whether an unbinned term of ``cost`` has event weights other than all 1."""
+    """Whether an unbinned term of ``cost`` has event weights other than all 1 (Asimov data,
+    whose weights draw an expected density, have none)."""
     from egmm.likelihood.cost import _UnbinnedCost
 
     for item in _items(cost):
-        if isinstance(item, _UnbinnedCost):
+        if isinstance(item, _UnbinnedCost) and not item.expected_data:
             w = item.weights
             if w is not None and not np.all(w == 1.0):
                 return True

@@ -315,7 +315,11 @@ def asimov_cost(cost: Any, pars: Mapping[str, float], *, size: int = 100_000, se
                     ws.append(np.full(int(size), scale[name] / int(size)))
             if not xs:
                 raise ParameterError("Asimov data: every component has zero yield")
-            out.append(item.with_data(np.concatenate(xs), np.concatenate(ws)))
+            asimov = item.with_data(np.concatenate(xs), np.concatenate(ws))
+            # its weights draw the expected density, not events: its curvature is the
+            # expected (Fisher) information, the errors wanted (no sandwich, no warnings)
+            asimov.expected_data = True
+            out.append(asimov)
         elif isinstance(item, NormalConstraint):
             names = list(describe(item))
             cov = np.asarray(item.covariance, dtype=np.float64)

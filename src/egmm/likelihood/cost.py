@@ -257,6 +257,9 @@ class _UnbinnedCost(Cost):
     """Shared machinery: validation, parameters, chunked torch evaluation, caching."""
 
     _extended = False
+    #: the events and weights draw an expected density (Asimov data), not observed events:
+    #: the weights are no event weights for the errors (egmm.infer.fit.weighted)
+    expected_data = False
 
     def __init__(
         self,
