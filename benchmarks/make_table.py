@@ -273,8 +273,9 @@ def fit_section(data: dict[str, Any]) -> str:
                     f"{fmt(1e3 * sec['log_prob_prepared'])} ms, its "
                     f"{parts['matrix_products']} matrix products alone "
                     f"{fmt(1e3 * sec['products'])} ms ({fmt(parts['products_gflops'])} "
-                    f"GFLOP/s). The fit's wall / floor "
-                    f"({fmt(fits['model_cached']['floor']['wall_over_floor'])}) is the "
+                    f"GFLOP/s). The fit's wall / floor against the run's first roofline "
+                    f"({fmt(fits['model_cached']['floor']['wall_over_floor'])}; the goal "
+                    f"row pairs each fit with the roofline measured just before it) is the "
                     f"product of:", "",
                 table(["factor", "value"],
                       [[labels.get(k, k), f"{v:.2f}"] for k, v in fac.items()])]
