@@ -11,6 +11,7 @@ Example:
     $ egmm demo --out demo-output            # about 10 minutes on two CPU cores
     $ egmm demo --out quick --quick          # smoke test, about a minute
     $ egmm validate model.egmm --data heldout.npz --out report    # x (N, D), theta (N, P)
+    $ egmm validate model.egmm --data heldout.root:events --out report  # TTree/RNTuple
     $ egmm validate toy.egmm --paper-toy --events 5000 --out report   # PaperToy held-out data
 """
 
@@ -201,8 +202,10 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--data", metavar="FILE",
                         help=".npz with the events as 'x' (N, D) in the model's observable "
                              "order or one array per observable name, and their parameters "
-                             "as 'theta' (N, P) or one array per parameter name; events are "
-                             "grouped by their θ")
+                             "as 'theta' (N, P) or one array per parameter name; or a ROOT "
+                             "file's TTree or RNTuple, FILE.root:TREE (uproot), one branch per "
+                             "observable and per parameter, by name; events are grouped by "
+                             "their θ")
     source.add_argument("--paper-toy", action="store_true",
                         help="held-out events of the paper's toy (egmm.groundtruth.PaperToy) "
                              "at its nine true hypotheses (or --theta), with the toy as the "
@@ -236,6 +239,50 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_validate)
 
 
+def _is_root(path: str) -> bool:
+    """``FILE.root`` or ``FILE.root:TREE``."""
+    return path.endswith(".root") or ".root:" in path
+
+
+def _load_root(path: str, model: Any) -> dict[tuple[float, ...], Any]:
+    """Events of a ROOT TTree or RNTuple (``FILE.root:TREE``; the file's only one without
+    ``:TREE``),
+    one branch per observable and per parameter, grouped by θ as :func:`_load_npz`."""
+    from egmm.errors import InputError
+
+    try:
+        import uproot
+    except ImportError:
+        raise InputError(f"{path}: reading ROOT files needs uproot (pip install "
+                         f"'egmm[uproot]')") from None
+    file_name, _, tree_name = (path.rpartition(":") if ".root:" in path else (path, "", ""))
+    try:
+        f = uproot.open(file_name)
+    except FileNotFoundError:
+        raise InputError(f"{file_name}: no such data file") from None
+    except Exception as exc:  # uproot's errors for a file that is no ROOT file
+        raise InputError(f"{file_name}: not a readable ROOT file ({exc})") from None
+    with f:
+        trees = [k.split(";")[0] for k, c in f.classnames().items()
+                 if c in ("TTree", "ROOT::RNTuple")]  # (uproot ≥ 5.6 writes RNTuples)
+        if not tree_name:
+            if len(trees) != 1:
+                raise InputError(f"{file_name}: name the tree, {file_name}:TREE; the file has "
+                                 f"the trees {sorted(set(trees))}")
+            tree_name = trees[0]
+        if tree_name not in trees:
+            raise InputError(f"{file_name}: no tree {tree_name!r}; it has "
+                             f"{sorted(set(trees))}")
+        tree = f[tree_name]
+        wanted = [*model.space.names, *model.parameters]
+        missing = [b for b in wanted if b not in tree.keys()]
+        if missing:
+            raise InputError(f"{path}: no branches {missing} (one per observable and per "
+                             f"parameter, by name); it has {sorted(tree.keys())}")
+        arrays = tree.arrays(wanted, library="np")
+    return _grouped(arrays, path, model)
+
+
 def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
     """Events of ``path`` grouped by θ: {θ tuple: (n, D) array}."""
     import zipfile
@@ -253,6 +300,15 @@ def _load_npz(path: str, model: Any) -> dict[tuple[float, ...], Any]:
         raise InputError(f"{path}: no such data file") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+    return _grouped(arrays, path, model)
+
+
+def _grouped(arrays: dict[str, Any], path: str, model: Any) -> dict[tuple[float, ...], Any]:
+    """Events and θ of ``arrays`` ('x' / 'theta' or one array per name), grouped by θ."""
+    import numpy as np
+
+    from egmm.errors import InputError
+
     names, params = model.space.names, model.parameters
     x = arrays["x"] if "x" in arrays else ({n: arrays[n] for n in names}
                                             if all(n in arrays for n in names) else None)
@@ -316,7 +372,8 @@ def _run_validate(args: argparse.Namespace) -> int:
     if args.paper_toy:
         data, truth = _paper_toy_data(model, args.theta, args.events, args.seed)
     else:
-        data = _load_npz(args.data, model)
+        data = (_load_root(args.data, model) if _is_root(args.data)
+                else _load_npz(args.data, model))
         if args.theta:
             keep = {}
             for pt in args.theta:
