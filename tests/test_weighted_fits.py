@@ -31,7 +31,8 @@ def _expo_sample(n: int, lam: float, rng: np.random.Generator) -> np.ndarray:
 
 
 EXPO = TorchDensity(SPACE, _expo_log_prob, parameters=("lam",),
-                    parameter_bounds={"lam": (0.01, 2.0)}, name="expo")
+                    parameter_bounds={"lam": (0.01, 2.0)}, name="expo",
+                    sampler=lambda n, th, rng: _expo_sample(n, th["lam"], rng))
 LAM, NU = 0.3, 600.0
 
 
@@ -188,3 +189,44 @@ def test_batched_fits_give_the_same_asymptotic_errors():
                                    rtol=0.15)
     # the sandwich widens the curvature's errors by about √(E[w²]/E[w]) = 1.04 here
     assert np.all(batched.errors > curvature.errors)
+
+
+def test_a_parameter_on_its_limit_keeps_a_finite_asymptotic_error():
+    """A yield fitted onto its limit 0: Minuit's covariance has no row left there (an audit:
+    error 1.8e-8, valid, silent). Its error is then the one-parameter sandwich √D_jj / H_jj
+    (outer-product curvature): for every weight 2 exactly twice the unweighted one-parameter
+    error 1/√Σ(p_s/λ)² of the raw events (the yield counts weighted events); the others keep
+    the sandwich of HESSE's covariance, √2 HESSE's."""
+    rng = np.random.default_rng(11)
+    x = _expo_sample(400, LAM, rng)
+    flat = TorchDensity(SPACE, lambda xx: torch.full_like(xx[:, 0], -math.log(HI - LO)),
+                        name="flat")
+    cost = ExtendedUnbinnedNLL(x, [Component("bkg", EXPO, "n"), Component("sig", flat, "s")],
+                               weights=np.full(400, 2.0))
+    res = fit(cost, {"lam": LAM, "n": 800.0, "s": 0.0})
+    hesse = fit(cost, {"lam": LAM, "n": 800.0, "s": 0.0}, weighted_errors="hesse")
+    assert res.values["s"] == pytest.approx(0.0, abs=1e-3) and res.fmin["has_parameters_at_limit"]
+    assert res.error_method == "asymptotic"
+    for n in ("lam", "n"):
+        assert res.errors[n] / hesse.errors[n] == pytest.approx(math.sqrt(2.0), rel=0.25)
+    lam_x = res.values["n"] / 2.0 * np.exp(_expo_log_prob(torch.as_tensor(x),
+                                                           torch.tensor(res.values["lam"]))
+                                          .numpy())  # λ of the raw events at the minimum
+    one_parameter = 1.0 / math.sqrt(np.sum((1.0 / (HI - LO) / lam_x) ** 2))
+    assert res.errors["s"] == pytest.approx(2.0 * one_parameter, rel=1e-6)
+
+
+def test_toys_and_coverage_of_weighted_costs_warn():
+    from egmm.infer import coverage, toy_teststats
+
+    x = _expo_sample(300, LAM, np.random.default_rng(12))
+    cost = ExtendedUnbinnedNLL(x, [Component("bkg", EXPO, "n")], weights=np.full(300, 2.0))
+    with pytest.warns(UserWarning, match="toys are drawn from the model as unweighted"):
+        toy_teststats(cost, {"lam": LAM, "n": 600.0}, "n", 600.0, test_stat="t", ntoys=2,
+                      executor="serial", progress=False)
+    def factory(events):
+        return ExtendedUnbinnedNLL(events, [Component("bkg", EXPO, "n")],
+                                   weights=np.full(len(events), 2.0))
+    with pytest.warns(UserWarning, match="coverage: the events carry weights"):
+        coverage(EXPO, factory, {"lam": LAM}, n_events=100, ntoys=2, seed=0,
+                 executor="serial", progress=False)

@@ -53,6 +53,8 @@ from egmm.infer.fit import (
     fit_result,
     make_minuit,
     start_values,
+    warn_if_weighted,
+    with_asymptotic_errors,
 )
 from egmm.infer.intervals import (
     _check_batch_size,
@@ -339,7 +341,7 @@ def _hesse_at(cost: Any, values: dict[str, float], errors: dict[str, float],
         if name not in fixed and math.isfinite(err) and err > 0:
             m.errors[name] = err
     m.hesse()
-    return fit_result(m)
+    return with_asymptotic_errors(fit_result(m), cost)  # (weighted events: as fit's)
 
 
 def _settle(job: _CoverageJob, cost: Any, start: dict[str, float], free: BatchedFitResult,
@@ -553,6 +555,7 @@ def coverage(
                        dict(start) if start is not None else None, fixed, limits,
                        check_strategy(strategy), None if tol is None else check_tol(tol))
     first = _first_cost(job, ntoys)
+    warn_if_weighted(first, "coverage")  # (a factory's costs of weighted events)
     names = list(describe(first))
     used = set(names) | set(truth.parameters if kind in ("density", "sampler") else ())
     unused = [k for k in truth_values if k not in used]

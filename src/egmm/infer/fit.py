@@ -637,20 +637,38 @@ def fit(
     res = fit_result(m, log, earlier, migrad_valid)
     if not (hesse and migrad_valid):
         res.error_method = "migrad"
-    elif weighted_errors == "asymptotic" and res.covariance is not None and weighted(cost):
-        try:
-            cov = asymptotic_covariance(cost, res.values, res.covariance,
-                                        [m.fixed[n] for n in res.parameters])
-        except InputError:  # a structure the scores cannot be taken from
-            warnings.warn("fit: the events carry weights, but asymptotic errors need one "
-                          "UnbinnedNLL or ExtendedUnbinnedNLL of θ-differentiable densities "
-                          "plus NormalConstraint terms; the errors are HESSE's, right only "
-                          "if the weights count repeated events", UserWarning, stacklevel=2)
+    elif weighted_errors == "asymptotic":
+        with_asymptotic_errors(res, cost)
+    return res
+
+
+def with_asymptotic_errors(res: FitResult, cost: Any) -> FitResult:
+    """``res`` (after HESSE) with the asymptotic errors and covariance of
+    :func:`asymptotic_covariance` where ``cost``'s events carry weights (in place; returned).
+    A parameter at a limit has (almost) nothing left in Minuit's covariance — the bounded
+    parameter's transformation is flat there — so its error is the one-parameter sandwich
+    √D_jj / H_jj with the outer-product curvature H = Σ w s sᵀ (+ V⁻¹), the others held
+    (its covariance entries stay those of the sandwich of Minuit's matrix, ~0); where the
+    scores cannot be taken, a warning and HESSE's errors."""
+    if res.covariance is None or not weighted(cost):
+        return res
+    fixed = [n in res.parameters and n in res.fixed for n in res.parameters]
+    try:
+        cov, h, d = _sandwich(cost, res.values, res.covariance, fixed)
+    except InputError:  # a structure the scores cannot be taken from
+        warnings.warn("fit: the events carry weights, but asymptotic errors need one "
+                      "UnbinnedNLL or ExtendedUnbinnedNLL of θ-differentiable densities "
+                      "plus NormalConstraint terms; the errors are HESSE's, right only "
+                      "if the weights count repeated events", UserWarning, stacklevel=3)
+        return res
+    errors = {}
+    for i, n in enumerate(res.parameters):
+        hesse = res.errors[n]
+        if not fixed[i] and res.covariance[i, i] < 1e-6 * hesse * hesse and h[i, i] > 0:
+            errors[n] = float(math.sqrt(max(d[i, i], 0.0)) / h[i, i])  # at a limit
         else:
-            res.covariance = cov
-            res.errors = {n: float(math.sqrt(max(cov[i, i], 0.0)))
-                          for i, n in enumerate(res.parameters)}
-            res.error_method = "asymptotic"
+            errors[n] = float(math.sqrt(max(cov[i, i], 0.0)))
+    res.covariance, res.errors, res.error_method = cov, errors, "asymptotic"
     return res
 
 
@@ -690,7 +708,20 @@ def asymptotic_covariance(cost: Any, values: Mapping[str, float], covariance: np
     difference of observed and expected information. Rows and columns of ``fixed`` parameters
     are 0. Supported: one UnbinnedNLL or ExtendedUnbinnedNLL with θ-differentiable densities,
     plus NormalConstraint terms (the structure :func:`egmm.infer.fit_batched` takes; otherwise
-    :class:`~egmm.InputError`)."""
+    :class:`~egmm.InputError`).
+
+    The weights are taken as given constants: for sWeights the uncertainty of the yields (and
+    shape parameters) they were computed from is not included (Langenbruch's extra terms),
+    nor is the sPlot condition that the fitted observable be independent of the
+    discriminating one checked; like every asymptotic formula it wants the large-sample
+    regime (check with toys where a parameter is weakly determined)."""
+    return _sandwich(cost, values, covariance, fixed)[0]
+
+
+def _sandwich(cost: Any, values: Mapping[str, float], covariance: np.ndarray,
+              fixed: Iterable[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(C D C over the free parameters, the outer-product curvature H = Σ w s sᵀ + V⁻¹, D),
+    all in −ln L units, (P, P)."""
     from egmm.infer.batched import _Batch, _split_costs
 
     names = tuple(describe(cost))
@@ -698,12 +729,13 @@ def asymptotic_covariance(cost: Any, values: Mapping[str, float], covariance: np
     batch = _Batch(per_toy, position, names)
     theta = np.array([[float(values[n]) for n in names]])
     d = 0.5 * batch.derivatives(theta, weight_power=2)[2][0]
+    h = 0.5 * batch.derivatives(theta)[2][0]
     free = ~np.asarray(list(fixed), dtype=bool)
     c = np.asarray(covariance, dtype=np.float64)[np.ix_(free, free)]
     out = np.zeros((len(names), len(names)))
     v = c @ d[np.ix_(free, free)] @ c
     out[np.ix_(free, free)] = 0.5 * (v + v.T)
-    return out
+    return out, h, d
 
 
 def _nothing_free(cost: Any, m: Minuit) -> FitResult:

@@ -34,6 +34,7 @@ import functools
 import math
 import operator
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,7 @@ from iminuit.util import describe
 
 from egmm.base import whole_number
 from egmm.errors import EgmmError, InputError, ParameterError
-from egmm.infer.fit import _items, check_strategy, check_tol, first_steps, fit
+from egmm.infer.fit import _items, check_strategy, check_tol, first_steps, fit, weighted
 from egmm.infer.parallel import fingerprint, run_toys, value_digest
 from egmm.infer.teststats import (
     Limits,
@@ -231,7 +232,8 @@ def sample_toy(cost: Any, pars: Mapping[str, float], seed: Any) -> Any:
     ``seed``: an int, a ``numpy.random.SeedSequence`` (e.g. :func:`toy_seed`) or a
     ``numpy.random.Generator``. Terms are drawn in order from one generator; every component
     gets its own derived seed. A component whose density cannot sample raises
-    :class:`~egmm.InputError` naming it.
+    :class:`~egmm.InputError` naming it. The toy's events carry no weights, whatever the
+    cost's: N ~ Poisson(ν_c) per component (extended), or the cost's event count.
 
     Example:
         >>> from iminuit.cost import NormalConstraint
@@ -263,6 +265,11 @@ def check_toys(cost: Any, pars: Mapping[str, float], seeds: Iterable[Any]) -> st
     the key of a stored toy study: it tells apart studies of another model (density, yields,
     constraints) whose toys differ; the observed data do not enter, as the toys do not
     depend on them."""
+    if weighted(cost):
+        warnings.warn("toys: the events carry weights, but toys are drawn from the model as "
+                      "unweighted events (Poisson(ν) of weight 1 per component): the toys' "
+                      "distribution of a statistic is the data's only for counting weights",
+                      UserWarning, stacklevel=3)
     error: Exception | None = None
     for seed in seeds:
         try:
