@@ -111,17 +111,18 @@ def test_sandwich_of_unit_weights_is_close_to_hesse():
 
 
 def test_constraint_enters_the_middle_of_the_sandwich():
-    """A yield measured only through a Gaussian constraint: no event depends on it, so D holds
-    the constraint's V⁻¹ alone and the sandwich gives back the constraint's width."""
+    """A parameter measured only by a Gaussian constraint: no event depends on it, so D holds
+    the constraint's V⁻¹ alone and the sandwich gives back the constraint's width exactly; a
+    fixed parameter's row and column are 0."""
     rng = np.random.default_rng(5)
     x = _expo_sample(300, LAM, rng)
     w = np.full(300, 2.0)
     cost = (ExtendedUnbinnedNLL(x, [Component("bkg", EXPO, "n")], weights=w)
-            + NormalConstraint("n", 600.0, 30.0))
-    res = fit(cost, {"lam": LAM, "n": 600.0})
+            + NormalConstraint("n", 600.0, 30.0) + NormalConstraint("b", 0.0, 0.7))
+    res = fit(cost, {"lam": LAM, "n": 600.0, "b": 0.0})
     assert res.error_method == "asymptotic" and res.valid
-    # and the fixed-n fit: the lam error alone, with n fixed (its row and column are 0)
-    fixed = fit(cost, {"lam": LAM, "n": 600.0}, fixed=["n"])
+    assert res.errors["b"] == pytest.approx(0.7, rel=1e-6)
+    fixed = fit(cost, {"lam": LAM, "n": 600.0, "b": 0.0}, fixed=["n"])
     assert fixed.error_method == "asymptotic"
     assert fixed.covariance[1, 1] == 0.0 and fixed.covariance[0, 1] == 0.0
     assert fixed.errors["lam"] > 0

@@ -652,9 +652,12 @@ def with_asymptotic_errors(res: FitResult, cost: Any) -> FitResult:
     scores cannot be taken, a warning and HESSE's errors."""
     if res.covariance is None or not weighted(cost):
         return res
-    fixed = [n in res.parameters and n in res.fixed for n in res.parameters]
+    fixed = [n in res.fixed for n in res.parameters]
+    # parameters at a limit: no row left in Minuit's covariance
+    at_limit = [not f and res.covariance[i, i] < 1e-6 * res.errors[n] ** 2
+                for i, (n, f) in enumerate(zip(res.parameters, fixed))]
     try:
-        cov, h, d = _sandwich(cost, res.values, res.covariance, fixed)
+        cov, h, d = _sandwich(cost, res.values, res.covariance, fixed, curvature=any(at_limit))
     except InputError:  # a structure the scores cannot be taken from
         warnings.warn("fit: the events carry weights, but asymptotic errors need one "
                       "UnbinnedNLL or ExtendedUnbinnedNLL of θ-differentiable densities "
@@ -663,9 +666,8 @@ def with_asymptotic_errors(res: FitResult, cost: Any) -> FitResult:
         return res
     errors = {}
     for i, n in enumerate(res.parameters):
-        hesse = res.errors[n]
-        if not fixed[i] and res.covariance[i, i] < 1e-6 * hesse * hesse and h[i, i] > 0:
-            errors[n] = float(math.sqrt(max(d[i, i], 0.0)) / h[i, i])  # at a limit
+        if at_limit[i] and h is not None and h[i, i] > 0:
+            errors[n] = float(math.sqrt(max(d[i, i], 0.0)) / h[i, i])
         else:
             errors[n] = float(math.sqrt(max(cov[i, i], 0.0)))
     res.covariance, res.errors, res.error_method = cov, errors, "asymptotic"
@@ -719,9 +721,10 @@ def asymptotic_covariance(cost: Any, values: Mapping[str, float], covariance: np
 
 
 def _sandwich(cost: Any, values: Mapping[str, float], covariance: np.ndarray,
-              fixed: Iterable[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(C D C over the free parameters, the outer-product curvature H = Σ w s sᵀ + V⁻¹, D),
-    all in −ln L units, (P, P)."""
+              fixed: Iterable[bool], curvature: bool = False
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(C D C over the free parameters, with ``curvature`` the outer-product curvature
+    H = Σ w s sᵀ + V⁻¹ (else None), D), all in −ln L units, (P, P)."""
     from egmm.infer.batched import _Batch, _split_costs
 
     names = tuple(describe(cost))
@@ -729,7 +732,7 @@ def _sandwich(cost: Any, values: Mapping[str, float], covariance: np.ndarray,
     batch = _Batch(per_toy, position, names)
     theta = np.array([[float(values[n]) for n in names]])
     d = 0.5 * batch.derivatives(theta, weight_power=2)[2][0]
-    h = 0.5 * batch.derivatives(theta)[2][0]
+    h = 0.5 * batch.derivatives(theta)[2][0] if curvature else None
     free = ~np.asarray(list(fixed), dtype=bool)
     c = np.asarray(covariance, dtype=np.float64)[np.ix_(free, free)]
     out = np.zeros((len(names), len(names)))
