@@ -372,3 +372,11 @@ def test_profile_warns_when_a_point_lies_below_the_global_fit():
         p = profile(f, "a", [-1.0, 0.0, 1.0], global_fit=gfit)
     assert p.delta[0] == pytest.approx(-1.0, abs=0.05)
     assert p.notes and "missed the minimum" in p.notes[0]
+
+
+def test_a_fit_with_everything_fixed_says_it_has_no_errors():
+    res = fit(NormalConstraint(["a", "b"], [0.0, 0.0], [1.0, 2.0]), {"a": 1.0, "b": 2.0},
+              fixed=["a", "b"])
+    assert res.valid and res.fval == pytest.approx(2.0)
+    assert res.error_method == "none" and res.covariance is None
+    assert res.errors == {"a": 0.0, "b": 0.0}

@@ -230,8 +230,9 @@ class FitResult:
             HESSE errors do not.
         error_method: where ``errors`` and ``covariance`` come from: ``"hesse"`` (the
             curvature of −2 ln L, HESSE), ``"migrad"`` (MIGRAD's estimate of it: no HESSE
-            ran), or ``"asymptotic"`` (events with weights: the sandwich H⁻¹ D H⁻¹ of
-            :func:`asymptotic_covariance`; the curvature's is ``minuit.covariance``).
+            ran), ``"asymptotic"`` (events with weights: the sandwich H⁻¹ D H⁻¹ of
+            :func:`asymptotic_covariance`; the curvature's is ``minuit.covariance``), or
+            ``"none"`` (every parameter fixed: no errors).
     """
 
     parameters: tuple[str, ...]
@@ -757,7 +758,7 @@ def _nothing_free(cost: Any, m: Minuit) -> FitResult:
              "edm_goal": 0.002 * m.tol * m.errordef}
     return FitResult(parameters=names, values=values, errors=dict.fromkeys(names, 0.0),
                      covariance=None, fval=fval, valid=finite, fmin=flags,
-                     nfcn=1, ngrad=0, fixed=names, minuit=m)
+                     nfcn=1, ngrad=0, fixed=names, minuit=m, error_method="none")
 
 
 def fit_result(m: Minuit, log: list[Retry] | None = None,
