@@ -190,6 +190,8 @@ def test_hist_template_from_arrays_and_root_histograms():
         HistTemplate(RootLike(), space, axes={"zaxis": "x"})
     with pytest.raises(InputError, match="needs a space"):
         HistTemplate((n, xe))
+    with pytest.raises(InputError, match="takes its names from the space"):
+        HistTemplate((n, xe), one, axes={"xaxis": "m"})
     with pytest.raises(InputError, match="edges of 'm' must be 6 increasing numbers"):
         HistTemplate((n, xe[:-1]), one)
     with pytest.raises(InputError, match="counts of 1 dimension"):

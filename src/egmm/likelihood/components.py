@@ -265,6 +265,9 @@ class HistTemplate(DensityModel):
             raise InputError(f"HistTemplate {name!r}: axes must map axis names to observable "
                              f"names (strings), got {axes!r}")
         if isinstance(h, (tuple, list)):
+            if rename:
+                raise InputError(f"HistTemplate {name!r}: axes renames named histogram axes; "
+                                 f"(counts, edges) takes its names from the space")
             contents, edge_list = self._from_arrays(h, space, name)
             ax_names = list(space.names) if space is not None else []
             hist_axes = None
